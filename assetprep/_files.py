@@ -1,0 +1,51 @@
+"""Atomic output files: write to a temp file in the target folder, fsync, rename. A crash leaves no half file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import OutputError
+
+
+def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[Path, ...] = ()) -> Path:
+    """The output path, after checking its folder exists and is writable and it is not one of the inputs."""
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder does not exist: {folder}", hint="create it first or choose another -o path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder is not writable: {folder}", hint="choose a folder you can write to")
+    if out.is_dir():
+        raise OutputError(f"output path is a folder: {out}", hint="give a file name such as out.mp4")
+    for src in inputs:
+        if src.exists() and out.exists() and out.resolve() == src.resolve():
+            raise OutputError(f"output would overwrite the input: {out}", hint="write to another file")
+    return out
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened for fsync
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on normal exit it becomes `path`, on any exception it is removed."""
+    final = check_output_path(path, inputs=inputs)
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        tmp.unlink(missing_ok=True)

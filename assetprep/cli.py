@@ -1,0 +1,193 @@
+"""The `assetprep` command: parse options, call the library, print. No work happens here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from . import __version__, normalize, presets, probe
+from .errors import AssetprepError, ProcessError
+from .progress import Progress as ProgressReport
+from .progress import ProgressCallback
+
+app = typer.Typer(
+    help="Prepare and publish videos for the Tavus Generate Video API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+normalize_app = typer.Typer(help="Normalize local media into what Tavus accepts.", no_args_is_help=True)
+presets_app = typer.Typer(help="Built-in and user presets.", no_args_is_help=True)
+app.add_typer(normalize_app, name="normalize")
+app.add_typer(presets_app, name="presets")
+
+stderr = Console(stderr=True)
+_state = {"debug": False}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"assetprep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and full tool output on errors.")] = False,
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[ProgressCallback]:
+    """A rich bar on stderr fed by library progress reports (one task per stage)."""
+    if not enabled or not stderr.is_terminal:
+        yield lambda _p: None
+        return
+    columns = (TextColumn("{task.description:<16}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[speed]}"))  # fmt: skip
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(p: ProgressReport) -> None:
+            if p.stage == "done":
+                for task in tasks.values():
+                    bar.update(task, completed=bar.tasks[task].total)
+                return
+            if p.stage not in tasks:
+                tasks[p.stage] = bar.add_task(p.stage, total=p.total or 1, speed="")
+            speed = f"{p.speed:.1f}x" if p.speed and p.unit == "s" else ""
+            bar.update(tasks[p.stage], completed=p.done, total=p.total or None, speed=speed)
+
+        yield update
+
+
+def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(human)
+
+
+def _describe(result: normalize.NormalizeResult) -> str:
+    facts = result.info.summary()
+    parts = [f"{result.output}  ({result.path_taken}, {result.seconds:.1f} s)"]
+    if v := facts.get("video"):
+        parts.append(
+            f"  video: {v['codec']} {v['profile']} {v['pix_fmt']} {v['width']}x{v['height']} @ {v['fps']} "
+            f"{'CFR' if v['cfr'] else 'VFR'}, {v['frames']} frames"
+        )
+    if a := facts.get("audio"):
+        parts.append(f"  audio: {a['codec']} {a['sample_rate']} Hz, {a['channels']} ch")
+    if result.loudness:
+        parts.append(
+            f"  loudness: {result.loudness['integrated']:.1f} LUFS, peak {result.loudness['true_peak']:.1f} dBTP"
+        )
+    parts.append(f"  duration: {facts['duration']:.3f} s, {facts['size']} bytes")
+    parts += [f"  warning: {w}" for w in result.warnings]
+    return "\n".join(parts)
+
+
+@normalize_app.command("video")
+def normalize_video_cmd(
+    input: Annotated[str, typer.Argument(help="Clip, still image, or image sequence (img%03d.png / '*.png').")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .mp4 path.")],
+    preset: Annotated[str, typer.Option(help="Preset name or .toml/.json file.")] = "background-1080p",
+    fit: Annotated[str | None, typer.Option(help="cover (crop), contain (pad) or stretch.")] = None,
+    fps: Annotated[int | None, typer.Option(help="Override the preset's frame rate.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Exact output length in seconds (cut or hold).")] = None,
+    loop_to: Annotated[float | None, typer.Option("--loop-to", help="Loop the input up to this many seconds.")] = None,
+    keep_audio: Annotated[bool, typer.Option("--keep-audio", help="Keep the audio as AAC (default: drop).")] = False,
+    force_encode: Annotated[bool, typer.Option("--force-encode", help="Re-encode even compliant input.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Normalize a video into an H.264 MP4 for background_source_url."""
+    if fit not in (None, "cover", "contain", "stretch"):
+        raise typer.BadParameter("must be cover, contain or stretch", param_hint="--fit")
+    with progress_bar(not as_json) as on_progress:
+        result = normalize.normalize_video(
+            input, output, preset=preset, fit=fit, fps=fps, duration=duration, loop_to=loop_to,  # type: ignore[arg-type]
+            keep_audio=keep_audio, force_encode=force_encode, on_progress=on_progress,
+        )  # fmt: skip
+    emit(result.summary(), as_json, _describe(result))
+
+
+@normalize_app.command("audio")
+def normalize_audio_cmd(
+    input: Annotated[str, typer.Argument(help="Any audio file, or a video whose audio track is used.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .wav or .mp3 path.")],
+    preset: Annotated[str | None, typer.Option(help="Preset name or file (default: by extension).")] = None,
+    loudness: Annotated[float | None, typer.Option(help="Integrated loudness target, LUFS (e.g. -16).")] = None,
+    no_loudness: Annotated[bool, typer.Option("--no-loudness", help="Skip loudness normalization.")] = False,
+    force_encode: Annotated[bool, typer.Option("--force-encode", help="Re-encode even compliant input.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Normalize audio into a .wav or .mp3 for audio_url."""
+    target: float | bool | None = False if no_loudness else loudness
+    with progress_bar(not as_json) as on_progress:
+        result = normalize.normalize_audio(
+            input, output, preset=preset, loudness=target, force_encode=force_encode, on_progress=on_progress
+        )
+    emit(result.summary(), as_json, _describe(result))
+
+
+@app.command("probe")
+def probe_cmd(
+    file: Annotated[Path, typer.Argument(help="Media file.")],
+    count_frames: Annotated[bool, typer.Option("--count-frames", help="Count video packets.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the media facts assetprep sees in a file."""
+    info = probe.probe(file, count_frames=count_frames)
+    emit(info.model_dump(), as_json, json.dumps(info.summary(), indent=2))
+
+
+@presets_app.command("list")
+def presets_list(as_json: JsonOpt = False) -> None:
+    """List the built-in presets."""
+    items = presets.list_presets()
+    emit(
+        {"presets": [p.model_dump() for p in items]},
+        as_json,
+        "\n".join(f"{p.name:<18} {p.kind:<6} {p.description}" for p in items),
+    )
+
+
+@presets_app.command("show")
+def presets_show(name: Annotated[str, typer.Argument(help="Preset name or file.")]) -> None:
+    """Show every setting of a preset (defaults included)."""
+    print(json.dumps(presets.load_preset(name).model_dump(), indent=2))
+
+
+def main() -> None:
+    """Entry point: AssetprepError → one line on stderr, exit 1; usage errors exit 2 (click); no traceback."""
+    try:
+        app()
+    except AssetprepError as exc:
+        if _state["debug"]:
+            if isinstance(exc, ProcessError):
+                stderr.print(exc.details(), markup=False, highlight=False)
+            raise
+        stderr.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        stderr.print("interrupted; no partial output was kept", markup=False)
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line, the traceback behind --debug
+        if _state["debug"]:
+            raise
+        stderr.print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", markup=False)
+        sys.exit(1)

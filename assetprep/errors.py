@@ -1,0 +1,81 @@
+"""The one exception tree of assetprep.
+
+Callers catch `AssetprepError`; the CLI turns it into one line on stderr and exit code 1. Every message says what
+went wrong, which file/URL it concerns and, through `hint`, what to do about it. Messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AssetprepError(Exception):
+    """Base class of every error assetprep raises on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ToolMissingError(AssetprepError):
+    """An external program (ffmpeg, ffprobe, weed, chromium) cannot be found."""
+
+
+class ProcessError(AssetprepError):
+    """An external program failed; carries the command and the last lines of its stderr."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: Sequence[str] = (),
+        returncode: int | None = None,
+        stderr_tail: Sequence[str] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.command = list(command)
+        self.returncode = returncode
+        self.stderr_tail = list(stderr_tail)
+
+    def details(self) -> str:
+        """The command and stderr tail, for --debug output and logs."""
+        lines = [f"command: {' '.join(self.command)}", f"exit code: {self.returncode}"]
+        lines += [f"  {line}" for line in self.stderr_tail]
+        return "\n".join(lines)
+
+
+class ProcessTimeoutError(ProcessError):
+    """An external program ran past its deadline and was killed."""
+
+
+class MediaError(AssetprepError):
+    """An input file is missing, empty, unreadable or lacks the stream that is needed."""
+
+
+class OutputError(AssetprepError):
+    """The output location cannot be written (missing folder, no permission)."""
+
+
+class OutputCheckError(AssetprepError):
+    """A produced file does not meet its preset; it was not kept."""
+
+
+class PresetError(AssetprepError):
+    """A preset name is unknown or a preset file is invalid."""
+
+
+class ConfigError(AssetprepError):
+    """Settings or command-line values are invalid."""
+
+
+class StorageError(AssetprepError):
+    """S3 upload, presign or preflight failed."""
+
+
+class PreflightError(StorageError):
+    """A presigned URL does not download the way its consumer will fetch it."""

@@ -1,0 +1,543 @@
+"""Normalization: any video into the preset's H.264 MP4, any audio into the preset's WAV/MP3.
+
+ffmpeg-python builds the commands; `_process.run` runs them. Every output is probed and checked against its preset
+before it is renamed into place, and compliant inputs are remuxed instead of re-encoded.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import ffmpeg
+from pydantic import BaseModel, ConfigDict
+
+from . import _process
+from ._files import atomic_output
+from .errors import ConfigError, MediaError, OutputCheckError
+from .presets import AudioPreset, LoudnessTarget, VideoPreset, load_audio_preset, load_video_preset
+from .probe import MediaInfo, VideoStream, is_faststart, probe
+from .progress import Progress, ProgressCallback
+
+Fit = Literal["cover", "contain", "stretch"]
+PathTaken = Literal["encode", "remux"]
+
+# Tavus limits for audio_url (see API.md, errors page).
+TAVUS_AUDIO_MIN_SECONDS = 3.0
+TAVUS_AUDIO_MAX_SECONDS = 600.0
+TAVUS_AUDIO_MAX_BYTES = 750 * 1024 * 1024
+
+_STILL_CODECS = {"png", "mjpeg", "webp", "bmp", "tiff", "jpegls", "jpeg2000", "qoi"}
+_PROFILE_RANK = {"constrained baseline": 0, "baseline": 0, "main": 1, "high": 2}
+_LOUDNORM_JSON = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
+
+
+class NormalizeResult(BaseModel):
+    """What a normalization produced and how."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str
+    output: str
+    preset: str
+    path_taken: PathTaken
+    seconds: float
+    info: MediaInfo
+    loudness: dict[str, float] | None = None  # measured on the output, LUFS / dBTP
+    warnings: list[str] = []
+
+    def summary(self) -> dict[str, Any]:
+        out = {
+            "input": self.input, "output": self.output, "preset": self.preset, "path_taken": self.path_taken,
+            "seconds": round(self.seconds, 3), "facts": self.info.summary(), "warnings": self.warnings,
+        }  # fmt: skip
+        if self.loudness is not None:
+            out["loudness"] = self.loudness
+        return out
+
+
+def _default_timeout(duration: float | None) -> float:
+    # Generous: 1080p x264 on 2 slow cores runs near 1x; a hung ffmpeg still ends.
+    return 300.0 + 20.0 * (duration or 60.0)
+
+
+def _ffmpeg_command(stream: Any, *, loglevel: str = "error") -> list[str]:
+    globals_ = ["-hide_banner", "-nostdin", "-y", "-loglevel", loglevel, "-nostats", "-progress", "pipe:1"]
+    return [_process.find_tool("ffmpeg"), *globals_, *stream.get_args()]
+
+
+def _run_ffmpeg(
+    stream: Any, *, stage: str, total: float | None, timeout: float, on_progress: ProgressCallback | None,
+    what: str, loglevel: str = "error",
+) -> _process.RunResult:  # fmt: skip
+    return _process.run(
+        _ffmpeg_command(stream, loglevel=loglevel),
+        timeout=timeout,
+        stage=stage,
+        on_progress=on_progress or (lambda _p: None),
+        progress_total=total,
+        what=what,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- video
+
+
+def _is_sequence_pattern(text: str) -> bool:
+    return bool(re.search(r"%0?\d*d", text)) or any(c in text for c in "*?[")
+
+
+InputKind = Literal["clip", "still", "sequence"]
+
+
+def _probe_video_input(path: str) -> tuple[MediaInfo, dict[str, Any], InputKind]:
+    """Probe a clip, a still image or an image sequence (printf pattern like img%03d.png, or a glob)."""
+    if _is_sequence_pattern(Path(path).name):
+        files = sorted(glob.glob(re.sub(r"%0?\d*d", "*", path)))
+        if not files:
+            raise MediaError(f"no image matches the sequence pattern {path}", hint="check the folder and pattern")
+        opts: dict[str, Any] = {} if "%" in path else {"pattern_type": "glob"}
+        return probe(files[0]), opts, "sequence"
+    info = probe(path)
+    video = info.video
+    if video is None:
+        raise MediaError(
+            f"no video stream in {path}", hint="normalize video needs a clip or image; use 'normalize audio' for sound"
+        )
+    is_still = video.codec in _STILL_CODECS and (video.frames or 1) <= 1 and info.format_name.endswith("_pipe")
+    return info, {}, "still" if is_still else "clip"
+
+
+def _video_is_compliant(info: MediaInfo, preset: VideoPreset) -> list[str]:
+    """Why the input cannot simply be remuxed (empty list: it can)."""
+    v = info.video
+    assert v is not None
+    reasons = []
+    if not any(name in info.format_name for name in ("mp4", "mov")):
+        reasons.append(f"container {info.format_name}")
+    if v.codec != "h264":
+        reasons.append(f"codec {v.codec}")
+    elif _PROFILE_RANK.get((v.profile or "").lower(), 99) > _PROFILE_RANK[preset.profile]:
+        reasons.append(f"profile {v.profile}")
+    if v.pix_fmt != preset.pix_fmt:
+        reasons.append(f"pix_fmt {v.pix_fmt}")
+    if (v.width, v.height) != (preset.width, preset.height) or v.rotation:
+        reasons.append(f"size {v.width}x{v.height} rotation {v.rotation}")
+    if not v.is_cfr or v.fps != preset.fps:
+        reasons.append(f"frame rate r={v.r_frame_rate} avg={v.avg_frame_rate}")
+    if not v.square_pixels:
+        reasons.append(f"SAR {v.sample_aspect_ratio}")
+    if v.color_range == "pc" or v.is_hdr:
+        reasons.append(f"color range/transfer {v.color_range}/{v.color_transfer}")
+    return reasons
+
+
+def _video_filters(stream: Any, v: VideoStream, preset: VideoPreset, fit: Fit) -> Any:
+    w, h = preset.width, preset.height
+    # Drop frames before the expensive filters (a 60 fps phone clip halves the tone-map and scale work).
+    stream = stream.filter("fps", fps=preset.fps)
+    if v.is_hdr and preset.tone_map:
+        stream = (
+            stream.filter("zscale", t="linear", npl=100)
+            .filter("format", "gbrpf32le")
+            .filter("zscale", p="bt709")
+            .filter("tonemap", tonemap="hable", desat=0)
+            .filter("zscale", t="bt709", m="bt709", r="tv")
+        )
+    if not v.square_pixels:
+        stream = stream.filter("scale", "trunc(iw*sar/2)*2", "ih").filter("setsar", 1)
+    # out_range=tv: full-range (yuvj420p, pc) input becomes limited range, which every player expects.
+    if fit == "cover":
+        stream = stream.filter("scale", w, h, force_original_aspect_ratio="increase", out_range="tv").filter(
+            "crop", w, h
+        )
+    elif fit == "contain":
+        stream = stream.filter(
+            "scale", w, h, force_original_aspect_ratio="decrease", force_divisible_by=2, out_range="tv"
+        ).filter("pad", w, h, "(ow-iw)/2", "(oh-ih)/2", color=preset.pad_color)
+    else:
+        stream = stream.filter("scale", w, h, out_range="tv")
+    return stream.filter("setsar", 1).filter("format", preset.pix_fmt)
+
+
+def _x264_options(preset: VideoPreset) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "c:v": "libx264", "preset": preset.x264_preset, "crf": preset.crf, "profile:v": preset.profile,
+        "pix_fmt": preset.pix_fmt, "g": max(1, round(preset.gop_seconds * preset.fps)), "r": preset.fps,
+        "color_range": "tv", "colorspace": "bt709", "color_primaries": "bt709", "color_trc": "bt709",
+    }  # fmt: skip
+    if preset.max_bitrate:
+        opts["maxrate"] = preset.max_bitrate
+        opts["bufsize"] = preset.max_bitrate
+    return opts
+
+
+def _mp4_options() -> dict[str, Any]:
+    # -map_metadata -1 drops input tags such as the GPS location phones write.
+    return {"f": "mp4", "movflags": "+faststart", "map_metadata": -1, "map_chapters": -1}
+
+
+def normalize_video(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    preset: str | VideoPreset = "background-1080p",
+    fit: Fit | None = None,
+    fps: int | None = None,
+    duration: float | None = None,
+    loop_to: float | None = None,
+    keep_audio: bool = False,
+    force_encode: bool = False,
+    on_progress: ProgressCallback | None = None,
+    timeout: float | None = None,
+) -> NormalizeResult:
+    """Turn any video, image or image sequence into an H.264 MP4 that meets `preset`.
+
+    duration: exact output length (cut, or hold the last frame). loop_to: loop the input up to this length.
+    A still image or sequence needs one of them. Compliant inputs are remuxed (stream copy) unless force_encode.
+    """
+    started = time.monotonic()
+    vp = preset if isinstance(preset, VideoPreset) else load_video_preset(preset)
+    if fps is not None:
+        vp = vp.model_copy(update={"fps": fps})
+    if keep_audio:
+        vp = vp.model_copy(update={"audio": "aac"})
+    fit = fit or vp.fit
+    if duration is not None and loop_to is not None:
+        raise ConfigError("give either --duration or --loop-to, not both")
+    for name, value in (("duration", duration), ("loop-to", loop_to)):
+        if value is not None and not (0 < value <= 24 * 3600):
+            raise ConfigError(f"--{name} must be between 0 and 86400 seconds, got {value}")
+
+    src = str(input)
+    info, in_opts, kind = _probe_video_input(src)
+    v = info.video
+    assert v is not None
+    target = duration if duration is not None else loop_to
+    if kind == "still" and target is None:
+        raise ConfigError(f"{src} is a still image", hint="give --duration SECONDS")
+    warnings: list[str] = []
+    if v.is_hdr and not vp.tone_map:
+        warnings.append("HDR input kept without tone-mapping: colours will look washed out")
+
+    # Expected frames: exact when a length is asked for, else from the input's duration.
+    source_seconds = v.duration or info.duration
+    if kind == "sequence":
+        source_seconds = len(glob.glob(re.sub(r"%0?\d*d", "*", src))) / vp.fps
+    if target is not None:
+        frames: int | None = max(1, round(target * vp.fps))
+    elif source_seconds:
+        frames = None
+    else:
+        raise MediaError(f"cannot tell the duration of {src}", hint="give --duration SECONDS")
+    out_seconds = frames / vp.fps if frames else float(source_seconds or 0)
+    want_audio = vp.audio == "aac"
+
+    reasons = _video_is_compliant(info, vp)
+    remux = not force_encode and not reasons and target is None and kind == "clip"
+    if kind == "still":
+        in_opts = {**in_opts, "loop": 1, "framerate": vp.fps}
+    elif kind == "sequence":  # one image per frame at the target rate
+        in_opts = {**in_opts, "framerate": vp.fps}
+    if loop_to is not None and kind != "still":
+        in_opts["stream_loop"] = -1
+
+    inp = ffmpeg.input(src, **in_opts)
+    out_opts: dict[str, Any] = _mp4_options()
+    if remux:
+        vstream = inp[f"{v.index}"]
+        out_opts["c:v"] = "copy"
+    else:
+        vstream = inp[f"{v.index}"]
+        if duration is not None and source_seconds and duration > source_seconds and kind != "still":
+            # Hold the last frame to reach the requested length.
+            vstream = vstream.filter("tpad", stop_mode="clone", stop_duration=duration - source_seconds + 1)
+        vstream = _video_filters(vstream, v, vp, fit)
+        out_opts.update(_x264_options(vp))
+    if frames:
+        out_opts["frames:v"] = frames
+        out_opts["t"] = f"{out_seconds:.6f}"
+    streams = [vstream]
+    if want_audio:
+        streams.append(_aac_stream(inp, info, vp, pad=target is not None))
+        out_opts.update({"c:a": "aac", "b:a": vp.audio_bitrate, "ar": vp.audio_sample_rate, "ac": vp.audio_channels})
+        if not frames:
+            # Audio ends with the video: generated silence is endless, and a longer track would freeze the last frame.
+            out_opts["t"] = f"{out_seconds:.6f}"
+
+    with atomic_output(output, inputs=(Path(src),)) as tmp:
+        stream = ffmpeg.output(*streams, str(tmp), **out_opts)
+        _run_ffmpeg(
+            stream,
+            stage="remux" if remux else "encode",
+            total=out_seconds or None,
+            timeout=timeout or _default_timeout(out_seconds),
+            on_progress=on_progress,
+            what=f"ffmpeg ({src})",
+        )
+        out_info = probe(tmp, count_frames=True)
+        expected_frames = frames if frames else (v.frames if remux else None)
+        problems = check_video(out_info, vp, expected_frames=expected_frames, expected_seconds=out_seconds, path=tmp)
+        if problems:
+            raise OutputCheckError(
+                f"output of {src} does not meet preset {vp.name}: " + "; ".join(problems),
+                hint="the file was not kept; please report this with the input's ffprobe output",
+            )
+    if on_progress:
+        on_progress(Progress(stage="done", done=out_seconds, total=out_seconds))
+    final_info = out_info.model_copy(update={"path": str(output)})
+    return NormalizeResult(
+        input=src, output=str(output), preset=vp.name, path_taken="remux" if remux else "encode",
+        seconds=time.monotonic() - started, info=final_info, warnings=warnings,
+    )  # fmt: skip
+
+
+def _aac_stream(inp: Any, info: MediaInfo, vp: VideoPreset, *, pad: bool) -> Any:
+    """The kept audio track, or silence when the input has none (so every output has the same layout)."""
+    if info.audio is None:
+        layout = "mono" if vp.audio_channels == 1 else "stereo"
+        return ffmpeg.input(f"anullsrc=r={vp.audio_sample_rate}:cl={layout}", f="lavfi").audio
+    # async=1 stretches/fills timestamps so audio stays within a frame of the video; first_pts=0 aligns the start.
+    stream = inp[f"{info.audio.index}"].filter("aresample", vp.audio_sample_rate, **{"async": 1, "first_pts": 0})
+    if pad:
+        stream = stream.filter("apad")
+    return stream
+
+
+def check_video(
+    info: MediaInfo, preset: VideoPreset, *, expected_frames: int | None, expected_seconds: float | None, path: Path
+) -> list[str]:
+    """Problems of a produced video against its preset (empty list: it meets it)."""
+    v = info.video
+    if v is None:
+        return ["no video stream"]
+    problems = []
+    if v.codec != preset.codec:
+        problems.append(f"codec {v.codec}")
+    if _PROFILE_RANK.get((v.profile or "").lower(), 99) > _PROFILE_RANK[preset.profile]:
+        problems.append(f"profile {v.profile}")
+    if v.pix_fmt != preset.pix_fmt:
+        problems.append(f"pix_fmt {v.pix_fmt}")
+    if (v.width, v.height) != (preset.width, preset.height) or v.rotation:
+        problems.append(f"size {v.width}x{v.height} (rotation {v.rotation})")
+    if not v.is_cfr or v.fps != preset.fps:
+        problems.append(f"frame rate r={v.r_frame_rate} avg={v.avg_frame_rate}, want {preset.fps} CFR")
+    if not v.square_pixels:
+        problems.append(f"sample aspect ratio {v.sample_aspect_ratio}")
+    if expected_frames is not None and v.frames != expected_frames:
+        problems.append(f"{v.frames} frames, want {expected_frames}")
+    elif expected_seconds and v.duration and abs(v.duration - expected_seconds) > 1.5 / preset.fps:
+        problems.append(f"duration {v.duration:.3f} s, want {expected_seconds:.3f} s")
+    if not is_faststart(path):
+        problems.append("moov atom after mdat (not faststart)")
+    a = info.audio
+    if preset.audio == "none" and a is not None:
+        problems.append("has an audio track")
+    if preset.audio == "aac":
+        if a is None:
+            problems.append("no audio track")
+        elif (a.codec, a.sample_rate, a.channels) != ("aac", preset.audio_sample_rate, preset.audio_channels):
+            problems.append(f"audio {a.codec} {a.sample_rate} Hz {a.channels} ch")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------- audio
+
+
+def audio_format_for(output: str | os.PathLike[str]) -> Literal["wav", "mp3"]:
+    ext = Path(output).suffix.lower()
+    if ext not in (".wav", ".mp3"):
+        raise ConfigError(
+            f"audio output must end in .wav or .mp3, got {Path(output).name}",
+            hint="Tavus accepts audio_url only as .wav or .mp3",
+        )
+    return "wav" if ext == ".wav" else "mp3"
+
+
+def _loudness_target(preset: AudioPreset, loudness: float | bool | None) -> LoudnessTarget | None:
+    if loudness is None or loudness is True:
+        return preset.loudness if loudness is None else (preset.loudness or LoudnessTarget())
+    if loudness is False:
+        return None
+    base = preset.loudness or LoudnessTarget()
+    return base.model_copy(update={"integrated": float(loudness)})
+
+
+def _audio_encoder_options(preset: AudioPreset) -> dict[str, Any]:
+    opts: dict[str, Any] = {"ar": preset.sample_rate, "ac": preset.channels, "map_metadata": -1}
+    if preset.format == "wav":
+        opts.update({"f": "wav", "c:a": "pcm_s16le"})
+    else:
+        opts.update({"f": "mp3", "c:a": "libmp3lame", "b:a": preset.bitrate or "192k", "write_id3v2": 0})
+    return opts
+
+
+def _layout(channels: int) -> str:
+    return "mono" if channels == 1 else "stereo"
+
+
+def measure_loudness(
+    path: str | os.PathLike[str], *, target: LoudnessTarget | None = None, channels: int | None = None,
+    timeout: float = 600.0, on_progress: ProgressCallback | None = None, total: float | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Integrated loudness (input_i, LUFS), true peak (input_tp), range (input_lra) and threshold, via loudnorm."""
+    target = target or LoudnessTarget()
+    stream = ffmpeg.input(str(path))["a:0"]
+    if channels:
+        stream = stream.filter("aformat", channel_layouts=_layout(channels))
+    stream = stream.filter("loudnorm", I=target.integrated, TP=target.true_peak, LRA=target.lra, print_format="json")
+    result = _run_ffmpeg(
+        ffmpeg.output(stream, "-", f="null"), stage="measure loudness", total=total, timeout=timeout,
+        on_progress=on_progress, what=f"loudness measurement ({path})", loglevel="info",
+    )  # fmt: skip
+    match = _LOUDNORM_JSON.search("\n".join(result.stderr_lines))
+    if not match:
+        raise MediaError(f"could not measure the loudness of {path}", hint="check that the file has audible audio")
+    raw = json.loads(match.group(0))
+    out = {}
+    for key in ("input_i", "input_tp", "input_lra", "input_thresh", "target_offset"):
+        try:
+            out[key] = float(raw[key])
+        except (KeyError, ValueError):
+            out[key] = -math.inf
+    return out
+
+
+def normalize_audio(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    preset: str | AudioPreset | None = None,
+    loudness: float | bool | None = None,
+    force_encode: bool = False,
+    on_progress: ProgressCallback | None = None,
+    timeout: float | None = None,
+) -> NormalizeResult:
+    """Turn any audio (or a video's audio track) into a .wav or .mp3 that meets the preset.
+
+    loudness: None = the preset's target, False = off, a number = that integrated LUFS target.
+    Two-pass: measure, then apply loudnorm with the measured values (linear gain where the true peak allows).
+    """
+    started = time.monotonic()
+    fmt = audio_format_for(output)
+    ap = preset if isinstance(preset, AudioPreset) else load_audio_preset(preset or f"audio-{fmt}")
+    if ap.format != fmt:
+        raise ConfigError(
+            f"preset {ap.name} writes .{ap.format} but the output is {Path(output).name}",
+            hint=f"name the output .{ap.format} or use preset audio-{fmt}",
+        )
+    target = _loudness_target(ap, loudness)
+    src = str(input)
+    info = probe(src)
+    a = info.audio
+    if a is None:
+        raise MediaError(f"no audio stream in {src}", hint="pass a recording that contains sound")
+    seconds = a.duration or info.duration or 0.0
+    timeout = timeout or _default_timeout(seconds)
+    warnings = _tavus_audio_warnings(seconds)
+
+    fmt_ok = ("wav" in info.format_name) if fmt == "wav" else info.format_name == "mp3"
+    compliant = fmt_ok and (a.codec, a.sample_rate, a.channels) == (ap.codec, ap.sample_rate, ap.channels)
+    remux = compliant and target is None and not force_encode
+    inp = ffmpeg.input(src)
+    stream = inp[f"{a.index}"]
+    out_opts = _audio_encoder_options(ap)
+    measured_out: dict[str, float] | None = None
+    if remux:
+        out_opts["c:a"] = "copy"
+        out_opts.pop("b:a", None)
+    else:
+        stream = stream.filter("aformat", channel_layouts=_layout(ap.channels))
+        if target is not None:
+
+            def scaled(p: Progress) -> None:
+                if on_progress:
+                    on_progress(Progress(stage=p.stage, done=p.done / 2, total=seconds or None, speed=p.speed))
+
+            measured = measure_loudness(
+                src, target=target, channels=ap.channels, timeout=timeout, on_progress=scaled, total=seconds
+            )
+            if measured["input_i"] == -math.inf or measured["input_i"] < -70:
+                warnings.append("the audio is silent; loudness normalization was skipped")
+            else:
+                stream = stream.filter(
+                    "loudnorm", I=target.integrated, TP=target.true_peak, LRA=target.lra,
+                    measured_I=measured["input_i"], measured_TP=measured["input_tp"],
+                    measured_LRA=measured["input_lra"], measured_thresh=measured["input_thresh"],
+                    offset=measured["target_offset"], linear="true", print_format="summary",
+                )  # fmt: skip
+        # loudnorm works at 192 kHz; soxr brings it to the preset rate with less aliasing than the default resampler.
+        stream = stream.filter("aresample", ap.sample_rate, resampler="soxr")
+
+    def second_half(p: Progress) -> None:
+        if on_progress:
+            offset = seconds / 2 if target is not None and not remux else 0.0
+            scale = 0.5 if offset else 1.0
+            on_progress(Progress(stage=p.stage, done=offset + p.done * scale, total=seconds or None, speed=p.speed))
+
+    with atomic_output(output, inputs=(Path(src),)) as tmp:
+        _run_ffmpeg(
+            ffmpeg.output(stream, str(tmp), **out_opts), stage="remux" if remux else "encode",
+            total=seconds or None, timeout=timeout, on_progress=second_half, what=f"ffmpeg ({src})",
+        )  # fmt: skip
+        out_info = probe(tmp)
+        problems = check_audio(out_info, ap, expected_seconds=seconds)
+        if target is not None and not remux and not any("silent" in w for w in warnings):
+            measured_out = measure_loudness(tmp, target=target, timeout=timeout)
+            off = abs(measured_out["input_i"] - target.integrated)
+            if off > 1.0:
+                message = f"integrated loudness {measured_out['input_i']:.1f} LUFS, want {target.integrated:.1f}"
+                # loudnorm cannot gate reliably on very short clips; a miss there is a warning, not a failure.
+                if seconds >= TAVUS_AUDIO_MIN_SECONDS:
+                    problems.append(message)
+                else:
+                    warnings.append(message)
+        if problems:
+            raise OutputCheckError(
+                f"output of {src} does not meet preset {ap.name}: " + "; ".join(problems),
+                hint="the file was not kept; please report this with the input's ffprobe output",
+            )
+    loud = None
+    if measured_out is not None:
+        loud = {"integrated": measured_out["input_i"], "true_peak": measured_out["input_tp"]}
+    return NormalizeResult(
+        input=src, output=str(output), preset=ap.name, path_taken="remux" if remux else "encode",
+        seconds=time.monotonic() - started, info=out_info.model_copy(update={"path": str(output)}),
+        loudness=loud, warnings=warnings,
+    )  # fmt: skip
+
+
+def _tavus_audio_warnings(seconds: float) -> list[str]:
+    if seconds < TAVUS_AUDIO_MIN_SECONDS:
+        return [f"audio is {seconds:.2f} s long; Tavus rejects audio shorter than 3 s (audio_file_min_duration)"]
+    if seconds > TAVUS_AUDIO_MAX_SECONDS:
+        return [f"audio is {seconds:.0f} s long; Tavus rejects audio longer than 10 min (audio_file_max_duration)"]
+    return []
+
+
+def check_audio(info: MediaInfo, preset: AudioPreset, *, expected_seconds: float | None) -> list[str]:
+    """Problems of a produced audio file against its preset (empty list: it meets it)."""
+    a = info.audio
+    if a is None:
+        return ["no audio stream"]
+    problems = []
+    if info.video is not None:
+        problems.append("has a video stream")
+    if (a.codec, a.sample_rate, a.channels) != (preset.codec, preset.sample_rate, preset.channels):
+        problems.append(
+            f"{a.codec} {a.sample_rate} Hz {a.channels} ch, want {preset.codec} {preset.sample_rate} Hz "
+            f"{preset.channels} ch"
+        )
+    got = a.duration or info.duration
+    # Catches truncation, not codec framing: MP3 encoder delay and Opus pre-skip shift lengths by up to ~90 ms.
+    if expected_seconds and got and abs(got - expected_seconds) > 0.1:
+        problems.append(f"duration {got:.3f} s, want {expected_seconds:.3f} s")
+    if info.size > TAVUS_AUDIO_MAX_BYTES:
+        problems.append(f"{info.size} bytes, above Tavus's 750 MB limit")
+    return problems
