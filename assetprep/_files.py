@@ -42,6 +42,12 @@ def atomic_output(path: str | os.PathLike[str], *, inputs: tuple[Path, ...] = ()
     final = check_output_path(path, inputs=inputs)
     tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
     try:
+        tmp.touch(exist_ok=False)  # permission bits do not tell the whole story (root, read-only mounts)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write in the output folder {final.parent}: {exc.strerror}", hint="choose a folder you can write to"
+        ) from None
+    try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

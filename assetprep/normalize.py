@@ -22,7 +22,7 @@ from . import _process
 from ._files import atomic_output
 from .errors import ConfigError, MediaError, OutputCheckError
 from .presets import AudioPreset, LoudnessTarget, VideoPreset, load_audio_preset, load_video_preset
-from .probe import MediaInfo, VideoStream, is_faststart, probe
+from .probe import _STILL_CODECS, MediaInfo, VideoStream, is_faststart, probe
 from .progress import Progress, ProgressCallback
 
 Fit = Literal["cover", "contain", "stretch"]
@@ -33,7 +33,6 @@ TAVUS_AUDIO_MIN_SECONDS = 3.0
 TAVUS_AUDIO_MAX_SECONDS = 600.0
 TAVUS_AUDIO_MAX_BYTES = 750 * 1024 * 1024
 
-_STILL_CODECS = {"png", "mjpeg", "webp", "bmp", "tiff", "jpegls", "jpeg2000", "qoi"}
 _PROFILE_RANK = {"constrained baseline": 0, "baseline": 0, "main": 1, "high": 2}
 _LOUDNORM_JSON = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
 

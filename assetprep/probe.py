@@ -15,6 +15,7 @@ from . import _process
 from .errors import MediaError, ProcessError, ProcessTimeoutError
 
 PROBE_TIMEOUT = 60.0
+_STILL_CODECS = {"png", "mjpeg", "webp", "bmp", "tiff", "jpegls", "jpeg2000", "qoi"}
 
 
 class _Model(BaseModel):
@@ -162,8 +163,8 @@ def probe(path: str | os.PathLike[str], *, count_frames: bool = False, timeout: 
         ) from None
     data = json.loads(result.stdout or b"{}")
     info = _parse(p, data)
-    if info.duration is None and info.video is not None:
-        info = _with_packet_duration(info, timeout)
+    if info.video is not None and info.video.duration is None and info.video.codec not in _STILL_CODECS:
+        info = _with_packet_duration(info, timeout)  # mkv/webm carry no per-stream duration
     return info
 
 
@@ -243,7 +244,7 @@ def _video_stream(s: dict[str, Any]) -> VideoStream:
 
 
 def _with_packet_duration(info: MediaInfo, timeout: float) -> MediaInfo:
-    """Containers without a duration (MediaRecorder webm): take the end of the last video packet."""
+    """Video streams without a duration (MKV, MediaRecorder WebM): take the end of the last video packet."""
     assert info.video is not None
     args = [
         _process.find_tool("ffprobe"), "-v", "error", "-select_streams", f"{info.video.index}",
@@ -260,7 +261,8 @@ def _with_packet_duration(info: MediaInfo, timeout: float) -> MediaInfo:
         count += 1
         end = max(end, start + (_float(dur) or 0.0))
     video = info.video.model_copy(update={"duration": end or None, "frames": info.video.frames or count or None})
-    return info.model_copy(update={"duration": end or None, "video_streams": (video, *info.video_streams[1:])})
+    duration = info.duration if info.duration is not None else (end or None)
+    return info.model_copy(update={"duration": duration, "video_streams": (video, *info.video_streams[1:])})
 
 
 def mp4_box_order(path: str | os.PathLike[str]) -> list[str]:

@@ -1,0 +1,125 @@
+"""The CLI as users meet it: one clear line on bad input, exit codes, no traceback, no output file left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "assetprep"]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def good_mp4(gen) -> Path:
+    return gen("good.mp4", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=2", "-f", "lavfi",
+               "-i", "sine=d=2", "-c:v", "libx264", "-c:a", "aac")  # fmt: skip
+
+
+def bad_inputs(tmp_path: Path, good_mp4: Path) -> dict[str, Path]:
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    truncated = tmp_path / "truncated.mp4"  # moov at the end, cut off: unreadable
+    data = good_mp4.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    return {"missing": tmp_path / "nope.mp4", "empty": empty, "text": text, "truncated": truncated}
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated"])
+@pytest.mark.parametrize("command", ["video", "audio"])
+def test_bad_input_files(tmp_path, good_mp4, kind, command):
+    src = bad_inputs(tmp_path, good_mp4)[kind]
+    out = tmp_path / ("o.mp4" if command == "video" else "o.wav")
+    proc = cli("normalize", command, str(src), "-o", str(out))
+    assert_one_line_error(proc, str(src))
+    assert not out.exists() and not list(tmp_path.glob(".*.part"))
+
+
+def test_missing_stream(tmp_path, gen):
+    tone = gen("tone.wav", "-f", "lavfi", "-i", "sine=d=4")
+    assert_one_line_error(cli("normalize", "video", str(tone), "-o", str(tmp_path / "o.mp4")), "no video stream")
+    silent = gen("silent.mp4", "-f", "lavfi", "-i", "testsrc2=size=64x64:d=1", "-c:v", "libx264")
+    assert_one_line_error(cli("normalize", "audio", str(silent), "-o", str(tmp_path / "o.wav")), "no audio stream")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_output_folder_missing_or_unwritable(tmp_path, good_mp4):
+    proc = cli("normalize", "video", str(good_mp4), "-o", str(tmp_path / "no" / "o.mp4"))
+    assert_one_line_error(proc, "output folder does not exist", str(tmp_path / "no"))
+    if os.geteuid() == 0:
+        locked = Path("/sys")  # root ignores permission bits; sysfs refuses new files even to root
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+    proc = cli("normalize", "video", str(good_mp4), "-o", str(locked / "o.mp4"))
+    assert_one_line_error(proc, str(locked))
+    assert not (locked / "o.mp4").exists()
+
+
+def test_unknown_preset_and_typo_preset(tmp_path, good_mp4):
+    proc = cli("normalize", "video", str(good_mp4), "-o", str(tmp_path / "o.mp4"), "--preset", "background-4k")
+    assert_one_line_error(proc, "unknown preset 'background-4k'", "background-1080p")
+    typo = tmp_path / "mine.toml"
+    typo.write_text('kind = "video"\nwidht = 1280\nheight = 720\nfps = 30\n')
+    proc = cli("normalize", "video", str(good_mp4), "-o", str(tmp_path / "o.mp4"), "--preset", str(typo))
+    assert_one_line_error(proc, str(typo), "widht: unknown key")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_usage_error_exits_2(good_mp4, tmp_path):
+    proc = cli("normalize", "video", str(good_mp4), "-o", str(tmp_path / "o.mp4"), "--fit", "zoom")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_json_results(tmp_path, good_mp4):
+    proc = cli("normalize", "video", str(good_mp4), "-o", str(tmp_path / "o.mp4"), "--preset", "background-720p",
+               "--keep-audio", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["path_taken"] == "encode" and result["output"] == str(tmp_path / "o.mp4")
+    assert result["facts"]["video"]["width"] == 1280 and result["facts"]["video"]["frames"] == 60
+    proc = cli("normalize", "audio", str(good_mp4), "-o", str(tmp_path / "o.mp3"), "--loudness", "-20", "--json")
+    result = json.loads(proc.stdout)
+    assert result["facts"]["audio"] == {"codec": "mp3", "sample_rate": 44100, "channels": 1}
+    assert abs(result["loudness"]["integrated"] + 20) <= 1
+
+
+def test_presets_commands():
+    proc = cli("presets", "list", "--json")
+    names = [p["name"] for p in json.loads(proc.stdout)["presets"]]
+    assert names == ["audio-mp3", "audio-wav", "background-1080p", "background-720p"]
+    proc = cli("presets", "show", "background-720p")
+    assert json.loads(proc.stdout)["width"] == 1280
+
+
+def test_missing_ffmpeg_is_one_line(tmp_path, good_mp4):
+    env = {**os.environ, "FFPROBE": str(tmp_path / "no-ffprobe")}
+    proc = subprocess.run([*CLI, "normalize", "video", str(good_mp4), "-o", str(tmp_path / "o.mp4")],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert_one_line_error(proc, "FFPROBE=")
+
+
+def test_console_script_and_version():
+    script = shutil.which("assetprep") or str(Path(sys.executable).parent / "assetprep")
+    proc = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("assetprep 0.")
