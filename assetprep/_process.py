@@ -175,3 +175,32 @@ def run(
             hint=hint,
         )
     return result
+
+
+def spawn(
+    args: Sequence[str | os.PathLike[str]], *, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a long-running server (weed, the sandbox) with its output in log_path; stop it with `stop`."""
+    command = [os.fspath(a) for a in args]
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    except OSError as exc:
+        name = Path(command[0]).name
+        raise ToolMissingError(f"cannot start {name}: {exc.strerror}", hint=_INSTALL_HINTS.get(name)) from exc
+    finally:
+        log.close()
+
+
+def stop(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> int:
+    """Stop a spawned server by PID: SIGTERM, then SIGKILL after `timeout` seconds. Returns its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode

@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from . import __version__, normalize, presets, probe
+from . import __version__, normalize, presets, probe, upload
+from ._units import parse_duration
 from .errors import AssetprepError, ProcessError
 from .progress import Progress as ProgressReport
 from .progress import ProgressCallback
@@ -28,6 +29,8 @@ normalize_app = typer.Typer(help="Normalize local media into what Tavus accepts.
 presets_app = typer.Typer(help="Built-in and user presets.", no_args_is_help=True)
 app.add_typer(normalize_app, name="normalize")
 app.add_typer(presets_app, name="presets")
+s3_app = typer.Typer(help="The embedded S3 server (SeaweedFS).", no_args_is_help=True)
+app.add_typer(s3_app, name="s3")
 
 stderr = Console(stderr=True)
 _state = {"debug": False}
@@ -70,6 +73,8 @@ def progress_bar(enabled: bool = True) -> Iterator[ProgressCallback]:
             if p.stage not in tasks:
                 tasks[p.stage] = bar.add_task(p.stage, total=p.total or 1, speed="")
             speed = f"{p.speed:.1f}x" if p.speed and p.unit == "s" else ""
+            if p.unit == "bytes":
+                speed = f"{p.done / 1e6:.1f}/{(p.total or 0) / 1e6:.1f} MB"
             bar.update(tasks[p.stage], completed=p.done, total=p.total or None, speed=speed)
 
         yield update
@@ -170,6 +175,61 @@ def presets_list(as_json: JsonOpt = False) -> None:
 def presets_show(name: Annotated[str, typer.Argument(help="Preset name or file.")]) -> None:
     """Show every setting of a preset (defaults included)."""
     print(json.dumps(presets.load_preset(name).model_dump(), indent=2))
+
+
+@app.command("upload")
+def upload_cmd(
+    files: Annotated[list[Path], typer.Argument(help="Files to upload.")],
+    bucket: Annotated[str, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket name.")],
+    prefix: Annotated[str, typer.Option(envvar="ASSETPREP_PREFIX", help="Key prefix.")] = "assetprep",
+    expires: Annotated[str, typer.Option(help="Presigned URL lifetime: 90s, 30m, 6h, 7d (max).")] = "6h",
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (or AWS_ENDPOINT_URL_S3).")] = None,
+    public_endpoint_url: Annotated[
+        str | None, typer.Option(help="Presign against this host (what the consumer reaches).")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="AWS profile.")] = None,
+    region: Annotated[str | None, typer.Option(help="AWS region.")] = None,
+    create_bucket: Annotated[bool, typer.Option("--create-bucket", help="Create the bucket if missing.")] = False,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Skip the preflight GET of each URL.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload files to S3 and print one checked, presigned GET URL per file."""
+    settings = upload.S3Settings(
+        endpoint_url=endpoint_url, public_endpoint_url=public_endpoint_url, profile=profile, region=region
+    )
+    with progress_bar(not as_json) as on_progress:
+        results = upload.upload_and_presign(
+            list(files), bucket=bucket, settings=settings, prefix=prefix,
+            expires_in=parse_duration(expires, what="--expires"), create_bucket=create_bucket,
+            check=not no_check, on_progress=on_progress,
+        )  # fmt: skip
+    lines = []
+    for r in results:
+        state = "already stored, 0 bytes sent" if r.object.skipped else f"{r.object.bytes_sent} bytes sent"
+        lines.append(f"{r.object.s3_uri}  ({state}, expires {r.expires_at:%Y-%m-%d %H:%M} UTC)\n  {r.url}")
+    emit({"objects": [r.summary() for r in results]}, as_json, "\n".join(lines))
+
+
+@s3_app.command("serve")
+def s3_serve(
+    dir: Annotated[Path, typer.Option("--dir", help="Data folder (objects and credentials).")] = Path(".assetprep/s3"),
+    port: Annotated[int | None, typer.Option(help="S3 port (default: a free one).")] = None,
+) -> None:
+    """Run SeaweedFS on 127.0.0.1 in the foreground; prints the endpoint and credentials to use."""
+    from .s3local import LocalS3
+
+    server = LocalS3(dir, port=port).start()
+    try:
+        print(f"S3 endpoint: {server.endpoint_url}   data: {dir}   log: {server.log_path}")
+        for key, value in server.env().items():
+            print(f"export {key}={value}")
+        print("Ctrl-C to stop.", flush=True)
+        assert server.proc is not None
+        server.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 def main() -> None:

@@ -37,3 +37,15 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 
 def pytest_report_header() -> list[str]:
     return [f"ffmpeg: {shutil.which('ffmpeg')}", f"media: {MEDIA} ({'present' if MEDIA.is_dir() else 'absent'})"]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A real SeaweedFS S3 server on 127.0.0.1 for the whole session, stopped by PID at the end."""
+    from assetprep.s3local import LocalS3
+
+    server = LocalS3(tmp_path_factory.mktemp("seaweed")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

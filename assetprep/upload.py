@@ -1,0 +1,369 @@
+"""S3 upload, presigned GET URLs and a preflight that fetches each URL the way Tavus will.
+
+Keys are content-addressed (PREFIX/<sha256[:16]>/<name>), so a re-upload of the same bytes sends nothing. The S3
+client is built in one place (`make_s3_client`) and injectable everywhere. No secret ever reaches a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import mimetypes
+import os
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import boto3
+import botocore.exceptions
+import httpx
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from .errors import ConfigError, MediaError, PreflightError, StorageError
+from .probe import check_input_file
+from .progress import Progress, ProgressCallback
+
+MIN_EXPIRY = 60.0
+MAX_EXPIRY = 7 * 24 * 3600.0  # SigV4 presigned URLs cannot live longer
+CONTENT_TYPES = {".mp4": "video/mp4", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".webm": "video/webm"}
+MiB = 1024 * 1024
+# Measured against SeaweedFS on 2 cores: 16 MiB parts, 8 in flight beat boto3's 8 MiB/10 and awscli's defaults.
+DEFAULT_TRANSFER = TransferConfig(
+    multipart_threshold=64 * MiB, multipart_chunksize=16 * MiB, max_concurrency=8, use_threads=True
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3Settings(_Model):
+    """Where to upload. Unset fields fall back to boto3's standard chain (env, profile, instance role)."""
+
+    endpoint_url: str | None = None  # S3-compatible store (SeaweedFS, MinIO, R2); also AWS_ENDPOINT_URL_S3
+    public_endpoint_url: str | None = None  # host the consumer reaches, when it differs from endpoint_url
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+
+
+class UploadedObject(_Model):
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+    skipped: bool  # the same bytes were already stored under the key
+    bytes_sent: int
+
+    @property
+    def s3_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class PresignedObject(_Model):
+    object: UploadedObject
+    url: str
+    expires_at: dt.datetime
+
+    def summary(self) -> dict[str, Any]:
+        o = self.object
+        return {
+            "file_uri": o.s3_uri, "url": self.url, "expires_at": self.expires_at.isoformat(), "size": o.size,
+            "sha256": o.sha256, "content_type": o.content_type, "skipped": o.skipped, "bytes_sent": o.bytes_sent,
+        }  # fmt: skip
+
+
+def redact_url(url: str) -> str:
+    """The URL without its query string: presigned signatures and credentials never reach logs or errors."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "…" if parts.query else "", ""))
+
+
+def make_s3_client(
+    settings: S3Settings | None = None,
+    *,
+    endpoint_url: str | None = None,
+    connect_timeout: float = 5,
+    read_timeout: float = 60,
+    retries: int = 3,
+) -> Any:
+    """The one place an S3 client is built: SigV4, path-style for custom endpoints, bounded timeouts and retries."""
+    s = settings or S3Settings()
+    endpoint = (
+        endpoint_url or s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    try:
+        session = boto3.session.Session(
+            profile_name=s.profile,
+            region_name=s.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            aws_access_key_id=s.access_key_id,
+            aws_secret_access_key=s.secret_access_key.get_secret_value() if s.secret_access_key else None,
+            aws_session_token=s.session_token.get_secret_value() if s.session_token else None,
+        )
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigError(
+            f"AWS profile '{s.profile}' not found", hint="check ~/.aws/config or drop --profile"
+        ) from None
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"max_attempts": retries + 1, "mode": "standard"},
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def _where(client: Any) -> str:
+    return client.meta.endpoint_url
+
+
+def storage_error(exc: Exception, action: str, client: Any) -> StorageError:
+    """Turn a boto3/botocore exception into one clear StorageError (without any secret)."""
+    where = _where(client)
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return StorageError(
+            f"{action}: no AWS credentials found",
+            hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, pass --profile, or use 'assetprep s3 serve'",
+        )
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
+        return StorageError(f"{action}: cannot reach S3 at {where}", hint="check --endpoint-url and that it is running")
+    if isinstance(exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectionClosedError):
+        return StorageError(f"{action}: the connection to {where} broke off", hint="retry; finished parts are kept")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken"}:
+            return StorageError(
+                f"{action}: S3 at {where} rejected the credentials ({code or status})",
+                hint="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile, and the bucket policy",
+            )
+        if code in {"NoSuchBucket", "404", "NotFound"}:
+            return StorageError(
+                f"{action}: not found at {where} ({code})", hint="create the bucket or pass --create-bucket"
+            )
+        return StorageError(f"{action}: S3 at {where} answered {status} {code}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError | boto3.exceptions.S3UploadFailedError):
+        # S3UploadFailedError wraps the ClientError text; its message carries no secrets.
+        return StorageError(f"{action}: {exc}")
+    return StorageError(f"{action}: {type(exc).__name__}: {exc}")
+
+
+def ensure_bucket(client: Any, bucket: str, *, create: bool = False) -> None:
+    """Check the bucket exists (create it when asked)."""
+    try:
+        client.head_bucket(Bucket=bucket)
+        return
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code not in {"404", "NoSuchBucket", "NotFound"}:
+            raise storage_error(exc, f"checking bucket '{bucket}'", client) from None
+    except Exception as exc:
+        raise storage_error(exc, f"checking bucket '{bucket}'", client) from None
+    if not create:
+        raise StorageError(
+            f"bucket '{bucket}' does not exist at {_where(client)}", hint="create it or pass --create-bucket"
+        )
+    try:
+        client.create_bucket(Bucket=bucket)
+    except Exception as exc:
+        raise storage_error(exc, f"creating bucket '{bucket}'", client) from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_type_for(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def object_key(prefix: str, sha256: str, name: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/{sha256[:16]}/{name}" if prefix else f"{sha256[:16]}/{name}"
+
+
+def _content_disposition(name: str) -> str:
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_")
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+
+
+def upload_file(
+    path: str | os.PathLike[str],
+    *,
+    bucket: str,
+    client: Any,
+    prefix: str = "assetprep",
+    create_bucket: bool = False,
+    transfer_config: TransferConfig | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> UploadedObject:
+    """Upload a file under its content-addressed key; skip it when the same bytes are already stored there."""
+    try:
+        src = check_input_file(path)
+    except MediaError as exc:
+        raise StorageError(exc.message, hint=exc.hint) from None
+    size = src.stat().st_size
+    sha = file_sha256(src)
+    key = object_key(prefix, sha, src.name)
+    ctype = content_type_for(src)
+    ensure_bucket(client, bucket, create=create_bucket)
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+        if head.get("ContentLength") == size and head.get("Metadata", {}).get("sha256") == sha:
+            return UploadedObject(bucket=bucket, key=key, size=size, sha256=sha, content_type=ctype, skipped=True,
+                                  bytes_sent=0)  # fmt: skip
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
+            raise storage_error(exc, f"checking s3://{bucket}/{key}", client) from None
+    except Exception as exc:
+        raise storage_error(exc, f"checking s3://{bucket}/{key}", client) from None
+
+    sent = 0
+    lock = threading.Lock()
+
+    def callback(amount: int) -> None:
+        nonlocal sent
+        with lock:
+            sent += amount
+            done = sent
+        if on_progress:
+            on_progress(Progress(stage=f"upload {src.name}", done=done, total=size, unit="bytes"))
+
+    extra = {
+        "ContentType": ctype,
+        "ContentDisposition": _content_disposition(src.name),
+        "Metadata": {"sha256": sha},
+        "ChecksumAlgorithm": "SHA256",  # the server verifies every part against it
+    }
+    try:
+        client.upload_file(str(src), bucket, key, ExtraArgs=extra, Config=transfer_config or DEFAULT_TRANSFER,
+                           Callback=callback)  # fmt: skip
+    except Exception as exc:
+        # A multipart upload that failed is aborted by boto3; nothing is visible under the key until completion.
+        raise storage_error(exc, f"uploading {src} to s3://{bucket}/{key}", client) from None
+    return UploadedObject(bucket=bucket, key=key, size=size, sha256=sha, content_type=ctype, skipped=False,
+                          bytes_sent=sent)  # fmt: skip
+
+
+def _credential_expiry(client: Any) -> dt.datetime | None:
+    creds = client._request_signer._credentials  # botocore keeps the refreshable expiry only here
+    if creds is None or not getattr(creds, "token", None):
+        return None
+    expiry = getattr(creds, "_expiry_time", None)
+    return expiry if isinstance(expiry, dt.datetime) else None
+
+
+def check_expiry(expires_in: float) -> None:
+    if not MIN_EXPIRY <= expires_in <= MAX_EXPIRY:
+        raise ConfigError(
+            f"presigned URL expiry must be between 1 minute and 7 days, got {expires_in:g} s",
+            hint="use e.g. --expires 6h",
+        )
+
+
+def presign(client: Any, bucket: str, key: str, *, expires_in: float) -> tuple[str, dt.datetime]:
+    """A SigV4 presigned GET URL valid for `expires_in` seconds (60 s to 7 days)."""
+    check_expiry(expires_in)
+    now = dt.datetime.now(dt.UTC)
+    expires_at = now + dt.timedelta(seconds=expires_in)
+    cred_expiry = _credential_expiry(client)
+    if cred_expiry is not None and cred_expiry < expires_at:
+        raise StorageError(
+            f"the AWS session credentials expire at {cred_expiry.isoformat()}, before the URL would "
+            f"({expires_at.isoformat()}); a presigned URL dies with its session",
+            hint="use long-lived credentials for presigning or a shorter --expires",
+        )
+    try:
+        url = client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_in)
+        )
+    except Exception as exc:
+        raise storage_error(exc, f"presigning s3://{bucket}/{key}", client) from None
+    return url, expires_at
+
+
+def preflight(
+    url: str,
+    *,
+    content_type: str | None = None,
+    size: int | None = None,
+    timeout: float = 15.0,
+    http: httpx.Client | None = None,
+) -> None:
+    """Fetch the first byte of `url` the way a consumer does (no credentials) and fail loudly if it does not work."""
+    shown = redact_url(url)
+    owned = http is None
+    client = http or httpx.Client(timeout=timeout, follow_redirects=True)
+    try:
+        try:
+            resp = client.get(url, headers={"Range": "bytes=0-0"}, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise PreflightError(
+                f"presigned URL {shown} is not reachable: {type(exc).__name__}",
+                hint="check that the endpoint is reachable from where the URL will be fetched (--public-endpoint-url)",
+            ) from None
+        if resp.status_code not in (200, 206):
+            reason = _s3_error_reason(resp.text)
+            raise PreflightError(
+                f"presigned URL {shown} answered {resp.status_code}{': ' + reason if reason else ''}",
+                hint="re-presign it (an expired or altered URL is refused)",
+            )
+        got = resp.headers.get("content-type", "").split(";")[0].strip()
+        if content_type and got != content_type:
+            raise PreflightError(f"presigned URL {shown} serves Content-Type '{got}', expected '{content_type}'")
+        total = resp.headers.get("content-range", "").rpartition("/")[2]
+        if size is not None and total.isdigit() and int(total) != size:
+            raise PreflightError(f"presigned URL {shown} serves {total} bytes, expected {size}")
+    finally:
+        if owned:
+            client.close()
+
+
+def _s3_error_reason(body: str) -> str:
+    """The <Message> (or <Code>) of an S3 XML error body."""
+    for tag in ("Message", "Code"):
+        start, end = body.find(f"<{tag}>"), body.find(f"</{tag}>")
+        if 0 <= start < end:
+            return body[start + len(tag) + 2 : end][:200]
+    return ""
+
+
+def upload_and_presign(
+    paths: list[str | os.PathLike[str]],
+    *,
+    bucket: str,
+    settings: S3Settings | None = None,
+    client: Any = None,
+    prefix: str = "assetprep",
+    expires_in: float = 6 * 3600,
+    create_bucket: bool = False,
+    check: bool = True,
+    on_progress: ProgressCallback | None = None,
+) -> list[PresignedObject]:
+    """Upload each file, presign it (against the public endpoint when set) and preflight the URL."""
+    settings = settings or S3Settings()
+    check_expiry(expires_in)  # before any byte is sent
+    client = client or make_s3_client(settings)
+    signer = (
+        make_s3_client(settings, endpoint_url=settings.public_endpoint_url) if settings.public_endpoint_url else client
+    )
+    results = []
+    for path in paths:
+        obj = upload_file(path, bucket=bucket, client=client, prefix=prefix, create_bucket=create_bucket,
+                          on_progress=on_progress)  # fmt: skip
+        url, expires_at = presign(signer, bucket, obj.key, expires_in=expires_in)
+        if check:
+            preflight(url, content_type=obj.content_type, size=obj.size)
+        results.append(PresignedObject(object=obj, url=url, expires_at=expires_at))
+    return results

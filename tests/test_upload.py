@@ -1,0 +1,213 @@
+"""Upload, presign and preflight against a real SeaweedFS (weed mini), over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from boto3.s3.transfer import TransferConfig
+
+from assetprep import ConfigError, PreflightError, StorageError
+from assetprep.s3local import LocalS3, free_port_block
+from assetprep.upload import (
+    S3Settings,
+    make_s3_client,
+    preflight,
+    presign,
+    upload_and_presign,
+    upload_file,
+)
+
+MiB = 1024 * 1024
+
+
+def settings_for(server: LocalS3, **overrides) -> S3Settings:
+    values = {"endpoint_url": server.endpoint_url, "access_key_id": server.access_key,
+              "secret_access_key": server.secret_key, **overrides}  # fmt: skip
+    return S3Settings(**values)
+
+
+@pytest.fixture
+def client(s3):
+    return make_s3_client(settings_for(s3))
+
+
+@pytest.fixture
+def bucket(client, request):
+    name = "t-" + hashlib.sha1(request.node.name.encode()).hexdigest()[:12]
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def count_calls(client) -> list[str]:
+    calls: list[str] = []
+    client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+def test_upload_presign_and_range(s3, client, bucket, tmp_path):
+    f = tmp_path / "clip.mp4"
+    f.write_bytes(os.urandom(300_000))
+    [r] = upload_and_presign([f], bucket=bucket, settings=settings_for(s3))
+    stored = client.get_object(Bucket=bucket, Key=r.object.key)
+    assert stored["Body"].read() == f.read_bytes()
+    assert stored["ContentType"] == "video/mp4" and 'filename="clip.mp4"' in stored["ContentDisposition"]
+    assert r.object.key.startswith("assetprep/") and r.object.key.endswith("/clip.mp4")
+    assert urlsplit(r.url).path.endswith(".mp4")  # Tavus looks at the extension
+    assert httpx.get(r.url).content == f.read_bytes()
+    part = httpx.get(r.url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == f.read_bytes()[10:20]
+    assert part.headers["content-range"] == "bytes 10-19/300000"
+
+
+def test_reupload_sends_zero_bytes(s3, client, bucket, tmp_path):
+    f = tmp_path / "speech.wav"
+    f.write_bytes(os.urandom(50_000))
+    first = upload_file(f, bucket=bucket, client=client)
+    assert not first.skipped and first.bytes_sent == 50_000
+    calls = count_calls(client)
+    again = upload_file(f, bucket=bucket, client=client)
+    assert again.skipped and again.bytes_sent == 0 and again.key == first.key
+    assert not {"PutObject", "UploadPart", "CreateMultipartUpload"} & set(calls)
+    assert client.head_object(Bucket=bucket, Key=first.key)["ContentType"] == "audio/wav"
+
+
+def test_multipart_large_file(s3, client, bucket, tmp_path):
+    f = tmp_path / "big.mp4"
+    with open(f, "wb") as out:
+        for _ in range(70):
+            out.write(os.urandom(MiB))
+    calls = count_calls(client)
+    [r] = upload_and_presign([f], bucket=bucket, settings=settings_for(s3), client=client)
+    assert calls.count("UploadPart") >= 4 and "CompleteMultipartUpload" in calls
+    head = client.head_object(Bucket=bucket, Key=r.object.key)
+    assert head["ContentLength"] == 70 * MiB and "-" in head["ETag"]  # multipart ETag
+    digest = hashlib.sha256()
+    with httpx.stream("GET", r.url) as resp:
+        for chunk in resp.iter_bytes():
+            digest.update(chunk)
+    assert digest.hexdigest() == r.object.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_expired_url_fails_preflight(client, bucket, tmp_path):
+    f = tmp_path / "a.mp3"
+    f.write_bytes(b"ID3" + os.urandom(1000))
+    obj = upload_file(f, bucket=bucket, client=client)
+    url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": obj.key}, ExpiresIn=1)
+    preflight(url, content_type="audio/mpeg", size=obj.size)  # still valid
+    time.sleep(2.2)
+    with pytest.raises(PreflightError, match=r"403.*expired") as info:
+        preflight(url, content_type="audio/mpeg")
+    signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
+    assert signature not in str(info.value) and "X-Amz-Credential" not in str(info.value)
+
+
+def test_tampered_url_and_wrong_type_fail_preflight(client, bucket, tmp_path):
+    f = tmp_path / "a.wav"
+    f.write_bytes(os.urandom(1000))
+    obj = upload_file(f, bucket=bucket, client=client)
+    url, _ = presign(client, bucket, obj.key, expires_in=600)
+    tampered = url.replace("X-Amz-Expires=600", "X-Amz-Expires=6000")
+    with pytest.raises(PreflightError, match="403") as info:
+        preflight(tampered)
+    assert "Signature" not in str(info.value)
+    with pytest.raises(PreflightError, match="Content-Type 'audio/wav', expected 'video/mp4'"):
+        preflight(url, content_type="video/mp4")
+
+
+def test_wrong_credentials_do_not_leak(s3, bucket, tmp_path):
+    f = tmp_path / "a.mp4"
+    f.write_bytes(b"x" * 100)
+    bad_secret = "WRONG-secret-" + "z" * 20
+    bad = make_s3_client(settings_for(s3, secret_access_key=bad_secret), retries=0)
+    with pytest.raises(StorageError, match="rejected the credentials") as info:
+        upload_file(f, bucket=bucket, client=bad)
+    assert bad_secret not in str(info.value) and s3.secret_key not in str(info.value)
+
+
+def test_missing_bucket_and_create(client, tmp_path):
+    f = tmp_path / "a.mp4"
+    f.write_bytes(b"x" * 100)
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket-x' does not exist.*--create-bucket"):
+        upload_file(f, bucket="no-such-bucket-x", client=client)
+    obj = upload_file(f, bucket="created-on-demand", client=client, create_bucket=True)
+    assert client.head_object(Bucket="created-on-demand", Key=obj.key)["ContentLength"] == 100
+
+
+def test_unreachable_endpoint_fails_fast(tmp_path):
+    f = tmp_path / "a.mp4"
+    f.write_bytes(b"x")
+    (port,) = free_port_block(1)
+    c = make_s3_client(S3Settings(endpoint_url=f"http://127.0.0.1:{port}", access_key_id="K", secret_access_key="S"),
+                       connect_timeout=1, retries=0)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=f"cannot reach S3 at http://127.0.0.1:{port}"):
+        upload_file(f, bucket="whatever", client=c)
+    assert time.monotonic() - started < 10
+
+
+def test_bad_files_and_expiry(s3, client, bucket, tmp_path):
+    with pytest.raises(StorageError, match="input file not found"):
+        upload_file(tmp_path / "nope.mp4", bucket=bucket, client=client)
+    f = tmp_path / "a.mp4"
+    f.write_bytes(b"x" * 10)
+    for bad in (8 * 86400, 30):
+        with pytest.raises(ConfigError, match="between 1 minute and 7 days"):
+            upload_and_presign([f], bucket=bucket, settings=settings_for(s3), expires_in=bad)
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # refused before any upload
+
+
+def test_server_killed_during_multipart_upload(tmp_path):
+    f = tmp_path / "big.mp4"
+    with open(f, "wb") as out:
+        for _ in range(48):
+            out.write(os.urandom(MiB))
+    server = LocalS3(tmp_path / "s3").start()
+    try:
+        c = make_s3_client(settings_for(server), retries=0, connect_timeout=1)
+        c.create_bucket(Bucket="faults")
+        small_parts = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, max_concurrency=2)
+
+        def kill_midway(p):
+            if p.done > 12 * MiB and server.proc is not None:
+                server.kill()
+
+        with pytest.raises(StorageError, match="uploading"):
+            upload_file(f, bucket="faults", client=c, transfer_config=small_parts, on_progress=kill_midway)
+        server.start()  # same data folder and credentials, new ports
+        c = make_s3_client(settings_for(server))
+        assert c.list_objects_v2(Bucket="faults").get("KeyCount", 0) == 0  # no half object under any key
+        obj = upload_file(f, bucket="faults", client=c, transfer_config=small_parts)
+        body = c.get_object(Bucket="faults", Key=obj.key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == obj.sha256
+    finally:
+        server.stop()
+    assert server.proc is None
+
+
+def test_cli_upload_json_and_no_secret_in_output(s3, tmp_path):
+    f = tmp_path / "speech.mp3"
+    f.write_bytes(b"ID3" + os.urandom(2000))
+    env = {**os.environ, **s3.env()}
+    cmd = [sys.executable, "-m", "assetprep", "upload", str(f), "--bucket", "cli-bucket", "--create-bucket",
+           "--expires", "2h", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [obj] = json.loads(proc.stdout)["objects"]
+    assert obj["content_type"] == "audio/mpeg" and obj["file_uri"].startswith("s3://cli-bucket/assetprep/")
+    assert httpx.get(obj["url"]).content == f.read_bytes()
+    assert s3.secret_key not in proc.stdout + proc.stderr
+    env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret-" + "q" * 24
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "rejected the credentials" in lines[0] and env["AWS_SECRET_ACCESS_KEY"] not in proc.stderr
+    proc = subprocess.run([*cmd[:-3], "--expires", "8d"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and "between 1 minute and 7 days" in proc.stderr
