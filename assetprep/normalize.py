@@ -113,28 +113,31 @@ def _probe_video_input(path: str) -> tuple[MediaInfo, dict[str, Any], InputKind]
     return info, {}, "still" if is_still else "clip"
 
 
-def _video_is_compliant(info: MediaInfo, preset: VideoPreset) -> list[str]:
-    """Why the input cannot simply be remuxed (empty list: it can)."""
-    v = info.video
-    assert v is not None
-    reasons = []
-    if not any(name in info.format_name for name in ("mp4", "mov")):
-        reasons.append(f"container {info.format_name}")
-    if v.codec != "h264":
-        reasons.append(f"codec {v.codec}")
+def _stream_mismatches(v: VideoStream, preset: VideoPreset) -> list[str]:
+    """How a video stream differs from the preset: shared by the remux decision and the output check."""
+    problems = []
+    if v.codec != preset.codec:
+        problems.append(f"codec {v.codec}")
     elif _PROFILE_RANK.get((v.profile or "").lower(), 99) > _PROFILE_RANK[preset.profile]:
-        reasons.append(f"profile {v.profile}")
+        problems.append(f"profile {v.profile}")
     if v.pix_fmt != preset.pix_fmt:
-        reasons.append(f"pix_fmt {v.pix_fmt}")
+        problems.append(f"pix_fmt {v.pix_fmt}")
     if (v.width, v.height) != (preset.width, preset.height) or v.rotation:
-        reasons.append(f"size {v.width}x{v.height} rotation {v.rotation}")
+        problems.append(f"size {v.width}x{v.height} (rotation {v.rotation})")
     if not v.is_cfr or v.fps != preset.fps:
-        reasons.append(f"frame rate r={v.r_frame_rate} avg={v.avg_frame_rate}")
+        problems.append(f"frame rate r={v.r_frame_rate} avg={v.avg_frame_rate}, want {preset.fps} CFR")
     if not v.square_pixels:
-        reasons.append(f"SAR {v.sample_aspect_ratio}")
+        problems.append(f"sample aspect ratio {v.sample_aspect_ratio}")
     if v.color_range == "pc" or v.is_hdr:
-        reasons.append(f"color range/transfer {v.color_range}/{v.color_transfer}")
-    return reasons
+        problems.append(f"color range/transfer {v.color_range}/{v.color_transfer}")
+    return problems
+
+
+def _remux_blockers(info: MediaInfo, preset: VideoPreset) -> list[str]:
+    """Why the input cannot simply be remuxed (empty list: it can)."""
+    assert info.video is not None
+    container = [] if any(n in info.format_name for n in ("mp4", "mov")) else [f"container {info.format_name}"]
+    return container + _stream_mismatches(info.video, preset)
 
 
 def _video_filters(stream: Any, v: VideoStream, preset: VideoPreset, fit: Fit) -> Any:
@@ -238,7 +241,7 @@ def normalize_video(
     out_seconds = frames / vp.fps if frames else float(source_seconds or 0)
     want_audio = vp.audio == "aac"
 
-    reasons = _video_is_compliant(info, vp)
+    reasons = _remux_blockers(info, vp)
     remux = not force_encode and not reasons and target is None and kind == "clip"
     if kind == "still":
         in_opts = {**in_opts, "loop": 1, "framerate": vp.fps}
@@ -316,19 +319,7 @@ def check_video(
     v = info.video
     if v is None:
         return ["no video stream"]
-    problems = []
-    if v.codec != preset.codec:
-        problems.append(f"codec {v.codec}")
-    if _PROFILE_RANK.get((v.profile or "").lower(), 99) > _PROFILE_RANK[preset.profile]:
-        problems.append(f"profile {v.profile}")
-    if v.pix_fmt != preset.pix_fmt:
-        problems.append(f"pix_fmt {v.pix_fmt}")
-    if (v.width, v.height) != (preset.width, preset.height) or v.rotation:
-        problems.append(f"size {v.width}x{v.height} (rotation {v.rotation})")
-    if not v.is_cfr or v.fps != preset.fps:
-        problems.append(f"frame rate r={v.r_frame_rate} avg={v.avg_frame_rate}, want {preset.fps} CFR")
-    if not v.square_pixels:
-        problems.append(f"sample aspect ratio {v.sample_aspect_ratio}")
+    problems = _stream_mismatches(v, preset)
     if expected_frames is not None and v.frames != expected_frames:
         problems.append(f"{v.frames} frames, want {expected_frames}")
     elif expected_seconds and v.duration and abs(v.duration - expected_seconds) > 1.5 / preset.fps:
