@@ -216,8 +216,14 @@ def s3_serve(
     port: Annotated[int | None, typer.Option(help="S3 port (default: a free one).")] = None,
 ) -> None:
     """Run SeaweedFS on 127.0.0.1 in the foreground; prints the endpoint and credentials to use."""
+    import signal
+
     from .s3local import LocalS3
 
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM must stop weed too, not leave it orphaned
+
+    signal.signal(signal.SIGTERM, on_term)
     server = LocalS3(dir, port=port).start()
     try:
         print(f"S3 endpoint: {server.endpoint_url}   data: {dir}   log: {server.log_path}")

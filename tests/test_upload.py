@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -211,3 +212,31 @@ def test_cli_upload_json_and_no_secret_in_output(s3, tmp_path):
     assert "rejected the credentials" in lines[0] and env["AWS_SECRET_ACCESS_KEY"] not in proc.stderr
     proc = subprocess.run([*cmd[:-3], "--expires", "8d"], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 1 and "between 1 minute and 7 days" in proc.stderr
+
+
+def test_s3_serve_command_stops_weed_on_sigterm(tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "assetprep", "s3", "serve", "--dir", str(tmp_path / "s3")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        lines = [proc.stdout.readline() for _ in range(6)]
+        env = dict(line.removeprefix("export ").strip().split("=", 1) for line in lines if line.startswith("export "))
+        c = make_s3_client(S3Settings(endpoint_url=env["AWS_ENDPOINT_URL_S3"], access_key_id=env["AWS_ACCESS_KEY_ID"],
+                                      secret_access_key=env["AWS_SECRET_ACCESS_KEY"]))  # fmt: skip
+        c.create_bucket(Bucket="served")
+        assert [b["Name"] for b in c.list_buckets()["Buckets"]] == ["served"]
+        weed_pids = [p for p in os.listdir("/proc") if p.isdigit() and _is_weed_under(tmp_path, p)]
+        assert weed_pids
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert not [p for p in weed_pids if os.path.exists(f"/proc/{p}") and _is_weed_under(tmp_path, p)]
+
+
+def _is_weed_under(folder, pid: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(part == b"mini" for part in cmdline) and any(str(folder).encode() in part for part in cmdline)
