@@ -57,14 +57,7 @@ class RunResult:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+    stop(proc, timeout=3)  # a tool we gave up on gets a short grace period
 
 
 def _parse_ffmpeg_progress(stream: object, stage: str, total: float | None, on_progress: ProgressCallback) -> None:
@@ -195,7 +188,7 @@ def spawn(
 
 
 def stop(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> int:
-    """Stop a spawned server by PID: SIGTERM, then SIGKILL after `timeout` seconds. Returns its exit code."""
+    """Stop a child by PID: SIGTERM, then SIGKILL after `timeout` seconds. Returns its exit code."""
     if proc.poll() is None:
         proc.terminate()
         try:
