@@ -36,7 +36,8 @@ def free_port_block(count: int, *, grpc_offset: int = 10000) -> list[int]:
     ports: list[int] = []
     for _ in range(2000):
         p = secrets.randbelow(25000) + 20000
-        if p in ports or p + grpc_offset in ports:
+        taken = {q + d for q in ports for d in (0, grpc_offset)}
+        if p in taken or p + grpc_offset in taken:
             continue
         if _port_free(p) and _port_free(p + grpc_offset):
             ports.append(p)
