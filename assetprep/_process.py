@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ProcessError, ProcessTimeoutError, ToolMissingError
 from .progress import Progress, ProgressCallback
@@ -197,3 +198,24 @@ def stop(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait(timeout=10)
     return proc.returncode
+
+
+def ffmpeg_command(stream: Any, *, loglevel: str = "error") -> list[str]:
+    """Full ffmpeg argv for an ffmpeg-python output stream, asking for `-progress pipe:1` reports."""
+    globals_ = ["-hide_banner", "-nostdin", "-y", "-loglevel", loglevel, "-nostats", "-progress", "pipe:1"]
+    return [find_tool("ffmpeg"), *globals_, *stream.get_args()]
+
+
+def run_ffmpeg(
+    stream: Any, *, stage: str, total: float | None, timeout: float, on_progress: ProgressCallback | None,
+    what: str, loglevel: str = "error",
+) -> RunResult:  # fmt: skip
+    """Run an ffmpeg-python graph through `run`, with progress in seconds of output (`total` = expected length)."""
+    return run(
+        ffmpeg_command(stream, loglevel=loglevel),
+        timeout=timeout,
+        stage=stage,
+        on_progress=on_progress or (lambda _p: None),
+        progress_total=total,
+        what=what,
+    )

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from . import __version__, normalize, presets, probe, upload
 from ._units import parse_duration
-from .errors import AssetprepError, ProcessError
+from .errors import AssetprepError, ConfigError, ProcessError
 from .progress import Progress as ProgressReport
 from .progress import ProgressCallback
 
@@ -236,6 +236,218 @@ def s3_serve(
         pass
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------------- Tavus videos
+
+videos_app = typer.Typer(help="Tavus videos: create, get, list, wait, download, rename, delete.", no_args_is_help=True)
+replicas_app = typer.Typer(help="Tavus replicas.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="The local Tavus-compatible sandbox server.", no_args_is_help=True)
+app.add_typer(videos_app, name="videos")
+app.add_typer(replicas_app, name="replicas")
+app.add_typer(sandbox_app, name="sandbox")
+
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="TAVUS_API_KEY", show_envvar=True,
+                                               help="Tavus API key.", show_default=False)]  # fmt: skip
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="API host (or TAVUS_API_BASE_URL).")]
+VideoIdArg = Annotated[str, typer.Argument(help="The video_id.")]
+
+
+def _client(api_key: str | None, base_url: str | None) -> Any:
+    from .tavus import TavusClient
+
+    return TavusClient(api_key=api_key, base_url=base_url)
+
+
+def _video_line(v: Any) -> str:
+    extra = f" {v.generation_progress}" if v.status == "generating" and v.generation_progress else ""
+    detail = f" ({v.failure()})" if v.status == "error" else ""
+    return f"{v.video_id}  {v.status}{extra}{detail}  {v.video_name or ''}  {v.hosted_url or ''}".rstrip()
+
+
+def _record(v: Any) -> dict[str, Any]:
+    return dict(v.model_dump(exclude_none=True))
+
+
+@videos_app.command("create")
+def videos_create(
+    replica: Annotated[str, typer.Option("--replica", help="replica_id.")],
+    script: Annotated[str | None, typer.Option(help="Text the replica speaks.")] = None,
+    script_file: Annotated[Path | None, typer.Option(help="Read the script from a file.")] = None,
+    audio_url: Annotated[str | None, typer.Option(help="URL of a .wav/.mp3 the replica lip-syncs to.")] = None,
+    background_url: Annotated[str | None, typer.Option(help="Website Tavus records as background.")] = None,
+    background_source_url: Annotated[str | None, typer.Option(help="URL of an H.264 .mp4 background.")] = None,
+    callback_url: Annotated[str | None, typer.Option(help="POSTed the record on ready and on error.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="video_name.")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Fast rendering (no background).")] = False,
+    transparent: Annotated[bool, typer.Option("--transparent", help="WebM with alpha (needs --fast).")] = False,
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit one video (POST /v2/videos). The request is checked before anything is sent."""
+    from .tavus import validate_request
+
+    if script_file is not None:
+        try:
+            script = script_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read --script-file {script_file}: {exc.strerror}") from None
+    fields = {"replica_id": replica, "script": script, "audio_url": audio_url, "background_url": background_url,
+              "background_source_url": background_source_url, "callback_url": callback_url, "video_name": name,
+              "fast": fast or None, "transparent_background": transparent or None}  # fmt: skip
+    request = validate_request({k: v for k, v in fields.items() if v is not None})
+    for warning in request.warnings():
+        stderr.print(f"warning: {warning}", markup=False)
+    with _client(api_key, base_url) as client:
+        video = client.create_video(request)
+    emit(_record(video), as_json, _video_line(video))
+
+
+@videos_app.command("get")
+def videos_get(video_id: VideoIdArg, api_key: ApiKeyOpt = None, base_url: BaseUrlOpt = None,
+               as_json: JsonOpt = False) -> None:  # fmt: skip
+    """Show one video's record (verbose: with thumbnails)."""
+    with _client(api_key, base_url) as client:
+        video = client.get_video(video_id, verbose=True)
+    lines = [_video_line(video)] + [f"  {k}: {getattr(video, k)}" for k in
+             ("download_url", "stream_url", "still_image_thumbnail_url") if getattr(video, k)]  # fmt: skip
+    emit(_record(video), as_json, "\n".join(lines))
+
+
+@videos_app.command("list")
+def videos_list(api_key: ApiKeyOpt = None, base_url: BaseUrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Every video of the account (all pages)."""
+    with _client(api_key, base_url) as client:
+        videos = list(client.list_videos())
+    emit({"data": [_record(v) for v in videos], "total_count": len(videos)}, as_json,
+         "\n".join(_video_line(v) for v in videos) or "no videos")  # fmt: skip
+
+
+@videos_app.command("delete")
+def videos_delete(
+    video_id: VideoIdArg,
+    hard: Annotated[bool, typer.Option("--hard", help="Delete irreversibly with all assets.")] = False,
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+) -> None:
+    """Delete a video."""
+    with _client(api_key, base_url) as client:
+        client.delete_video(video_id, hard=hard)
+    print(f"{video_id} deleted{' (hard)' if hard else ''}")
+
+
+@videos_app.command("rename")
+def videos_rename(video_id: VideoIdArg, name: Annotated[str, typer.Argument(help="New video_name.")],
+                  api_key: ApiKeyOpt = None, base_url: BaseUrlOpt = None) -> None:  # fmt: skip
+    """Rename a video."""
+    with _client(api_key, base_url) as client:
+        client.rename_video(video_id, name)
+    print(f"{video_id} renamed to {name}")
+
+
+@videos_app.command("wait")
+def videos_wait(
+    video_id: VideoIdArg,
+    deadline: Annotated[str, typer.Option(help="Give up after: 90s, 30m, 2h.")] = "1h",
+    poll: Annotated[float, typer.Option(help="First poll interval in seconds (grows to 30).")] = 5.0,
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wait until a video is ready; fails with status_details on error."""
+    with _client(api_key, base_url) as client, progress_bar(not as_json) as on_progress:
+        video = client.wait(video_id, parse_duration(deadline, what="--deadline"), poll_interval=poll,
+                            on_progress=on_progress)  # fmt: skip
+    emit(_record(video), as_json, _video_line(video))
+
+
+@videos_app.command("download")
+def videos_download(
+    video_id: VideoIdArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the video.")],
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download a ready video (resumes dropped connections; written atomically)."""
+    from .probe import probe as probe_file
+
+    with _client(api_key, base_url) as client, progress_bar(not as_json) as on_progress:
+        path = client.download(video_id, output, on_progress=on_progress)
+    info = probe_file(path)
+    emit({"output": str(path), "facts": info.summary()}, as_json, f"{path}  ({info.duration:.2f} s)")
+
+
+@replicas_app.command("list")
+def replicas_list(api_key: ApiKeyOpt = None, base_url: BaseUrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Replicas of the account (stock and personal)."""
+    with _client(api_key, base_url) as client:
+        replicas = client.list_replicas()
+    lines = [f"{r.replica_id}  {r.replica_name or ''}  {r.status or ''}  {r.replica_type or ''}" for r in replicas]
+    emit({"data": [r.model_dump(exclude_none=True) for r in replicas]}, as_json, "\n".join(lines))
+
+
+def _rate(text: str | None) -> float | None:
+    if not text:
+        return None
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|min|m|h)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"--rate-limit must look like 30/min or 5/s, got {text!r}")
+    per = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}[m.group(2)]
+    return float(m.group(1)) / per
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8700,
+    data_dir: Annotated[Path, typer.Option(help="State (SQLite) and rendered files.")] = Path(".assetprep/sandbox"),
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ASSETPREP_SANDBOX_API_KEY",
+            show_default=False,
+            help="Key clients must send (default: one generated and kept in the data dir).",
+        ),
+    ] = None,
+    speed: Annotated[float, typer.Option(help="Lifecycle speed-up (10 = ten times shorter waits).")] = 1.0,
+    public_url: Annotated[str | None, typer.Option(help="Base URL for hosted/download links.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the fault dice.")] = 0,
+    rate_limit: Annotated[str | None, typer.Option(help="Answer 429 above this rate: 30/min, 5/s.")] = None,
+    fail_create_rate: Annotated[float, typer.Option(help="Share of creates answered 503 (nothing stored).")] = 0.0,
+    drop_connection_after_create: Annotated[
+        int, typer.Option(help="Store the first N creates, then cut the connection instead of answering (-1: all).")
+    ] = 0,
+    drop_download_after: Annotated[int, typer.Option(help="Cut each video's first download after N bytes.")] = 0,
+    fail_render_rate: Annotated[float, typer.Option(help="Share of videos that end in error.")] = 0.0,
+    latency: Annotated[float, typer.Option(help="Seconds added to every API answer.")] = 0.0,
+    config_json: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run the sandbox in the foreground (Ctrl-C or SIGTERM stops it)."""
+    from pydantic import ValidationError
+
+    from . import sandbox
+
+    fields: dict[str, Any] = {
+        "host": host, "port": port, "speed": speed, "seed": seed, "rate_limit": _rate(rate_limit),
+        "fail_create_rate": fail_create_rate, "drop_connection_after_create": drop_connection_after_create,
+        "drop_download_after": drop_download_after, "fail_render_rate": fail_render_rate, "latency": latency,
+    }  # fmt: skip
+    if public_url:
+        fields["public_url"] = public_url
+    if config_json:
+        fields |= json.loads(config_json)
+    key = api_key or sandbox.data_dir_api_key(data_dir)
+    try:
+        config = sandbox.SandboxConfig(data_dir=data_dir, api_key=key, **fields)
+    except ValidationError as exc:
+        raise ConfigError(presets.format_validation_error(exc, "sandbox options")) from None
+    stderr.print(f"Tavus sandbox on {config.public_url}  data: {data_dir}  "
+                 f"(key: TAVUS_API_KEY from {data_dir / 'api_key'} or --api-key)", markup=False)  # fmt: skip
+    sandbox.serve(config)
 
 
 def main() -> None:

@@ -79,3 +79,63 @@ class StorageError(AssetprepError):
 
 class PreflightError(StorageError):
     """A presigned URL does not download the way its consumer will fetch it."""
+
+
+class TavusError(AssetprepError):
+    """A Tavus API call (or one to the sandbox) failed. `status_code` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, hint: str | None = None, status_code: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+
+
+class InvalidRequestError(TavusError):
+    """A request broke an API rule; it was refused before anything was sent."""
+
+
+class AuthenticationError(TavusError):
+    """401: the API key is missing or wrong."""
+
+
+class ApiValidationError(TavusError):
+    """400: the API refused the request; the message is the API's own."""
+
+
+class NotFoundError(TavusError):
+    """404, or the API's 400 `Invalid video_id` / `Invalid replica_id`."""
+
+
+class RateLimitError(TavusError):
+    """429 that did not clear within the retries and deadline."""
+
+
+class ServerError(TavusError):
+    """5xx that did not clear within the retries and deadline."""
+
+
+class ApiTimeoutError(TavusError):
+    """The API did not answer in time (connection or read timeout), after retries."""
+
+
+class ApiConnectionError(TavusError):
+    """The API host could not be reached, after retries."""
+
+
+class OutcomeUnknownError(TavusError):
+    """A create request may have reached the server but its answer was lost: the video may or may not exist."""
+
+
+class VideoFailedError(TavusError):
+    """The video ended in `error` or `deleted`; `video` is the final record."""
+
+    def __init__(self, message: str, *, video: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.video = video
+
+
+class WaitTimeoutError(TavusError):
+    """wait() reached its deadline before the video was ready (the video keeps rendering)."""
+
+
+class DownloadError(TavusError):
+    """The finished video could not be downloaded completely, or the file is not a video."""

@@ -66,25 +66,6 @@ def _default_timeout(duration: float | None) -> float:
     return 300.0 + 20.0 * (duration or 60.0)
 
 
-def _ffmpeg_command(stream: Any, *, loglevel: str = "error") -> list[str]:
-    globals_ = ["-hide_banner", "-nostdin", "-y", "-loglevel", loglevel, "-nostats", "-progress", "pipe:1"]
-    return [_process.find_tool("ffmpeg"), *globals_, *stream.get_args()]
-
-
-def _run_ffmpeg(
-    stream: Any, *, stage: str, total: float | None, timeout: float, on_progress: ProgressCallback | None,
-    what: str, loglevel: str = "error",
-) -> _process.RunResult:  # fmt: skip
-    return _process.run(
-        _ffmpeg_command(stream, loglevel=loglevel),
-        timeout=timeout,
-        stage=stage,
-        on_progress=on_progress or (lambda _p: None),
-        progress_total=total,
-        what=what,
-    )
-
-
 # --------------------------------------------------------------------------------------------------- video
 
 
@@ -275,7 +256,7 @@ def normalize_video(
 
     with atomic_output(output, inputs=(Path(src),)) as tmp:
         stream = ffmpeg.output(*streams, str(tmp), **out_opts)
-        _run_ffmpeg(
+        _process.run_ffmpeg(
             stream,
             stage="remux" if remux else "encode",
             total=out_seconds or None,
@@ -382,7 +363,7 @@ def measure_loudness(
     if channels:
         stream = stream.filter("aformat", channel_layouts=_layout(channels))
     stream = stream.filter("loudnorm", I=target.integrated, TP=target.true_peak, LRA=target.lra, print_format="json")
-    result = _run_ffmpeg(
+    result = _process.run_ffmpeg(
         ffmpeg.output(stream, "-", f="null"), stage="measure loudness", total=total, timeout=timeout,
         on_progress=on_progress, what=f"loudness measurement ({path})", loglevel="info",
     )  # fmt: skip
@@ -472,7 +453,7 @@ def normalize_audio(
             on_progress(Progress(stage=p.stage, done=offset + p.done * scale, total=seconds or None, speed=p.speed))
 
     with atomic_output(output, inputs=(Path(src),)) as tmp:
-        _run_ffmpeg(
+        _process.run_ffmpeg(
             ffmpeg.output(stream, str(tmp), **out_opts), stage="remux" if remux else "encode",
             total=seconds or None, timeout=timeout, on_progress=second_half, what=f"ffmpeg ({src})",
         )  # fmt: skip

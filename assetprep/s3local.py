@@ -10,15 +10,10 @@ import json
 import os
 import secrets
 import socket
-import subprocess
-import time
-from pathlib import Path
-from types import TracebackType
 
 from . import _process
+from ._server import ManagedServer
 from .errors import StorageError
-
-READY_TIMEOUT = 30.0
 
 
 def _port_free(port: int) -> bool:
@@ -46,18 +41,21 @@ def free_port_block(count: int, *, grpc_offset: int = 10000) -> list[int]:
     raise StorageError("could not find free local ports for the embedded S3 server")
 
 
-class LocalS3:
+class LocalS3(ManagedServer):
     """A SeaweedFS S3 endpoint on 127.0.0.1 with its data in `data_dir`. Use as a context manager or start()/stop()."""
 
+    error_class = StorageError
+    title = "embedded S3 server"
+    log_name = "weed.log"
+
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None) -> None:
-        self.data_dir = Path(data_dir)
+        super().__init__(data_dir)
         self.requested_port = port
-        self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.access_key, self.secret_key = self._credentials()
+        self._client: object = None
 
     def _credentials(self) -> tuple[str, str]:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / "credentials.json"
         if path.exists():
             data = json.loads(path.read_text())
@@ -72,10 +70,6 @@ class LocalS3:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "weed.log"
-
     def env(self) -> dict[str, str]:
         """AWS_* variables that point boto3 (or awscli) at this server."""
         return {
@@ -85,8 +79,13 @@ class LocalS3:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
-    def command(self, ports: list[int]) -> list[str]:
-        master, volume, filer, s3, admin = ports
+    def command(self) -> list[str]:
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        master, volume, filer, s3, admin = ports = free_port_block(5)
+        if self.requested_port:
+            s3 = ports[3] = self.requested_port
+        self.port = s3
+        self._client = None
         return [
             _process.find_tool("weed"), "-logtostderr", "mini", f"-dir={self.data_dir / 'data'}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={master}", f"-volume.port={volume}",
@@ -95,60 +94,16 @@ class LocalS3:
             "-s3.autoCreateBucket=false",
         ]  # fmt: skip
 
-    def start(self, *, timeout: float = READY_TIMEOUT) -> LocalS3:
-        """Spawn weed mini on free ports and wait until S3 answers an authenticated request."""
-        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
-        ports = free_port_block(5)
-        if self.requested_port:
-            ports[3] = self.requested_port
-        self.port = ports[3]
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        self.proc = _process.spawn(self.command(ports), log_path=self.log_path, env=env)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def child_env(self) -> dict[str, str]:
+        return {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
 
-    def _wait_ready(self, timeout: float) -> None:
+    def ready(self) -> bool:
         from .upload import S3Settings, make_s3_client
 
-        client = make_s3_client(
-            S3Settings(
+        if self._client is None:
+            settings = S3Settings(
                 endpoint_url=self.endpoint_url, access_key_id=self.access_key, secret_access_key=self.secret_key
-            ),
-            connect_timeout=1,
-            retries=0,
-        )
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise StorageError(f"the embedded S3 server exited (code {self.proc.returncode}); see {self.log_path}")
-            try:
-                client.list_buckets()
-                return
-            except Exception as exc:  # not up yet: connection refused, 503 while the filer starts
-                last = type(exc).__name__
-            time.sleep(0.2)
-        raise StorageError(f"the embedded S3 server was not ready within {timeout:g} s ({last}); see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _process.stop(self.proc)
-            self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL, for fault tests: no graceful shutdown."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def __enter__(self) -> LocalS3:
-        return self.start() if self.proc is None else self
-
-    def __exit__(self, *exc: object | TracebackType) -> None:
-        self.stop()
+            )
+            self._client = make_s3_client(settings, connect_timeout=1, retries=0)
+        self._client.list_buckets()  # type: ignore[attr-defined]
+        return True

@@ -1,0 +1,84 @@
+"""Managed local servers (the embedded S3, the sandbox): spawned on 127.0.0.1, polled until ready, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from . import _process
+from .errors import AssetprepError
+
+
+class ManagedServer:
+    """Base of LocalS3 and LocalSandbox. Subclasses say how to start (`command`) and how to know it is up (`ready`)."""
+
+    error_class: type[AssetprepError] = AssetprepError
+    title = "server"
+    log_name = "server.log"
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / self.log_name
+
+    def command(self) -> list[str]:
+        """Pick ports and return the argv; called by start()."""
+        raise NotImplementedError
+
+    def child_env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def ready(self) -> bool:
+        """One cheap readiness check; exceptions count as not ready."""
+        raise NotImplementedError
+
+    def start(self, *, timeout: float = 30.0) -> Self:
+        self.proc = _process.spawn(self.command(), log_path=self.log_path, env=self.child_env())
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise self.error_class(f"the {self.title} exited (code {self.proc.returncode}); see {self.log_path}")
+            try:
+                if self.ready():
+                    return
+            except Exception as exc:  # not up yet: connection refused, 503 while it starts
+                last = type(exc).__name__
+            time.sleep(0.2)
+        raise self.error_class(f"the {self.title} was not ready within {timeout:g} s ({last}); see {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM (then SIGKILL) by PID."""
+        if self.proc is not None:
+            _process.stop(self.proc)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, for fault tests: no graceful shutdown."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def __enter__(self) -> Self:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.stop()

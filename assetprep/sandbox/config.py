@@ -1,0 +1,58 @@
+"""Sandbox settings, stock replicas and the API's two timestamp formats."""
+
+from __future__ import annotations
+
+import email.utils
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Stock replicas: two that work, one still training (videos stay queued), one broken (videos end in error).
+REPLICAS: dict[str, dict[str, str]] = {
+    "r90bbd427f71": {"replica_name": "Anna", "status": "completed", "replica_type": "system"},
+    "r79e1c033f": {"replica_name": "Marcus", "status": "completed", "replica_type": "system"},
+    "rb17cf590e15": {"replica_name": "Kai", "status": "started", "replica_type": "user"},
+    "re8e740a42": {"replica_name": "Broken", "status": "error", "replica_type": "user"},
+}
+DEFAULT_REPLICA = "r90bbd427f71"
+
+
+class SandboxConfig(BaseModel):
+    """How the sandbox runs; every fault knob is off by default and deterministic through `seed`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path
+    api_key: str = Field(min_length=1, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8700
+    public_url: str = ""  # base of hosted/download URLs; default http://host:port
+    speed: float = Field(default=1.0, gt=0)
+    queue_seconds: float = Field(default=2.0, ge=0)
+    generate_seconds: float = Field(default=10.0, ge=0)
+    workers: int = Field(default=2, ge=1, le=16)
+    seed: int = 0
+    rate_limit: float | None = Field(default=None, gt=0)  # requests per second
+    fail_create_rate: float = Field(default=0.0, ge=0, le=1)
+    drop_connection_after_create: int = 0  # drop the answer of the first N creates (-1: every create)
+    drop_download_after: int = Field(default=0, ge=0)  # cut each video's first download after N bytes
+    fail_render_rate: float = Field(default=0.0, ge=0, le=1)
+    latency: float = Field(default=0.0, ge=0)
+    callback_attempts: int = Field(default=4, ge=1)
+
+    def model_post_init(self, _context: object) -> None:
+        if not self.public_url:
+            self.public_url = f"http://{self.host}:{self.port}"
+        self.public_url = self.public_url.rstrip("/")
+
+
+def http_time(ts: float | None = None) -> str:
+    """RFC 1123, as in create responses: `Mon, 14 Jul 2025 09:14:24 GMT`."""
+    when = datetime.fromtimestamp(ts, UTC) if ts is not None else datetime.now(UTC)
+    return email.utils.format_datetime(when, usegmt=True)
+
+
+def callback_time(ts: float) -> str:
+    """As in callbacks: `2024-08-28 15:27:40.824457`, no timezone (UTC here)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
