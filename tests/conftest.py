@@ -49,3 +49,23 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory):
+    """The Tavus sandbox as a real HTTP server on 127.0.0.1 (20x faster lifecycle), stopped by PID at the end."""
+    from assetprep.sandbox import LocalSandbox
+
+    server = LocalSandbox(tmp_path_factory.mktemp("sandbox"), speed=20).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tavus(sandbox):
+    from assetprep.tavus import TavusClient
+
+    with TavusClient(api_key=sandbox.api_key, base_url=sandbox.base_url, timeout=20) as client:
+        yield client

@@ -98,8 +98,8 @@ def check_background_input(path: Path) -> None:
         raise RenderFailure("video_error", f"background_source_url is not a readable video: {exc.message}") from None
     if info.video is None:
         raise RenderFailure("video_error", "background_source_url has no video stream")
-    if info.video.codec_name != "h264":
-        raise RenderFailure("video_error", f"background_source_url must be H.264, got {info.video.codec_name}")
+    if info.video.codec != "h264":
+        raise RenderFailure("video_error", f"background_source_url must be H.264, got {info.video.codec}")
 
 
 def speak(script: str, work: Path, *, timeout: float = 120.0) -> Path:
@@ -156,7 +156,8 @@ def render(job: RenderJob, out: Path, work: Path, *, on_progress: ProgressCallba
     split = audio.filter_multi_output("asplit", 2)
     sound, visual = split[0], split[1]
     if job.transparent:
-        base = ffmpeg.input(f"color=c=black@0.0:s={WIDTH}x{HEIGHT}:r={FPS}", f="lavfi").filter("format", "yuva420p")
+        # The format must be inside the lavfi source: a later format filter would add an opaque alpha plane.
+        base = ffmpeg.input(f"color=c=black@0.0:s={WIDTH}x{HEIGHT}:r={FPS},format=yuva420p", f="lavfi")
     elif job.background is not None and not job.fast:
         base = (
             ffmpeg.input(str(job.background), stream_loop=-1)

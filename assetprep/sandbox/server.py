@@ -81,7 +81,7 @@ class LocalSandbox(ManagedServer):
         return {"TAVUS_API_KEY": self.api_key, "TAVUS_API_BASE_URL": self.base_url}
 
     def command(self) -> list[str]:
-        self.port = self.requested_port or free_port()
+        self.port = self.requested_port or self.port or free_port()  # a restart keeps its address
         config = json.dumps({**self.options, "port": self.port})
         return [sys.executable, "-m", "assetprep", "sandbox", "serve", "--data-dir", str(self.data_dir),
                 "--config-json", config]  # fmt: skip
