@@ -6,6 +6,7 @@ kills the child on Ctrl-C or any error (no orphans) and raises errors that carry
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,16 +102,20 @@ def run(
     check: bool = True,
     what: str | None = None,
     hint: str | None = None,
+    stdin_chunks: Iterable[bytes] | None = None,
 ) -> RunResult:
     """Run a program to completion within `timeout` seconds.
 
     With `on_progress`, stdout is parsed as ffmpeg `-progress pipe:1` output (the command must ask for it);
     otherwise stdout is returned. A non-zero exit raises ProcessError (unless check=False).
+    `stdin_chunks` is consumed in the calling thread and piped to the program while it runs (frames for ffmpeg
+    image2pipe): producer and program work in parallel, and a producer that must stay on its thread can.
     """
     command = [os.fspath(a) for a in args]
     name = Path(command[0]).name
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdin = subprocess.PIPE if stdin_chunks is not None else subprocess.DEVNULL
+        proc = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         raise ToolMissingError(f"cannot start {name}: {exc.strerror}", hint=_INSTALL_HINTS.get(name)) from exc
 
@@ -139,6 +144,8 @@ def run(
         reader.start()
     deadline = time.monotonic() + timeout
     try:
+        if stdin_chunks is not None:
+            _feed(proc, stdin_chunks, deadline)
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -169,6 +176,20 @@ def run(
             hint=hint,
         )
     return result
+
+
+def _feed(proc: subprocess.Popen[bytes], chunks: Iterable[bytes], deadline: float) -> None:
+    assert proc.stdin is not None
+    try:
+        for chunk in chunks:
+            if time.monotonic() > deadline:
+                break  # the wait below reports the timeout
+            proc.stdin.write(chunk)
+    except BrokenPipeError:
+        pass  # the program exited early; its exit code and stderr say why
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
 
 
 def spawn(
@@ -208,7 +229,7 @@ def ffmpeg_command(stream: Any, *, loglevel: str = "error") -> list[str]:
 
 def run_ffmpeg(
     stream: Any, *, stage: str, total: float | None, timeout: float, on_progress: ProgressCallback | None,
-    what: str, loglevel: str = "error",
+    what: str, loglevel: str = "error", stdin_chunks: Iterable[bytes] | None = None,
 ) -> RunResult:  # fmt: skip
     """Run an ffmpeg-python graph through `run`, with progress in seconds of output (`total` = expected length)."""
     return run(
@@ -218,4 +239,5 @@ def run_ffmpeg(
         on_progress=on_progress or (lambda _p: None),
         progress_total=total,
         what=what,
+        stdin_chunks=stdin_chunks,
     )

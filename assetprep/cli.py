@@ -238,6 +238,70 @@ def s3_serve(
         server.stop()
 
 
+@app.command("record")
+def record_cmd(
+    source: Annotated[str, typer.Argument(help="http(s) URL, a local .html file or a folder with index.html.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .mp4.")],
+    preset: Annotated[str, typer.Option(help="Video preset (size, fps, encoder).")] = "background-1080p",
+    duration: Annotated[float, typer.Option(help="Seconds of video.")] = 10.0,
+    fps: Annotated[int | None, typer.Option(help="Frame rate (default: the preset's).")] = None,
+    viewport: Annotated[str | None, typer.Option(help="CSS viewport WxH (default: preset size / scale).")] = None,
+    scale: Annotated[float, typer.Option(help="Device scale factor.")] = 1.0,
+    scroll: Annotated[str, typer.Option(help="none | smooth | human.")] = "none",
+    scroll_depth: Annotated[str, typer.Option(help="middle | bottom | PIXELS.")] = "middle",
+    scroll_return: Annotated[str, typer.Option(help="return | halt.")] = "return",
+    wait_for: Annotated[str | None, typer.Option(help="CSS selector or 'networkidle'.")] = None,
+    hide: Annotated[list[str] | None, typer.Option(help="Hide elements matching this selector (repeatable).")] = None,
+    css: Annotated[str | None, typer.Option(help="CSS file or text to inject.")] = None,
+    js: Annotated[str | None, typer.Option(help="JavaScript file or text to run before recording.")] = None,
+    header: Annotated[list[str] | None, typer.Option(help="Extra HTTP header 'Name: value' (repeatable).")] = None,
+    cookie: Annotated[list[str] | None, typer.Option(help="Cookie 'name=value' for the page (repeatable).")] = None,
+    dark: Annotated[bool, typer.Option("--dark", help="Prefer a dark colour scheme.")] = False,
+    mode: Annotated[
+        str, typer.Option(help="exact (virtual time) | fast (one full-page shot, no animation).")
+    ] = "exact",
+    timeout: Annotated[float, typer.Option(help="Seconds allowed for loading and readiness.")] = 60.0,
+    allow_http_errors: Annotated[bool, typer.Option("--allow-http-errors", help="Record 4xx/5xx pages.")] = False,
+    block_private_networks: Annotated[
+        bool, typer.Option("--block-private-networks", help="Refuse requests to loopback/private addresses.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a web page into an H.264 .mp4 background (frame-exact, deterministic)."""
+    from pydantic import ValidationError
+
+    from . import record as rec
+
+    headers = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError(f"--header must look like 'Name: value', got {item!r}")
+        headers[name.strip()] = value.strip()
+    cookies = []
+    for item in cookie or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--cookie must look like name=value, got {item!r}")
+        cookies.append({"name": name.strip(), "value": value.strip()})
+    depth: str | int = int(scroll_depth) if scroll_depth.isdigit() else scroll_depth
+    try:
+        options = rec.RecordOptions(
+            preset=preset, duration=duration, fps=fps, viewport=rec.parse_viewport(viewport) if viewport else None,
+            scale=scale, scroll=scroll, scroll_depth=depth, scroll_return=scroll_return, wait_for=wait_for,
+            hide=hide or [], css=css, js=js, headers=headers, cookies=cookies, dark=dark, mode=mode,
+            timeout=timeout, allow_http_errors=allow_http_errors, block_private_networks=block_private_networks,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise ConfigError(presets.format_validation_error(exc, "record options")) from None
+    with progress_bar(not as_json) as on_progress:
+        result = rec.record(source, output, options, on_progress=on_progress)
+    human = (f"{result.output}  ({result.frames} frames @ {result.fps} fps, {result.mode} mode, "
+             f"{result.seconds:.1f} s, capture {result.capture_fps:.1f} fps)")  # fmt: skip
+    human += "".join(f"\n  warning: {w}" for w in result.warnings)
+    emit(result.summary(), as_json, human)
+
+
 # --------------------------------------------------------------------------------------------- Tavus videos
 
 videos_app = typer.Typer(help="Tavus videos: create, get, list, wait, download, rename, delete.", no_args_is_help=True)

@@ -149,7 +149,7 @@ def _video_filters(stream: Any, v: VideoStream, preset: VideoPreset, fit: Fit) -
     return stream.filter("setsar", 1).filter("format", preset.pix_fmt)
 
 
-def _x264_options(preset: VideoPreset) -> dict[str, Any]:
+def x264_options(preset: VideoPreset) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "c:v": "libx264", "preset": preset.x264_preset, "crf": preset.crf, "profile:v": preset.profile,
         "pix_fmt": preset.pix_fmt, "g": max(1, round(preset.gop_seconds * preset.fps)), "r": preset.fps,
@@ -161,7 +161,7 @@ def _x264_options(preset: VideoPreset) -> dict[str, Any]:
     return opts
 
 
-def _mp4_options() -> dict[str, Any]:
+def mp4_options() -> dict[str, Any]:
     # -map_metadata -1 drops input tags such as the GPS location phones write.
     return {"f": "mp4", "movflags": "+faststart", "map_metadata": -1, "map_chapters": -1}
 
@@ -232,7 +232,7 @@ def normalize_video(
         in_opts["stream_loop"] = -1
 
     inp = ffmpeg.input(src, **in_opts)
-    out_opts: dict[str, Any] = _mp4_options()
+    out_opts: dict[str, Any] = mp4_options()
     if remux:
         vstream = inp[f"{v.index}"]
         out_opts["c:v"] = "copy"
@@ -242,7 +242,7 @@ def normalize_video(
             # Hold the last frame to reach the requested length.
             vstream = vstream.filter("tpad", stop_mode="clone", stop_duration=duration - source_seconds + 1)
         vstream = _video_filters(vstream, v, vp, fit)
-        out_opts.update(_x264_options(vp))
+        out_opts.update(x264_options(vp))
     if frames:
         out_opts["frames:v"] = frames
         out_opts["t"] = f"{out_seconds:.6f}"

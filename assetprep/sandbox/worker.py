@@ -203,7 +203,7 @@ class Lifecycle:
         props = req.get("properties") or {}
         scroll = "none" if props.get("background_scroll") is False else props.get("background_scroll_type", "human")
         options = RecordOptions(
-            duration=max(1.0, seconds), fps=15, viewport=(1280, 720), scroll=scroll,
+            preset="background-720p", duration=max(1.0, seconds), fps=15, scroll=scroll,
             scroll_depth=props.get("background_scroll_depth", "middle"),
             scroll_return=props.get("background_scroll_return", "return"), timeout=120.0,
         )  # fmt: skip

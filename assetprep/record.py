@@ -1,0 +1,531 @@
+"""Website recording: a page (URL, .html file or folder) into an H.264 .mp4 background, frame-exact.
+
+Exact mode installs a virtual clock before any page script runs (rAF, performance.now, Date, timers, CSS/Web
+Animations), then for each frame advances it by exactly 1/fps, sets the scroll position and captures a JPEG over
+CDP, piping frames straight into ffmpeg, so capture and encoding overlap. Fast mode takes one full-page screenshot
+and lets ffmpeg pan over it (static pages, no animation).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import http.server
+import ipaddress
+import itertools
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+import ffmpeg
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import _process
+from ._files import atomic_output
+from .errors import AssetprepError, ConfigError, OutputCheckError, ToolMissingError
+from .normalize import check_video, mp4_options, x264_options
+from .presets import VideoPreset, load_video_preset
+from .probe import MediaInfo, probe
+from .progress import Progress, ProgressCallback
+
+
+class RecordError(AssetprepError):
+    """The page could not be loaded or recorded (unreachable, HTTP error, never ready, blocked)."""
+
+
+ScrollMode = Literal["none", "smooth", "human"]
+_MAX_DEPTH = 20000  # px: an infinite-scroll page is recorded down to here at most
+_MAX_FULLPAGE = 16000  # px: Chromium's texture limit for one full-page screenshot
+
+
+class RecordOptions(BaseModel):
+    """Everything `assetprep record` can be told; the scroll words are those of Tavus's `properties`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "background-1080p"
+    duration: float = Field(default=10.0, gt=0, le=600)
+    fps: int | None = Field(default=None, ge=1, le=60)
+    viewport: tuple[int, int] | None = None  # CSS px; default: the preset's size / scale
+    scale: float = Field(default=1.0, gt=0, le=4)
+    scroll: ScrollMode = "none"
+    scroll_depth: Literal["middle", "bottom"] | int = "middle"
+    scroll_return: Literal["return", "halt"] = "return"
+    keyframes: list[tuple[float, float]] | None = None  # (seconds, scroll y px), overrides `scroll`
+    wait_for: str | None = None  # "networkidle" or a CSS selector
+    hide: list[str] = Field(default_factory=list)
+    css: str | None = None
+    js: str | None = None
+    cookies: list[dict[str, Any]] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    dark: bool = False
+    mode: Literal["exact", "fast"] = "exact"
+    timeout: float = Field(default=60.0, gt=0)
+    allow_http_errors: bool = False
+    block_private_networks: bool = False
+    jpeg_quality: int = Field(default=90, ge=30, le=100)
+
+
+class RecordResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    url: str
+    output: Path
+    mode: str
+    frames: int
+    fps: int
+    seconds: float  # wall time
+    capture_fps: float
+    page_height: int
+    max_scroll: int
+    warnings: list[str]
+    info: MediaInfo
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "output": str(self.output), "mode": self.mode, "frames": self.frames, "fps": self.fps,
+            "seconds": round(self.seconds, 3), "capture_fps": round(self.capture_fps, 1),
+            "page_height": self.page_height, "max_scroll": self.max_scroll, "warnings": self.warnings,
+            "facts": self.info.summary(),
+        }  # fmt: skip
+
+
+# --- the virtual clock -----------------------------------------------------------------------------------------------
+
+TIME_SHIM = r"""
+(() => {
+  if (window.__assetprep) return;
+  let vt = 0, nextId = 1;
+  const epoch = Date.now();
+  const timers = new Map(), frames = new Map(), starts = new WeakMap();
+  const RealDate = Date;
+  function VDate(...a) {
+    if (!new.target) return new RealDate(epoch + vt).toString();
+    return a.length ? new RealDate(...a) : new RealDate(epoch + vt);
+  }
+  VDate.prototype = RealDate.prototype;
+  VDate.now = () => epoch + vt;
+  VDate.parse = RealDate.parse;
+  VDate.UTC = RealDate.UTC;
+  window.Date = VDate;
+  performance.now = () => vt;
+  const add = (fn, delay, args, repeat) => {
+    const id = nextId++;
+    const d = Math.max(repeat ? 1 : 0, Number(delay) || 0);
+    timers.set(id, {fn, at: vt + d, args, every: repeat ? d : 0});
+    return id;
+  };
+  window.setTimeout = (fn, delay, ...args) => add(fn, delay, args, false);
+  window.setInterval = (fn, delay, ...args) => add(fn, delay, args, true);
+  window.clearTimeout = window.clearInterval = (id) => timers.delete(id);
+  window.requestAnimationFrame = (cb) => { const id = nextId++; frames.set(id, cb); return id; };
+  window.cancelAnimationFrame = (id) => frames.delete(id);
+  const call = (fn, args) => {
+    try { typeof fn === "function" ? fn(...args) : (0, eval)(String(fn)); } catch (e) { console.error(e); }
+  };
+  const seek = () => {
+    for (const a of document.getAnimations()) {
+      if (!starts.has(a)) starts.set(a, vt);
+      try { a.pause(); a.currentTime = vt - starts.get(a); } catch (e) {}
+    }
+  };
+  window.__assetprep = {
+    now: () => vt,
+    advance(target) {
+      for (let guard = 0; guard < 100000; guard++) {
+        let next = null;
+        for (const [id, t] of timers) if (t.at <= target && (!next || t.at < next[1].at)) next = [id, t];
+        if (!next) break;
+        const [id, t] = next;
+        vt = Math.max(vt, t.at);
+        if (t.every) t.at += t.every; else timers.delete(id);
+        call(t.fn, t.args || []);
+      }
+      vt = target;
+      const due = [...frames.values()];
+      frames.clear();
+      for (const cb of due) call(cb, [vt]);
+      seek();
+    },
+  };
+  document.addEventListener("DOMContentLoaded", seek);
+})();
+"""
+
+_FRAME_JS = """([t, y]) => { window.__assetprep.advance(t); window.scrollTo(0, y); return window.scrollY; }"""
+_MEASURE_JS = """() => [Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),
+                      window.innerHeight]"""
+
+
+# --- scroll plans ----------------------------------------------------------------------------------------------------
+
+
+def scroll_keyframes(options: RecordOptions, max_scroll: int, last: float | None = None) -> list[tuple[float, float]]:
+    """(seconds, y) points of the scroll path; y is linear between them. Mirrors Tavus's scroll properties.
+
+    `last` is the time of the last frame (duration - 1/fps): a return trip ends exactly there.
+    """
+    T = last if last is not None else options.duration
+    if options.keyframes:
+        return sorted((t, min(max(0.0, y), float(max_scroll))) for t, y in options.keyframes)
+    if options.scroll == "none" or max_scroll <= 0:
+        return [(0.0, 0.0)]
+    depth = options.scroll_depth
+    target = max_scroll // 2 if depth == "middle" else max_scroll if depth == "bottom" else min(int(depth), max_scroll)
+    back = options.scroll_return == "return"
+    down_end = T * (0.45 if back else 0.85)
+    if options.scroll == "smooth":
+        points = [(0.0, 0.0), (down_end, float(target))]
+    else:  # human: steps of most of a screen with reading pauses between them
+        steps = max(1, min(8, math.ceil(target / 500)))
+        move = down_end / steps * 0.55
+        points = [(0.0, 0.0)]
+        for i in range(1, steps + 1):
+            start = down_end / steps * (i - 1)
+            points += [(start + move, target * i / steps), (start + down_end / steps, target * i / steps)]
+    if back:
+        points += [(T * 0.55, float(target)), (T, 0.0)]
+    return points
+
+
+def scroll_at(points: list[tuple[float, float]], t: float) -> float:
+    if t <= points[0][0]:
+        return points[0][1]
+    for (t0, y0), (t1, y1) in itertools.pairwise(points):
+        if t <= t1:
+            return y0 if t1 == t0 else y0 + (y1 - y0) * (t - t0) / (t1 - t0)
+    return points[-1][1]
+
+
+def _ffmpeg_expr(points: list[tuple[float, float]]) -> str:
+    """The same path as an ffmpeg expression of t (for fast mode's crop)."""
+    expr = f"{points[-1][1]:.3f}"
+    for (t0, y0), (t1, y1) in reversed(list(itertools.pairwise(points))):
+        seg = f"{y0:.3f}" if t1 == t0 else f"({y0:.3f}+({y1 - y0:.3f})*(t-{t0:.4f})/{t1 - t0:.4f})"
+        expr = f"if(lt(t,{t1:.4f}),{seg},{expr})"  # ffmpeg-python escapes the commas
+    return expr
+
+
+# --- browser, local pages, network guard -----------------------------------------------------------------------------
+
+_OS_CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "/usr/lib/chromium/chromium")
+
+
+def find_chromium(playwright: Any) -> str | None:
+    """None: Playwright's own browser is installed. Else the path of the OS Chromium (CHROMIUM env wins)."""
+    override = os.environ.get("CHROMIUM")
+    if override:
+        return _process.find_tool("chromium")
+    with contextlib.suppress(Exception):
+        if Path(playwright.chromium.executable_path).exists():
+            return None
+    for name in _OS_CHROMIUM:
+        found = shutil.which(name) or (name if os.path.isabs(name) and os.access(name, os.X_OK) else None)
+        if found:
+            return found
+    raise ToolMissingError(
+        "no Chromium found (Playwright's browser is not installed and there is no OS chromium)",
+        hint="install it: apt-get install -y chromium (or set CHROMIUM=/path/to/chrome)",
+    )
+
+
+@contextlib.contextmanager
+def serve_local(path: Path) -> Iterator[str]:
+    """Serve a local .html file or folder on 127.0.0.1 for the duration; yields the page URL."""
+    folder, page = (path, "") if path.is_dir() else (path.parent, path.name)
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/{quote(page)}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _private_host(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False  # unresolvable: the browser reports the DNS failure itself
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified:
+            return True
+    return False
+
+
+def _install_guard(context: Any, blocked: list[str]) -> None:
+    """Refuse requests (and redirect hops) to loopback/private/link-local addresses, resolving names first."""
+
+    def handle(route: Any) -> None:
+        url = route.request.url
+        host = urlsplit(url).hostname or ""
+        if url.startswith(("http://", "https://")) and _private_host(host):
+            blocked.append(url)
+            route.abort("blockedbyclient")
+            return
+        if route.request.is_navigation_request():
+            # Playwright's route does not see redirect hops: fetch without following, let the browser follow.
+            response = route.fetch(max_redirects=0)
+            route.fulfill(response=response)
+            return
+        route.continue_()
+
+    context.route("**/*", handle)
+
+
+# --- recording -------------------------------------------------------------------------------------------------------
+
+
+def _clean_page_error(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.replace("Page.goto: ", "").strip()
+
+
+def _page_css(options: RecordOptions) -> str:
+    css = "html, body { scroll-behavior: auto !important; } ::-webkit-scrollbar { display: none; }\n"
+    if options.hide:
+        css += ", ".join(options.hide) + " { display: none !important; }\n"
+    return css + (options.css or "")
+
+
+def _read_text_option(value: str | None) -> str | None:
+    """--css/--js take a file path or inline text."""
+    if value and len(value) < 4096 and "\n" not in value and Path(value).is_file():
+        return Path(value).read_text(encoding="utf-8")
+    return value
+
+
+def record(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: RecordOptions | None = None,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> RecordResult:
+    """Record a page into an H.264 .mp4 meeting `options.preset`; checked and written atomically."""
+    options = options or RecordOptions()
+    text = os.fspath(source)
+    if text.startswith(("http://", "https://")):
+        return _record_url(text, output, options, on_progress)
+    path = Path(text)
+    if not path.exists():
+        raise RecordError(f"no such page or folder: {path}", hint="give an http(s) URL, a .html file or a folder")
+    if path.is_dir() and not (path / "index.html").exists():
+        raise RecordError(f"folder {path} has no index.html", hint="name the page file instead")
+    with serve_local(path) as url:
+        return _record_url(url, output, options, on_progress)
+
+
+def _record_url(
+    url: str, output: str | os.PathLike[str], options: RecordOptions, on_progress: ProgressCallback | None
+) -> RecordResult:
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    started = time.monotonic()
+    preset = load_video_preset(options.preset)
+    if options.fps:
+        preset = preset.model_copy(update={"fps": options.fps})
+    fps = preset.fps
+    frames = max(1, round(options.duration * fps))
+    vw, vh = options.viewport or (round(preset.width / options.scale), round(preset.height / options.scale))
+    css, js = _page_css(options), _read_text_option(options.js)
+    extra_css = _read_text_option(options.css)
+    if extra_css != options.css:
+        css = _page_css(options.model_copy(update={"css": extra_css}))
+    warnings: list[str] = []
+    blocked: list[str] = []
+    timeout_ms = options.timeout * 1000
+    deadline = time.monotonic() + options.timeout + options.duration * 20 + 60
+
+    with atomic_output(output) as tmp, sync_playwright() as pw:
+        executable = find_chromium(pw)
+        try:
+            browser = pw.chromium.launch(executable_path=executable, headless=True,
+                                         chromium_sandbox=os.geteuid() != 0, timeout=30000)  # fmt: skip
+        except PlaywrightError as exc:
+            raise RecordError(
+                f"Chromium did not start: {_clean_page_error(exc)}", hint="check the chromium install"
+            ) from None
+        try:
+            context = browser.new_context(
+                viewport={"width": vw, "height": vh}, device_scale_factor=options.scale,
+                color_scheme="dark" if options.dark else "light", extra_http_headers=options.headers or None,
+            )  # fmt: skip
+            if options.cookies:
+                context.add_cookies([{"url": url, **c} if "domain" not in c else c for c in options.cookies])
+            if options.block_private_networks:
+                _install_guard(context, blocked)
+            if options.mode == "exact":
+                context.add_init_script(TIME_SHIM)
+            page = context.new_page()
+            page.set_default_timeout(timeout_ms)
+            page.on("dialog", lambda d: d.dismiss())  # alert/confirm must not stall the recording
+            try:
+                response = page.goto(url, wait_until="load", timeout=timeout_ms)
+            except PlaywrightError as exc:
+                if blocked:
+                    raise RecordError(f"{url}: blocked request to a private address ({blocked[0]})",
+                                      hint="--block-private-networks is on") from None  # fmt: skip
+                raise RecordError(f"cannot load {url}: {_clean_page_error(exc)}",
+                                  hint="check the URL and that the site is reachable") from None  # fmt: skip
+            if response is not None and response.status >= 400 and not options.allow_http_errors:
+                raise RecordError(
+                    f"{url} answered HTTP {response.status}", hint="fix the URL or pass --allow-http-errors"
+                )
+            _wait_ready(page, options, timeout_ms, url)
+            page.add_style_tag(content=css)
+            if js:
+                page.evaluate(f"() => {{ {js}\n}}")
+            page_height, view_h = page.evaluate(_MEASURE_JS)
+            max_scroll = max(0, min(int(page_height), _MAX_DEPTH + view_h) - view_h)
+            if options.scroll != "none" and max_scroll == 0:
+                warnings.append("the page is not taller than the viewport: recorded without scrolling")
+            points = scroll_keyframes(options, max_scroll, (frames - 1) / fps)
+            if options.mode == "exact":
+                capture_fps = _record_exact(page, context, tmp, preset, frames, points, options, on_progress, deadline)
+            else:
+                capture_fps = _record_fast(page, tmp, preset, frames, points, options, on_progress, deadline)
+        finally:
+            browser.close()
+        info = probe(tmp, count_frames=True)
+        problems = check_video(info, preset, expected_frames=frames, expected_seconds=frames / fps, path=tmp)
+        if problems:
+            raise OutputCheckError(f"recording of {url} does not meet preset {preset.name}: " + "; ".join(problems),
+                                   hint="the file was not kept")  # fmt: skip
+    if on_progress:
+        on_progress(Progress(stage="done", done=frames, total=frames, unit="frames"))
+    return RecordResult(
+        url=url, output=Path(output), mode=options.mode, frames=frames, fps=fps, seconds=time.monotonic() - started,
+        capture_fps=capture_fps, page_height=int(page_height), max_scroll=max_scroll, warnings=warnings,
+        info=info.model_copy(update={"path": str(output)}),
+    )  # fmt: skip
+
+
+def _wait_ready(page: Any, options: RecordOptions, timeout_ms: float, url: str) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+
+    if not options.wait_for:
+        return
+    try:
+        if options.wait_for == "networkidle":
+            page.wait_for_load_state("networkidle", timeout=timeout_ms)
+        else:
+            # Timers only run on virtual time: advance it while polling, as a real browser's clock would.
+            end = time.monotonic() + timeout_ms / 1000
+            step = 0.0
+            while not page.query_selector(options.wait_for):
+                if time.monotonic() > end:
+                    raise RecordError(
+                        f"{url}: {options.wait_for!r} did not appear within {options.timeout:g} s",
+                        hint="check the selector or raise --timeout",
+                    )
+                step += 100
+                if page.evaluate("() => !!window.__assetprep"):
+                    page.evaluate("(t) => window.__assetprep.advance(t)", step)
+                time.sleep(0.05)
+    except PlaywrightError as exc:
+        raise RecordError(f"{url}: page never became ready: {_clean_page_error(exc)}") from None
+
+
+def _encoder(preset: VideoPreset, out: Path, source: Any) -> Any:
+    video = source.filter("scale", preset.width, preset.height, flags="bicubic").filter("format", preset.pix_fmt)
+    return ffmpeg.output(video, str(out), **{**x264_options(preset), **mp4_options(), "an": None})
+
+
+def _record_exact(
+    page: Any, context: Any, tmp: Path, preset: VideoPreset, frames: int, points: list[tuple[float, float]],
+    options: RecordOptions, on_progress: ProgressCallback | None, deadline: float,
+) -> float:  # fmt: skip
+    cdp = context.new_cdp_session(page)
+    offset = page.evaluate("() => window.__assetprep.now()")  # virtual time spent getting ready
+    fps = preset.fps
+    params = {"format": "jpeg", "quality": options.jpeg_quality, "optimizeForSpeed": True}
+    t0 = time.monotonic()
+
+    def shots() -> Iterator[bytes]:
+        for i in range(frames):
+            t = i / fps
+            page.evaluate(_FRAME_JS, [offset + t * 1000, round(scroll_at(points, t))])
+            yield base64.b64decode(cdp.send("Page.captureScreenshot", params)["data"])
+            if on_progress is not None and (i % 5 == 4 or i == frames - 1):
+                done = time.monotonic() - t0
+                on_progress(Progress(stage="record", done=i + 1, total=frames, unit="frames",
+                                     speed=(i + 1) / done if done else None))  # fmt: skip
+
+    source = ffmpeg.input("pipe:0", f="image2pipe", c="mjpeg", framerate=fps)
+    _process.run_ffmpeg(
+        _encoder(preset, tmp, source), stage="encode", total=None, on_progress=None,
+        timeout=max(30.0, deadline - time.monotonic()), what="ffmpeg (recording)", stdin_chunks=shots(),
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    return frames / elapsed if elapsed else 0.0
+
+
+def _record_fast(
+    page: Any, tmp: Path, preset: VideoPreset, frames: int, points: list[tuple[float, float]],
+    options: RecordOptions, on_progress: ProgressCallback | None, deadline: float,
+) -> float:  # fmt: skip
+    # Fixed and sticky elements would be painted once per screen in a tall capture: pin them to the top instead.
+    # Sticky ones go back into the flow (relative); fixed ones are pinned where they are at scroll 0, same size.
+    page.evaluate("""() => { window.scrollTo(0, 0);
+      for (const el of document.querySelectorAll('*')) {
+        const p = getComputedStyle(el).position;
+        if (p === 'sticky') el.style.setProperty('position', 'relative', 'important');
+        if (p !== 'fixed') continue;
+        const r = el.getBoundingClientRect();
+        for (const [k, v] of [['position', 'absolute'], ['top', r.top + 'px'], ['left', r.left + 'px'],
+                              ['width', r.width + 'px'], ['height', r.height + 'px'], ['bottom', 'auto'],
+                              ['right', 'auto']]) el.style.setProperty(k, v, 'important');
+      } }""")
+    t0 = time.monotonic()
+    vw, vh = page.viewport_size["width"], page.viewport_size["height"]
+    height = min(_MAX_FULLPAGE, vh + int(max(y for _, y in points)))
+    shot = tmp.with_suffix(".png")
+    try:
+        page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": vw, "height": height}, full_page=True,
+                        timeout=options.timeout * 1000)  # fmt: skip
+        if on_progress is not None:
+            on_progress(Progress(stage="record", done=1, total=2, unit="shots"))
+        scale = options.scale
+        y = _ffmpeg_expr([(t, p * scale) for t, p in points])
+        source = (
+            ffmpeg.input(str(shot), loop=1, framerate=preset.fps)
+            .filter("crop", round(vw * scale), round(vh * scale), 0, y)
+            .filter("trim", end_frame=frames)
+        )
+        _process.run_ffmpeg(
+            _encoder(preset, tmp, source), stage="encode", total=frames / preset.fps,
+            timeout=max(30.0, deadline - time.monotonic()), on_progress=on_progress, what="ffmpeg (fast recording)",
+        )  # fmt: skip
+    finally:
+        shot.unlink(missing_ok=True)
+    elapsed = time.monotonic() - t0
+    return frames / elapsed if elapsed else 0.0
+
+
+def parse_viewport(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--viewport must look like 1280x720, got {text!r}") from None
+    if not (100 <= w <= 7680 and 100 <= h <= 4320):
+        raise ConfigError(f"--viewport {text} is out of range (100x100 to 7680x4320)")
+    return w, h

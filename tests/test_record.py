@@ -1,0 +1,181 @@
+"""Website recording with real Chromium on fixture pages served over 127.0.0.1; frames decoded and measured."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import itertools
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from _media import decoded_frame_count
+
+from assetprep.record import RecordError, RecordOptions, record, scroll_at, scroll_keyframes
+
+PAGES = Path(__file__).parent / "pages"
+W, H = 1280, 720
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def site():
+    """The fixture pages on a local HTTP server, stopped at the end of the module."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(PAGES)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def frames_rgb(path: Path, w: int = W, h: int = H) -> list[bytes]:
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True, timeout=120).stdout  # fmt: skip
+    size = w * h * 3
+    return [raw[i : i + size] for i in range(0, len(raw), size)]
+
+
+def px(frame: bytes, x: int, y: int, w: int = W) -> tuple[int, int, int]:
+    i = (y * w + x) * 3
+    return frame[i], frame[i + 1], frame[i + 2]
+
+
+def is_red(p):
+    return p[0] > 200 and p[1] < 60 and p[2] < 60
+
+
+def is_blue(p):
+    return p[2] > 200 and p[0] < 60 and p[1] < 60
+
+
+def opts(**kw) -> RecordOptions:
+    return RecordOptions(**{"preset": "background-720p", "timeout": 20, **kw})
+
+
+def test_virtual_time_switches_on_the_exact_frame(site, tmp_path):
+    out = tmp_path / "clock.mp4"
+    result = record(f"{site}/clock.html", out, opts(duration=1.5))
+    assert result.frames == 45 and decoded_frame_count(out) == 45
+    frames = frames_rgb(out)
+    for x in (100, 400, 700):  # CSS animation, rAF clock, setTimeout
+        assert all(is_red(px(f, x, 100)) for f in frames[:30]), x
+        assert all(is_blue(px(f, x, 100)) for f in frames[30:]), x
+    assert px(frames[0], 1000, 400) > (240, 240, 240)  # the page's white, not a blank lead-in: frame 0 has the boxes
+    assert is_red(px(frames[0], 100, 100))
+
+
+def _line_offsets(frame: bytes) -> float:
+    """Centre of the first white ruler line in column x=10 (rows 0-600)."""
+    rows = [y for y in range(0, 600) if sum(px(frame, 10, y)) > 384]
+    run = [rows[0]]
+    for y in rows[1:]:
+        if y != run[-1] + 1:
+            break
+        run.append(y)
+    return sum(run) / len(run)
+
+
+def _positions(frames: list[bytes]) -> list[float]:
+    out, prev = [], 0.0
+    for f in frames:
+        base = 197.5 - _line_offsets(f)  # scroll position modulo 200
+        k = round((prev - base) / 200)
+        prev = base + 200 * k
+        out.append(prev)
+    return out
+
+
+def test_smooth_scroll_is_linear_reaches_depth_and_returns(site, tmp_path):
+    out = tmp_path / "ruler.mp4"
+    result = record(f"{site}/ruler.html", out, opts(duration=2, fps=30, scroll="smooth", scroll_depth=1200,
+                                                     hide=["#cookie"]))  # fmt: skip
+    frames = frames_rgb(out)
+    assert len(frames) == 60
+    pos = _positions(frames)
+    points = scroll_keyframes(opts(duration=2, scroll="smooth", scroll_depth=1200), result.max_scroll, 59 / 30)
+    ideal = [scroll_at(points, i / 30) for i in range(60)]
+    assert max(abs(p - q) for p, q in zip(pos, ideal, strict=True)) <= 1.0, list(zip(pos, ideal, strict=True))
+    down = [b - a for a, b in itertools.pairwise(pos[:14])]
+    assert max(down) - min(down) <= 1.5  # constant step while scrolling down
+    assert max(pos) == pytest.approx(1200, abs=1) and pos[-1] == pytest.approx(0, abs=1)
+    assert not any(is_red(px(f, 640, 700)) for f in frames)  # --hide removed the cookie banner
+
+
+def test_scroll_halt_bottom_css_and_dark(site, tmp_path):
+    out = tmp_path / "halt.mp4"
+    result = record(f"{site}/ruler.html", out, opts(duration=2, fps=30, scroll="smooth", scroll_depth="bottom",
+                    scroll_return="halt", css="#cookie { background: rgb(0, 200, 0) !important; }", dark=True))  # fmt: skip
+    frames = frames_rgb(out)
+    pos = _positions(frames)
+    assert result.max_scroll == 4000 - H and pos[-1] == pytest.approx(4000 - H, abs=1)
+    g = px(frames[0], 640, 700)
+    assert g[1] > 150 and g[0] < 60  # injected CSS applied
+    assert sum(px(frames[0], 1240, 40)) < 60  # dark colour scheme: #mode is black
+
+
+def test_fast_mode_pans_a_full_page_shot(site, tmp_path):
+    exact = record(f"{site}/sticky.html", tmp_path / "e.mp4", opts(duration=2, scroll="smooth", scroll_depth=1500))
+    fast = record(f"{site}/sticky.html", tmp_path / "f.mp4", opts(duration=2, scroll="smooth", scroll_depth=1500,
+                                                                  mode="fast"))  # fmt: skip
+    assert decoded_frame_count(tmp_path / "f.mp4") == 60
+    frames = frames_rgb(tmp_path / "f.mp4")
+    assert is_red(px(frames[0], 640, 50))  # header at the top of the page
+    mid = frames[20]  # scrolled ~1000 px: the header stayed at the page top, not repeated here
+    assert not any(is_red(px(mid, 640, y)) for y in range(0, H, 20)) and is_blue(px(mid, 640, 300))
+    assert fast.seconds < exact.seconds
+
+
+def test_dialogs_are_dismissed_and_short_pages_warn(site, tmp_path):
+    result = record(f"{site}/dialogs.html", tmp_path / "d.mp4", opts(duration=1, fps=10))
+    frames = frames_rgb(tmp_path / "d.mp4")
+    assert px(frames[0], 10, 10)[1] > 120 and px(frames[-1], 10, 10)[2] > 120  # green, then blue after the confirm
+    result = record(f"{site}/short.html", tmp_path / "s.mp4", opts(duration=1, fps=10, scroll="smooth"))
+    assert any("not taller" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize(
+    ("path", "options", "needle"),
+    [
+        ("/missing.html", {}, "HTTP 404"),
+        ("/clock.html", {"wait_for": "#never", "timeout": 2}, "did not appear"),
+        ("/clock.html", {"block_private_networks": True}, "private address"),
+    ],
+)
+def test_bad_pages_fail_clearly_without_output(site, tmp_path, path, options, needle):
+    out = tmp_path / "bad.mp4"
+    with pytest.raises(RecordError, match=needle):
+        record(f"{site}{path}", out, opts(duration=1, fps=5, **options))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_and_missing_path(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RecordError, match="cannot load"):
+        record(f"http://127.0.0.1:{port}/", tmp_path / "u.mp4", opts(duration=1, fps=5))
+    with pytest.raises(RecordError, match="no such page"):
+        record(tmp_path / "nope.html", tmp_path / "n.mp4", opts(duration=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_file_and_cli(tmp_path):
+    out = tmp_path / "cli.mp4"
+    run = subprocess.run([sys.executable, "-m", "assetprep", "record", str(PAGES / "clock.html"), "-o", str(out),
+                          "--preset", "background-720p", "--duration", "0.5", "--fps", "10", "--json"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert decoded_frame_count(out) == 5
+    bad = subprocess.run([sys.executable, "-m", "assetprep", "record", str(tmp_path / "x.html"), "-o", str(out)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 1 and "no such page" in bad.stderr and "Traceback" not in bad.stderr
