@@ -514,6 +514,64 @@ def sandbox_serve(
     sandbox.serve(config)
 
 
+@app.command("publish")
+def publish_cmd(
+    replica: Annotated[str, typer.Option("--replica", help="replica_id.")],
+    script: Annotated[str | None, typer.Option(help="Text the replica speaks.")] = None,
+    script_file: Annotated[Path | None, typer.Option(help="Read the script from a file.")] = None,
+    audio: Annotated[Path | None, typer.Option(help="Audio file (any format; normalized to .wav).")] = None,
+    background: Annotated[str | None, typer.Option(help="URL, .html file, folder, or a clip/image.")] = None,
+    background_via: Annotated[str, typer.Option(help="local (record/normalize here) | tavus (URL only).")] = "local",
+    background_seconds: Annotated[float, typer.Option(help="Length of a recorded website background.")] = 10.0,
+    background_preset: Annotated[str | None, typer.Option(help="Preset of the prepared background.")] = None,
+    scroll: Annotated[str, typer.Option(help="Scroll of a recorded website: none | smooth | human.")] = "human",
+    name: Annotated[str | None, typer.Option("--name", help="video_name (default: unique per run).")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Fast rendering (Tavus drops the background).")] = False,
+    composite_locally: Annotated[
+        bool,
+        typer.Option("--composite-locally", help="Fast + transparent from Tavus, composited here onto the background."),
+    ] = False,
+    layout: Annotated[str, typer.Option(help="bubble-bottom-right | left-third | full.")] = "bubble-bottom-right",
+    callback_url: Annotated[str | None, typer.Option(help="Your own callback receiver.")] = None,
+    listen: Annotated[str | None, typer.Option(help="Receive callbacks here (HOST:PORT) instead of polling.")] = None,
+    deadline: Annotated[str, typer.Option(help="Give up waiting after: 30m, 2h.")] = "2h",
+    poll: Annotated[float, typer.Option(help="First poll interval in seconds.")] = 5.0,
+    bucket: Annotated[str | None, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket for prepared files.")] = None,
+    prefix: Annotated[str | None, typer.Option(envvar="ASSETPREP_PREFIX", help="Key prefix.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Final video path.")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Name the run (default: derived from the inputs).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Submit again after an error.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prepare, upload, submit, wait and download one Tavus video. Rerun the same command to resume."""
+    from pydantic import ValidationError
+
+    from . import publish as pub
+
+    if script_file is not None:
+        try:
+            script = script_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read --script-file {script_file}: {exc.strerror}") from None
+    try:
+        options = pub.PublishOptions(
+            replica_id=replica, script=script, audio=audio, background=background, background_via=background_via,
+            background_seconds=background_seconds, background_preset=background_preset, scroll=scroll,
+            video_name=name, fast=fast, composite_locally=composite_locally, layout=layout,
+            callback_url=callback_url, listen=listen, deadline=parse_duration(deadline, what="--deadline"),
+            poll_interval=poll, bucket=bucket, prefix=prefix, output=output, run_id=run_id, retry_failed=retry_failed,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise ConfigError(presets.format_validation_error(exc, "publish options")) from None
+    with progress_bar(not as_json) as on_progress:
+        result = pub.publish(options, on_progress=on_progress)
+    steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
+    human = (f"{result.output}\n  video {result.video_id} ({result.status})  {result.hosted_url or ''}\n"
+             f"  run {result.run_id}: {steps or 'nothing to do'}"
+             + (f"; reused {', '.join(result.skipped)}" if result.skipped else ""))  # fmt: skip
+    emit(result.summary(), as_json, human)
+
+
 def main() -> None:
     """Entry point: AssetprepError → one line on stderr, exit 1; usage errors exit 2 (click); no traceback."""
     try:

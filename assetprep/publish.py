@@ -1,0 +1,488 @@
+"""One video end to end: prepare → upload → submit → wait → download → (composite) → output. Resumable.
+
+Each run has a folder under `.assetprep/runs/<run_id>/` with a journal of what every step produced. A rerun skips
+finished steps (after checking their files), re-presigns URLs that would expire before the deadline, and reconciles
+a submit whose answer was lost by looking the video up by its video_name, which is written to the journal before the
+POST. So one run creates at most one video (per `--retry-failed` attempt).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import http.server
+import json
+import logging
+import os
+import queue
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import ffmpeg
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import _process
+from ._files import atomic_output
+from .errors import ConfigError, MediaError, OutcomeUnknownError, OutputCheckError, VideoFailedError
+from .normalize import normalize_audio, normalize_video
+from .probe import MediaInfo, probe
+from .progress import Progress, ProgressCallback
+from .tavus import TavusClient, Video, redact_url
+from .upload import S3Settings, make_s3_client, upload_and_presign
+
+log = logging.getLogger("assetprep.publish")
+
+Layout = Literal["bubble-bottom-right", "left-third", "full"]
+_VIDEO_EXT = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg"}
+_URL_MARGIN = 3600.0  # presigned URLs must outlive the deadline by this much (Tavus may fetch late in the queue)
+
+
+class PublishSettings(BaseSettings):
+    """Defaults from ASSETPREP_* env vars, then `.env`."""
+
+    model_config = SettingsConfigDict(env_prefix="ASSETPREP_", env_file=".env", extra="ignore")
+
+    bucket: str | None = None
+    prefix: str = "assetprep"
+    runs_dir: Path = Path(".assetprep/runs")
+    background_preset: str = "background-1080p"
+
+
+class PublishOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replica_id: str = Field(min_length=1)
+    script: str | None = None
+    audio: Path | None = None
+    background: str | None = None  # URL, .html file, folder, or a clip/image
+    background_via: Literal["local", "tavus"] = "local"
+    background_seconds: float = Field(default=10.0, gt=0, le=120)  # recorded website length (Tavus loops it)
+    background_preset: str | None = None
+    scroll: Literal["none", "smooth", "human"] = "human"
+    video_name: str | None = None
+    fast: bool = False
+    composite_locally: bool = False
+    layout: Layout = "bubble-bottom-right"
+    callback_url: str | None = None
+    listen: str | None = None  # HOST:PORT of a local callback receiver
+    deadline: float = Field(default=7200.0, gt=0)
+    poll_interval: float = Field(default=5.0, gt=0)
+    bucket: str | None = None
+    prefix: str | None = None
+    output: Path | None = None
+    run_id: str | None = None
+    retry_failed: bool = False
+
+
+class PublishResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    run_dir: Path
+    video_id: str
+    video_name: str
+    status: str
+    hosted_url: str | None
+    output: Path
+    timings: dict[str, float]
+    skipped: list[str]
+    info: MediaInfo
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "run_dir": str(self.run_dir), "video_id": self.video_id,
+            "video_name": self.video_name, "status": self.status, "hosted_url": self.hosted_url,
+            "output": str(self.output), "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "skipped": self.skipped, "facts": self.info.summary(),
+        }  # fmt: skip
+
+
+# --- the journal -----------------------------------------------------------------------------------------------------
+
+
+class Journal:
+    """journal.json of a run: each step's outputs, written atomically (0600: it holds presigned URLs)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "journal.json"
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, step: str) -> dict[str, Any]:
+        return dict(self.data.get(step) or {})
+
+    def put(self, step: str, **fields: Any) -> None:
+        self.data[step] = {**self.data.get(step, {}), **fields}
+        tmp = self.path.with_name(f".journal.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_url(text: str) -> bool:
+    return urlsplit(text).scheme in ("http", "https")
+
+
+def run_id_for(options: PublishOptions) -> str:
+    """Same inputs and options → same run (so a rerun resumes); any change → a new run."""
+    parts: dict[str, Any] = options.model_dump(
+        mode="json", exclude={"run_id", "retry_failed", "deadline", "poll_interval", "output", "listen", "callback_url"}
+    )
+    for name in ("audio", "background"):
+        value = getattr(options, name)
+        if value is not None and not _is_url(str(value)) and Path(value).is_file():
+            parts[f"{name}_sha256"] = _sha256(Path(value))
+    blob = json.dumps(parts, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --- callbacks -------------------------------------------------------------------------------------------------------
+
+
+class CallbackReceiver:
+    """A tiny HTTP server for Tavus callbacks; only POSTs to /callback/<secret token> count (Tavus signs nothing)."""
+
+    def __init__(self, listen: str, public_base: str | None = None) -> None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--listen must look like HOST:PORT, got {listen!r}")
+        self.token = secrets.token_urlsafe(18)
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                ok = self.path == f"/callback/{receiver.token}"
+                body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
+                if ok:
+                    try:
+                        receiver.events.put(json.loads(body))
+                    except ValueError:
+                        ok = False
+                self.send_response(200 if ok else 404)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        try:
+            self.server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {listen} for callbacks: {exc.strerror}") from None
+        base = public_base or f"http://{host}:{self.server.server_port}"
+        self.url = f"{base.rstrip('/')}/callback/{self.token}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+# --- steps -----------------------------------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, options: PublishOptions, settings: PublishSettings, client: TavusClient, s3: Any,
+                 on_progress: ProgressCallback | None) -> None:  # fmt: skip
+        self.o = options
+        self.settings = settings
+        self.client = client
+        self.s3_client = s3
+        self.on_progress = on_progress
+        self.run_id = options.run_id or run_id_for(options)
+        self.dir = settings.runs_dir / self.run_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.dir)
+        self.timings: dict[str, float] = {}
+        self.skipped: list[str] = []
+        self.end = time.monotonic() + options.deadline
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        if self.on_progress:
+            self.on_progress(Progress(stage=f"step:{name}", done=0, total=None))
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
+
+    def _done_file(self, step: str) -> Path | None:
+        """The step's output when the journal says it finished and the file is still intact."""
+        entry = self.journal.get(step)
+        path = Path(entry["path"]) if entry.get("path") else None
+        if path is not None and path.is_file() and _sha256(path) == entry.get("sha256"):
+            self.skipped.append(step)
+            return path
+        return None
+
+    def _finish_file(self, step: str, path: Path) -> Path:
+        self.journal.put(step, path=str(path), sha256=_sha256(path))
+        return path
+
+    def background(self) -> tuple[Path | None, str | None]:
+        """(local background file, background_url for Tavus)."""
+        spec = self.o.background
+        if spec is None:
+            return None, None
+        if self.o.background_via == "tavus":
+            if not _is_url(spec):
+                raise ConfigError("--background-via tavus needs a public http(s) URL", hint="or record it locally")
+            return None, spec
+        if done := self._done_file("background"):
+            return done, None
+        out = self.dir / "background.mp4"
+        preset = self.o.background_preset or self.settings.background_preset
+        with self.step("background"):
+            path = Path(spec)
+            if _is_url(spec) or path.suffix.lower() in (".html", ".htm") or path.is_dir():
+                from .record import RecordOptions, record
+
+                options = RecordOptions(preset=preset, duration=self.o.background_seconds, scroll=self.o.scroll)
+                record(spec, out, options, on_progress=self.on_progress)
+            elif path.is_file() and path.suffix.lower() in _VIDEO_EXT:
+                still = path.suffix.lower() in (".png", ".jpg", ".jpeg")
+                normalize_video(path, out, preset=preset, duration=self.o.background_seconds if still else None,
+                                on_progress=self.on_progress)  # fmt: skip
+            else:
+                raise MediaError(f"background {spec} is not a URL, page, folder or video file",
+                                 hint="give an http(s) URL, a .html file, a folder or a clip")  # fmt: skip
+        return self._finish_file("background", out), None
+
+    def audio(self) -> Path | None:
+        if self.o.audio is None:
+            return None
+        if done := self._done_file("audio"):
+            return done
+        out = self.dir / "audio.wav"
+        with self.step("audio"):
+            normalize_audio(self.o.audio, out, preset="audio-wav", on_progress=self.on_progress)
+        return self._finish_file("audio", out)
+
+    def upload(self, files: dict[str, Path]) -> dict[str, str]:
+        """Presigned URLs for the files, reused from the journal while they outlive the deadline."""
+        if not files:
+            return {}
+        need = (self.end - time.monotonic()) + _URL_MARGIN
+        entry = self.journal.get("upload")
+        now = dt.datetime.now(dt.UTC).timestamp()
+        if entry.get("urls") and set(entry["urls"]) == set(files) and entry.get("expires_at", 0) > now + need:
+            self.skipped.append("upload")
+            return dict(entry["urls"])
+        bucket = self.o.bucket or self.settings.bucket
+        if not bucket:
+            raise ConfigError("no bucket for the prepared files", hint="pass --bucket or set ASSETPREP_BUCKET")
+        with self.step("upload"):
+            expires = min(7 * 24 * 3600.0, max(need, 6 * 3600.0))
+            presigned = upload_and_presign(
+                list(files.values()), bucket=bucket, client=self.s3_client,
+                prefix=self.o.prefix or self.settings.prefix, expires_in=expires, on_progress=self.on_progress,
+            )  # fmt: skip
+        urls = {name: p.url for name, p in zip(files, presigned, strict=True)}
+        self.journal.put("upload", urls=urls, expires_at=min(p.expires_at.timestamp() for p in presigned))
+        return urls
+
+    def submit(self, fields: dict[str, Any]) -> str:
+        """The video_id: adopted from the journal, reconciled by name, or created once."""
+        sub = self.journal.get("submit")
+        attempt = int(sub.get("attempt", 0))
+        if sub.get("state") == "failed":
+            if not self.o.retry_failed:
+                raise VideoFailedError(
+                    f"the last video of this run ({sub.get('video_id')}) ended in error: {sub.get('failure')}",
+                    hint="rerun with --retry-failed to submit a new video (the failed one stays in the journal)",
+                )
+            history = [*sub.get("history", []), {k: sub.get(k) for k in ("video_id", "video_name", "failure")}]
+            attempt += 1
+            sub = {"attempt": attempt, "history": history}
+            self.journal.data["submit"] = sub
+        if sub.get("video_id"):
+            self.skipped.append("submit")
+            return str(sub["video_id"])
+        base = self.o.video_name or f"assetprep-{self.run_id}"
+        name = base if attempt == 0 else f"{base}-retry{attempt}"
+        with self.step("submit"):
+            if sub.get("state") == "sending":
+                found = self.client.find_videos_by_name(name)
+                if found:
+                    if len(found) > 1:
+                        log.warning("%d videos are named %s; adopting the newest", len(found), name)
+                    video_id = found[0].video_id
+                    self.journal.put("submit", state="sent", video_id=video_id, reconciled=True)
+                    return video_id
+            self.journal.put("submit", state="sending", video_name=name, attempt=attempt)
+            try:
+                video = self.client.create_video({**fields, "video_name": name})
+            except OutcomeUnknownError as exc:
+                exc.hint = "rerun the same command: it finds the video by its name instead of creating another"
+                raise
+            self.journal.put("submit", state="sent", video_id=video.video_id)
+        return video.video_id
+
+    def wait(self, video_id: str, receiver: CallbackReceiver | None) -> Video:
+        with self.step("wait"):
+            try:
+                if receiver is None:
+                    remaining = max(1.0, self.end - time.monotonic())
+                    video = self.client.wait(
+                        video_id, remaining, poll_interval=self.o.poll_interval, on_progress=self.on_progress
+                    )
+                else:
+                    video = self._wait_callback(video_id, receiver)
+            except VideoFailedError as exc:
+                failure = exc.video.failure() if isinstance(exc.video, Video) else str(exc)
+                self.journal.put("submit", state="failed", failure=failure)
+                exc.hint = "fix the input it names, then rerun with --retry-failed"
+                raise
+        self.journal.put("submit", status="ready")
+        return video
+
+    def _wait_callback(self, video_id: str, receiver: CallbackReceiver) -> Video:
+        # Callbacks can be lost (no retry policy is documented): poll now and then as well.
+        while True:
+            remaining = self.end - time.monotonic()
+            if remaining <= 0:
+                return self.client.wait(video_id, 1.0, poll_interval=1.0)  # raises WaitTimeoutError if not ready
+            try:
+                event = receiver.events.get(timeout=min(remaining, max(30.0, self.o.poll_interval * 6)))
+            except queue.Empty:
+                event = {"video_id": video_id}
+            if event.get("video_id") != video_id:
+                continue
+            video = self.client.get_video(video_id, verbose=True)
+            if video.status in ("ready", "error", "deleted"):
+                return self.client.wait(video_id, 5.0, poll_interval=0.5)  # one path for ready/failed
+
+    def download(self, video: Video) -> Path:
+        name = "tavus" + (".webm" if (video.download_url or "").split("?")[0].endswith(".webm") else ".mp4")
+        out = self.dir / name
+        if done := self._done_file("download"):
+            return done
+        with self.step("download"):
+            self.client.download(video, out, on_progress=self.on_progress)
+        return self._finish_file("download", out)
+
+    def composite(self, layer: Path, background: Path, out: Path) -> Path:
+        with self.step("composite"):
+            composite(layer, background, out, layout=self.o.layout, on_progress=self.on_progress)
+        return out
+
+
+def composite(layer: Path, background: Path, output: Path, *, layout: Layout = "bubble-bottom-right",
+              on_progress: ProgressCallback | None = None) -> Path:  # fmt: skip
+    """Overlay a .webm with alpha (the replica) onto a background clip (looped), into an H.264/AAC .mp4."""
+    info = probe(background)
+    assert info.video is not None
+    w, h = info.video.width, info.video.height
+    seconds = probe(layer).duration or 0.0
+    if seconds <= 0:
+        raise MediaError(f"{layer} has no duration")
+    fg = ffmpeg.input(str(layer), **{"c:v": "libvpx-vp9"})  # the native vp9 decoder drops the alpha plane
+    bg = ffmpeg.input(str(background), stream_loop=-1).video.filter("fps", 30)
+    if layout == "full":
+        sprite, x, y = fg.video.filter("scale", w, h), 0, 0
+    elif layout == "bubble-bottom-right":
+        sprite, x, y = fg.video.filter("scale", w // 2, h // 2), w // 2, h // 2
+    else:  # left-third: the replica large on the left, the background's right two thirds stay clear
+        sprite, x, y = fg.video.filter("scale", w * 2 // 3, h * 2 // 3).filter("crop", w // 3, h * 2 // 3), 0, h // 3
+    video = ffmpeg.overlay(bg, sprite, x=x, y=y, eof_action="endall").filter("format", "yuv420p")
+    with atomic_output(output) as tmp:
+        _process.run_ffmpeg(
+            ffmpeg.output(video, fg.audio, str(tmp), t=f"{seconds:.3f}", **{"c:v": "libx264", "preset": "veryfast",
+                          "crf": 20, "c:a": "aac", "b:a": "160k", "ar": 48000, "movflags": "+faststart", "f": "mp4"}),
+            stage="composite", total=seconds, timeout=300 + 20 * seconds, on_progress=on_progress,
+            what="ffmpeg (composite)",
+        )  # fmt: skip
+    return output
+
+
+def publish(
+    options: PublishOptions,
+    *,
+    client: TavusClient | None = None,
+    s3_client: Any = None,
+    settings: PublishSettings | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> PublishResult:
+    """Publish one video end to end (resumable: rerun the same options to continue)."""
+    settings = settings or PublishSettings()
+    if (options.script is None) == (options.audio is None):
+        raise ConfigError("give exactly one of a script or an audio file")
+    if options.composite_locally and options.background is None:
+        raise ConfigError("--composite-locally needs a --background to composite onto")
+    if options.composite_locally and options.background_via == "tavus":
+        raise ConfigError("--composite-locally records the background locally; drop --background-via tavus")
+    if options.audio is not None and not options.audio.is_file():
+        raise MediaError(f"audio file not found: {options.audio}")
+    client = client or TavusClient()
+    run = _Run(options, settings, client, s3_client, on_progress)
+
+    background, background_url = run.background()
+    audio = run.audio()
+    files = {"audio": audio} if audio else {}
+    if background is not None and not options.composite_locally:
+        files["background"] = background
+    if files and run.s3_client is None:
+        run.s3_client = make_s3_client(S3Settings())
+    urls = run.upload(files)
+
+    fields: dict[str, Any] = {"replica_id": options.replica_id}
+    fields |= {"audio_url": urls["audio"]} if audio else {"script": options.script}
+    if options.composite_locally:
+        fields |= {"fast": True, "transparent_background": True}
+    else:
+        if options.fast:
+            fields["fast"] = True
+        if "background" in urls:
+            fields["background_source_url"] = urls["background"]
+        if background_url:
+            fields["background_url"] = background_url
+    receiver = CallbackReceiver(options.listen) if options.listen else None
+    try:
+        if receiver is not None:
+            fields["callback_url"] = receiver.url
+        elif options.callback_url:
+            fields["callback_url"] = options.callback_url
+        video_id = run.submit(fields)
+        video = run.wait(video_id, receiver)
+    finally:
+        if receiver is not None:
+            receiver.close()
+    downloaded = run.download(video)
+    final = options.output or run.dir / "final.mp4"
+    if options.composite_locally:
+        assert background is not None
+        run.composite(downloaded, background, final)
+    elif final.resolve() != downloaded.resolve():
+        with run.step("output"), atomic_output(final) as tmp:
+            shutil.copyfile(downloaded, tmp)
+    info = probe(final, count_frames=True)
+    if info.video is None or not info.duration:
+        raise OutputCheckError(f"{final} is not a playable video")
+    run.journal.put("output", path=str(final), video_id=video.video_id)
+    if on_progress:
+        on_progress(Progress(stage="done", done=1, total=1))
+    log.info("published %s → %s (%s)", video.video_id, final, redact_url(video.hosted_url or ""))
+    return PublishResult(
+        run_id=run.run_id, run_dir=run.dir, video_id=video.video_id, video_name=video.video_name or "",
+        status=video.status, hosted_url=video.hosted_url, output=final, timings=run.timings, skipped=run.skipped,
+        info=info,
+    )  # fmt: skip
