@@ -13,6 +13,7 @@ for extra in ${ASSETPREP_APT_EXTRA:-}; do
   case "$extra" in
     chromium) command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium) ;;
     espeak-ng) command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng) ;;
+    fonts-dejavu-core) [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core) ;;
   esac
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,48 +1,70 @@
-"""Demo: generate a phone-like clip and a recording, normalize both for Tavus, print where they are and their facts."""
+"""The README's main job, end to end on embedded services: examples/page.html + examples/script.txt → a finished video.
+
+Starts the embedded S3 (SeaweedFS) and the Tavus sandbox as managed subprocesses, runs `assetprep publish` exactly as
+a user would (only the env vars point at the local services), prints the video's path, hosted_url and step timings,
+and stops both servers. Reruns reuse the recorded background and the finished run.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from assetprep import AssetprepError, normalize_audio, normalize_video
-from assetprep._process import find_tool, run
+from assetprep import AssetprepError
+from assetprep.s3local import LocalS3
+from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
+from assetprep.upload import S3Settings, ensure_bucket, make_s3_client
 
-OUT = Path(".assetprep/demo")
-
-
-def make_inputs() -> tuple[Path, Path]:
-    """A 4 s 25 fps 1000x562 clip in yuv444p, and a 16 kHz stereo m4a with speech-like tones."""
-    clip, voice = OUT / "input-clip.mov", OUT / "input-voice.m4a"
-    ffmpeg = find_tool("ffmpeg")
-    if not clip.exists():
-        run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1000x562:rate=25:duration=4",
-             "-c:v", "libx264", "-pix_fmt", "yuv444p", str(clip)], timeout=120)  # fmt: skip
-    if not voice.exists():
-        run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "sine=f=220:r=16000:d=6", "-f", "lavfi",
-             "-i", "sine=f=330:r=16000:d=6", "-filter_complex", "[0][1]amerge,volume=0.1", "-ac", "2",
-             "-c:a", "aac", str(voice)], timeout=120)  # fmt: skip
-    return clip, voice
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".assetprep" / "demo"
+BUCKET = "assetprep-demo"
 
 
 def main() -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    STATE.mkdir(parents=True, exist_ok=True)
     try:
-        clip, voice = make_inputs()
-        video = normalize_video(clip, OUT / "background.mp4", preset="background-720p")
-        audio = normalize_audio(voice, OUT / "speech.wav")
+        with LocalS3(STATE / "s3") as s3, LocalSandbox(STATE / "sandbox", speed=4) as sandbox:
+            print(f"[demo] embedded S3 at {s3.endpoint_url}, Tavus sandbox at {sandbox.base_url}", flush=True)
+            client = make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
+                                               secret_access_key=s3.secret_key))  # fmt: skip
+            ensure_bucket(client, BUCKET, create=True)
+            env = {**os.environ, **s3.env(), **sandbox.env(), "ASSETPREP_BUCKET": BUCKET,
+                   "ASSETPREP_RUNS_DIR": str(STATE / "runs")}  # fmt: skip
+            command = [
+                sys.executable, "-m", "assetprep", "publish", "--replica", DEFAULT_REPLICA,
+                "--script-file", str(ROOT / "examples" / "script.txt"),
+                "--background", str(ROOT / "examples" / "page.html"),
+                "--background-seconds", "6", "--background-preset", "background-720p", "--scroll", "smooth",
+                "--poll", "1", "--deadline", "10m", "-o", str(STATE / "demo-video.mp4"), "--json",
+            ]  # fmt: skip
+            print("[demo] assetprep publish --replica … --script-file examples/script.txt "
+                  "--background examples/page.html -o .assetprep/demo/demo-video.mp4", flush=True)  # fmt: skip
+            done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, timeout=900)
+            if done.returncode != 0:
+                return done.returncode
+            result = json.loads(done.stdout)
     except AssetprepError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
+        print(f"[demo] error: {exc}", file=sys.stderr)
         return 1
-    for result in (video, audio):
-        print(f"{result.output}: {result.path_taken}, {result.seconds:.1f} s")
-        for key, value in result.info.summary().items():
-            print(f"    {key}: {value}")
-        if result.loudness:
-            print(f"    loudness: {result.loudness}")
-    print(f"demo finished in {time.monotonic() - started:.1f} s; outputs in {OUT.resolve()}")
+    facts = result["facts"]
+    v = facts["video"]
+    print()
+    print(f"Finished video: {result['output']}")
+    print(f"  {v['width']}x{v['height']} {v['codec']} @ {v['fps']}, {facts['duration']:.2f} s, {facts['size']} bytes")
+    print(f"  video_id {result['video_id']} ({result['status']}); hosted_url {result['hosted_url']}")
+    print(
+        "  (the sandbox is stopped now; `assetprep sandbox serve --data-dir .assetprep/demo/sandbox` serves it again)"
+    )
+    for step, seconds in result["timings"].items():
+        print(f"  {step:<11} {seconds:6.1f} s")
+    if result["skipped"]:
+        print(f"  reused from the last run: {', '.join(result['skipped'])}")
+    print(f"Total {time.monotonic() - started:.1f} s")
     return 0
 
 
