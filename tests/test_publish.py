@@ -1,0 +1,213 @@
+"""assetprep publish end to end: real SeaweedFS, the sandbox over HTTP, real ffmpeg and Chromium; kills and reruns."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from _media import frame_rgb, pixel
+
+from assetprep.errors import OutcomeUnknownError, VideoFailedError
+from assetprep.probe import probe
+from assetprep.publish import PublishOptions, PublishSettings, publish
+from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
+from assetprep.tavus import TavusClient
+from assetprep.upload import S3Settings, ensure_bucket, make_s3_client
+
+PAGES = Path(__file__).parent / "pages"
+BUCKET = "publish-tests"
+
+
+@pytest.fixture(scope="module")
+def s3_client(s3):
+    client = make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
+                                       secret_access_key=s3.secret_key))  # fmt: skip
+    ensure_bucket(client, BUCKET, create=True)
+    return client
+
+
+@pytest.fixture
+def world(s3, s3_client, tmp_path):
+    """start(**sandbox options) → (sandbox, run(options) -> result, env for the CLI); servers stopped by PID."""
+    servers: list[LocalSandbox] = []
+
+    def start(**options):
+        sb = LocalSandbox(tmp_path / f"sandbox{len(servers)}", **{"speed": 20, **options}).start()
+        servers.append(sb)
+        settings = PublishSettings(runs_dir=tmp_path / "runs", bucket=BUCKET)
+
+        def run(**fields):
+            client = TavusClient(api_key=sb.api_key, base_url=sb.base_url, timeout=20)
+            opts = PublishOptions(**{"replica_id": DEFAULT_REPLICA, "poll_interval": 0.2, "deadline": 120, **fields})
+            return publish(opts, client=client, s3_client=s3_client, settings=settings)
+
+        env = {**os.environ, **s3.env(), **sb.env(), "ASSETPREP_BUCKET": BUCKET,
+               "ASSETPREP_RUNS_DIR": str(tmp_path / "runs")}  # fmt: skip
+        return sb, run, env
+
+    yield start
+    for sb in servers:
+        sb.stop()
+
+
+def posts(sb: LocalSandbox) -> list[dict]:
+    return [c for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos"]
+
+
+def videos(sb: LocalSandbox) -> list:
+    with TavusClient(api_key=sb.api_key, base_url=sb.base_url) as c:
+        return list(c.list_videos())
+
+
+@pytest.fixture(scope="module")
+def red_clip(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clips") / "red.mov"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=0xE01010:s=960x540:r=25:d=2",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out)], check=True, timeout=60)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def site():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(PAGES)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def is_red(p):
+    return p[0] > 180 and p[1] < 70 and p[2] < 70
+
+
+def test_clip_background_script_and_rerun_is_free(world, red_clip, tmp_path):
+    sb, run, _ = world()
+    out = tmp_path / "final.mp4"
+    first = run(script="A clip background, normalized and uploaded.", background=str(red_clip),
+                background_preset="background-720p", output=out)  # fmt: skip
+    info = probe(out)
+    assert info.video.codec == "h264" and (info.video.width, info.video.height) == (1280, 720)
+    assert is_red(pixel(frame_rgb(out, 75, 1280, 720), 1280, 100, 100))  # 2.5 s: the 2 s clip looped
+    again = run(script="A clip background, normalized and uploaded.", background=str(red_clip),
+                background_preset="background-720p", output=out)  # fmt: skip
+    assert again.video_id == first.video_id and {"background", "upload", "submit", "download"} <= set(again.skipped)
+    assert len(posts(sb)) == 1
+    # Presigned URLs that would expire before the deadline are issued again before anything uses them.
+    journal = tmp_path / "runs" / first.run_id / "journal.json"
+    data = json.loads(journal.read_text())
+    data["upload"]["expires_at"] = time.time() + 30
+    journal.write_text(json.dumps(data))
+    third = run(script="A clip background, normalized and uploaded.", background=str(red_clip),
+                background_preset="background-720p", output=out)  # fmt: skip
+    assert "upload" not in third.skipped
+    assert json.loads(journal.read_text())["upload"]["expires_at"] > time.time() + 3600
+
+
+def test_audio_input_sets_the_length(world, tmp_path):
+    _sb, run, _ = world()
+    voice = tmp_path / "voice.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=300:d=4.2", "-c:a", "aac", str(voice)],
+                   check=True, timeout=60)  # fmt: skip
+    result = run(audio=voice, output=tmp_path / "a.mp4")
+    assert abs(probe(tmp_path / "a.mp4").duration - 4.2) < 0.15
+    assert result.status == "ready"
+
+
+def test_website_background_local_and_via_tavus(world, site, tmp_path):
+    _sb, run, _ = world()
+    local = run(script="Recorded here.", background=f"{site}/short.html", background_seconds=1,
+                background_preset="background-720p", scroll="none", output=tmp_path / "l.mp4")  # fmt: skip
+    via = run(script="Recorded by Tavus.", background=f"{site}/short.html", background_via="tavus",
+              output=tmp_path / "t.mp4")  # fmt: skip
+    for path in (local.output, via.output):
+        r, g, b = pixel(frame_rgb(path, 10, 1280, 720), 1280, 600, 300)
+        assert r > 170 and g > 170 and b < 60, (path, r, g, b)
+    assert "background" in local.timings and "background" not in via.timings and "upload" not in via.timings
+
+
+def test_composite_locally_puts_the_replica_layer_on_the_background(world, red_clip, tmp_path):
+    sb, run, _ = world()
+    result = run(script="Fast mode, but with my background.", background=str(red_clip), composite_locally=True,
+                 background_preset="background-720p", output=tmp_path / "c.mp4")  # fmt: skip
+    frame = frame_rgb(result.output, 20, 1280, 720)
+    assert is_red(pixel(frame, 1280, 100, 100)) and is_red(pixel(frame, 1280, 700, 380))  # transparent: background
+    r, g, b = pixel(frame, 1280, 960, 560)  # the layer's opaque panel, scaled into the bottom-right bubble
+    assert b > 120 and r < 90, (r, g, b)
+    with TavusClient(api_key=sb.api_key, base_url=sb.base_url) as c:
+        record = c.get_video(result.video_id)
+    assert record.download_url.endswith(".webm")
+
+
+def test_callback_mode(world, tmp_path):
+    sb, run, _ = world()
+    result = run(script="Tell me when it is done.", listen="127.0.0.1:0", poll_interval=30, output=tmp_path / "cb.mp4")
+    callbacks = [c for c in sb.calls() if c["method"] == "CALLBACK"]
+    assert result.status == "ready" and [c["status"] for c in callbacks] == [200]
+    assert result.timings["wait"] < 20  # woken by the callback, not by the 30 s poll
+
+
+def test_dropped_create_is_reconciled_on_rerun(world, tmp_path):
+    sb, run, _ = world(drop_connection_after_create=1)
+    with pytest.raises(OutcomeUnknownError):
+        run(script="Lost answer.", output=tmp_path / "r.mp4")
+    result = run(script="Lost answer.", output=tmp_path / "r.mp4")
+    assert len(posts(sb)) == 1 and len(videos(sb)) == 1 and videos(sb)[0].video_id == result.video_id
+
+
+def test_failed_video_needs_retry_failed(world, tmp_path):
+    sb, run, _ = world(fail_render_rate=0.5, seed=9)  # the seed fails the first render, passes the second
+    with pytest.raises(VideoFailedError, match="video_error"):
+        run(script="Fails once.", output=tmp_path / "f.mp4")
+    with pytest.raises(VideoFailedError, match="--retry-failed"):
+        run(script="Fails once.", output=tmp_path / "f.mp4")
+    result = run(script="Fails once.", output=tmp_path / "f.mp4", retry_failed=True)
+    assert result.video_name.endswith("-retry1") and len(posts(sb)) == 2
+    journal = json.loads((result.run_dir / "journal.json").read_text())
+    assert journal["submit"]["history"][0]["failure"].startswith("video_error")
+
+
+def _cli_publish(env, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "assetprep", "publish", "--replica", DEFAULT_REPLICA, "--script",
+                             "Killed and resumed.", "--poll", "0.2", "-o", str(out), "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("kill_when", ["after-submit", "during-download"])
+def test_kill_9_and_rerun_gives_one_video(world, tmp_path, kill_when):
+    sb, _, env = world(speed=4, drop_download_after=60_000 if kill_when == "during-download" else 0)
+    out = tmp_path / "k.mp4"
+    runs = tmp_path / "runs"
+    proc = _cli_publish(env, out)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            journals = list(runs.glob("*/journal.json"))
+            data = json.loads(journals[0].read_text()) if journals else {}
+            if kill_when == "after-submit" and data.get("submit", {}).get("video_id"):
+                break
+            if kill_when == "during-download" and list(runs.glob("*/.tavus.mp4.*.part")):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "publish finished before the kill point"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+    assert not out.exists()
+    again = _cli_publish(env, out)
+    stdout, stderr = again.communicate(timeout=180)
+    assert again.returncode == 0, stderr
+    result = json.loads(stdout)
+    assert len(posts(sb)) == 1 and [v.video_id for v in videos(sb)] == [result["video_id"]]
+    assert probe(out).video is not None and not list(tmp_path.glob(".*.part"))
