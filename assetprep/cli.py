@@ -323,6 +323,15 @@ def _client(api_key: str | None, base_url: str | None) -> Any:
     return TavusClient(api_key=api_key, base_url=base_url)
 
 
+def _read_script(script: str | None, script_file: Path | None) -> str | None:
+    if script_file is None:
+        return script
+    try:
+        return script_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read --script-file {script_file}: {exc.strerror}") from None
+
+
 def _video_line(v: Any) -> str:
     extra = f" {v.generation_progress}" if v.status == "generating" and v.generation_progress else ""
     detail = f" ({v.failure()})" if v.status == "error" else ""
@@ -352,11 +361,7 @@ def videos_create(
     """Submit one video (POST /v2/videos). The request is checked before anything is sent."""
     from .tavus import validate_request
 
-    if script_file is not None:
-        try:
-            script = script_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read --script-file {script_file}: {exc.strerror}") from None
+    script = _read_script(script, script_file)
     fields = {"replica_id": replica, "script": script, "audio_url": audio_url, "background_url": background_url,
               "background_source_url": background_source_url, "callback_url": callback_url, "video_name": name,
               "fast": fast or None, "transparent_background": transparent or None}  # fmt: skip
@@ -548,11 +553,7 @@ def publish_cmd(
 
     from . import publish as pub
 
-    if script_file is not None:
-        try:
-            script = script_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read --script-file {script_file}: {exc.strerror}") from None
+    script = _read_script(script, script_file)
     try:
         options = pub.PublishOptions(
             replica_id=replica, script=script, audio=audio, background=background, background_via=background_via,

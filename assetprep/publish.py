@@ -31,11 +31,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import _process
 from ._files import atomic_output
+from ._urls import redact_url
 from .errors import ConfigError, MediaError, OutcomeUnknownError, OutputCheckError, VideoFailedError
 from .normalize import normalize_audio, normalize_video
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
-from .tavus import TavusClient, Video, redact_url
+from .tavus import TavusClient, Video
 from .upload import S3Settings, make_s3_client, upload_and_presign
 
 log = logging.getLogger("assetprep.publish")

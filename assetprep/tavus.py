@@ -22,6 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ._files import atomic_output
+from ._urls import redact_url
 from .errors import (
     ApiConnectionError,
     ApiTimeoutError,
@@ -49,14 +50,6 @@ STATUSES = ("queued", "generating", "ready", "deleted", "error")
 AUDIO_EXTENSIONS = (".wav", ".mp3")
 _URL_FIELDS = ("audio_url", "background_url", "background_source_url", "callback_url", "watermark_image_url")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-def redact_url(url: str) -> str:
-    """The URL without query string or credentials: presigned signatures and secret tokens never reach messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return f"{parts.scheme}://{netloc}{parts.path}{'?…' if parts.query else ''}"
 
 
 # --- request and response models -------------------------------------------------------------------------------------

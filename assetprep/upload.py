@@ -13,7 +13,7 @@ import os
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import boto3
 import botocore.exceptions
@@ -22,6 +22,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from ._urls import redact_url
 from .errors import ConfigError, MediaError, PreflightError, StorageError
 from .probe import check_input_file
 from .progress import Progress, ProgressCallback
@@ -78,12 +79,6 @@ class PresignedObject(_Model):
             "file_uri": o.s3_uri, "url": self.url, "expires_at": self.expires_at.isoformat(), "size": o.size,
             "sha256": o.sha256, "content_type": o.content_type, "skipped": o.skipped, "bytes_sent": o.bytes_sent,
         }  # fmt: skip
-
-
-def redact_url(url: str) -> str:
-    """The URL without its query string: presigned signatures and credentials never reach logs or errors."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "…" if parts.query else "", ""))
 
 
 def make_s3_client(

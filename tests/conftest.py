@@ -69,3 +69,24 @@ def tavus(sandbox):
 
     with TavusClient(api_key=sandbox.api_key, base_url=sandbox.base_url, timeout=20) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def site():
+    """tests/pages on a local HTTP server (127.0.0.1), stopped at the end of the session."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    pages = Path(__file__).parent / "pages"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(pages)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

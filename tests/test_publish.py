@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,6 @@ from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
 from assetprep.tavus import TavusClient
 from assetprep.upload import S3Settings, ensure_bucket, make_s3_client
 
-PAGES = Path(__file__).parent / "pages"
 BUCKET = "publish-tests"
 
 
@@ -74,17 +70,6 @@ def red_clip(tmp_path_factory):
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=0xE01010:s=960x540:r=25:d=2",
                     "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out)], check=True, timeout=60)  # fmt: skip
     return out
-
-
-@pytest.fixture(scope="module")
-def site():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(PAGES)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 def is_red(p):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import itertools
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,23 +14,6 @@ from assetprep.record import RecordError, RecordOptions, record, scroll_at, scro
 
 PAGES = Path(__file__).parent / "pages"
 W, H = 1280, 720
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def site():
-    """The fixture pages on a local HTTP server, stopped at the end of the module."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(PAGES)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 def frames_rgb(path: Path, w: int = W, h: int = H) -> list[bytes]:

@@ -308,22 +308,10 @@ def test_cli_videos_and_errors(sandbox, tavus, tmp_path):
     assert bad.returncode == 1 and "only allowed with fast" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_background_url_is_recorded_by_the_sandbox(tavus, tmp_path):
-    import functools
-    from http.server import SimpleHTTPRequestHandler
-    from pathlib import Path
-
-    pages = str(Path(__file__).parent / "pages")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=pages))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        video = tavus.create_video(replica_id=DEFAULT_REPLICA, script="Recorded background.",
-                                   background_url=f"http://127.0.0.1:{server.server_port}/short.html",
-                                   properties={"background_scroll": False})  # fmt: skip
-        ready = tavus.wait(video.video_id, 120, poll_interval=0.3)
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_background_url_is_recorded_by_the_sandbox(tavus, site, tmp_path):
+    video = tavus.create_video(replica_id=DEFAULT_REPLICA, script="Recorded background.",
+                               background_url=f"{site}/short.html", properties={"background_scroll": False})  # fmt: skip
+    ready = tavus.wait(video.video_id, 120, poll_interval=0.3)
     out = tavus.download(ready, tmp_path / "bgurl.mp4")
     r, g, b = pixel(frame_rgb(out, 5, 1280, 720), 1280, 600, 300)
     assert r > 170 and g > 170 and b < 60, (r, g, b)  # the page's yellow behind the replica

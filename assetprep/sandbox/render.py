@@ -17,10 +17,11 @@ import ffmpeg
 import httpx
 
 from .. import _process
+from .._urls import redact_url
 from ..errors import AssetprepError
 from ..probe import probe
 from ..progress import ProgressCallback
-from ..tavus import AUDIO_EXTENSIONS, redact_url
+from ..tavus import AUDIO_EXTENSIONS
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 AUDIO_MIN_S, AUDIO_MAX_S, AUDIO_MAX_BYTES = 3.0, 600.0, 750 * 1024 * 1024

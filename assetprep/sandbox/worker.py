@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from ..tavus import redact_url
+from .._urls import redact_url
 from .config import REPLICAS, SandboxConfig, callback_time, http_time
 from .render import (
     AUDIO_MAX_BYTES,
