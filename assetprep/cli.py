@@ -573,6 +573,24 @@ def publish_cmd(
     emit(result.summary(), as_json, human)
 
 
+@app.command("doctor")
+def doctor_cmd(
+    bucket: Annotated[str | None, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket to check.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check ffmpeg, Chromium, S3 and the Tavus API key; say what to fix."""
+    from .doctor import run_checks
+
+    checks = run_checks(bucket)
+    lines = [f"{'ok  ' if c.ok else 'FAIL'} {c.name:<10} {c.detail}" for c in checks]
+    lines = [
+        line + (f"\n     fix: {c.fix}" if c.fix and not c.ok else "") for line, c in zip(lines, checks, strict=True)
+    ]
+    emit({"checks": [c.__dict__ for c in checks], "ok": all(c.ok for c in checks)}, as_json, "\n".join(lines))
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: AssetprepError → one line on stderr, exit 1; usage errors exit 2 (click); no traceback."""
     try:

@@ -196,3 +196,15 @@ def test_kill_9_and_rerun_gives_one_video(world, tmp_path, kill_when):
     result = json.loads(stdout)
     assert len(posts(sb)) == 1 and [v.video_id for v in videos(sb)] == [result["video_id"]]
     assert probe(out).video is not None and not list(tmp_path.glob(".*.part"))
+
+
+def test_doctor_names_what_to_fix(world, s3):
+    _sb, _, env = world()
+    ok = subprocess.run([sys.executable, "-m", "assetprep", "doctor", "--json"], env=env, capture_output=True,
+                        text=True, timeout=60)  # fmt: skip
+    checks = {c["name"]: c for c in json.loads(ok.stdout)["checks"]}
+    assert ok.returncode == 0 and checks["s3"]["ok"] and "4 replicas" in checks["tavus"]["detail"]
+    bad = subprocess.run([sys.executable, "-m", "assetprep", "doctor"], env={**env, "TAVUS_API_KEY": "wrong-9"},
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 1 and "FAIL tavus" in bad.stdout and "Invalid access token" in bad.stdout
+    assert "wrong-9" not in bad.stdout + bad.stderr

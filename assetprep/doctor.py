@@ -1,0 +1,73 @@
+"""`assetprep doctor`: is this machine ready to publish? Each check says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+from . import _process
+from .errors import AssetprepError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _tool(name: str) -> Check:
+    try:
+        path = _process.find_tool(name)
+        line = _process.run([path, "-version"], timeout=20).stdout.decode(errors="replace").splitlines()[0]
+        return Check(name, True, line[:80])
+    except AssetprepError as exc:
+        return Check(name, False, exc.message, exc.hint or "")
+
+
+def _chromium() -> Check:
+    try:
+        from playwright.sync_api import sync_playwright
+
+        from .record import find_chromium
+
+        with sync_playwright() as pw:
+            found = find_chromium(pw)
+        return Check("chromium", True, found or "Playwright's own Chromium")
+    except AssetprepError as exc:
+        return Check("chromium", False, exc.message, exc.hint or "")
+
+
+def _s3(bucket: str | None) -> Check:
+    from .upload import S3Settings, ensure_bucket, make_s3_client
+
+    if not bucket:
+        return Check("s3", False, "no bucket configured", "pass --bucket or set ASSETPREP_BUCKET")
+    try:
+        ensure_bucket(make_s3_client(S3Settings(), connect_timeout=3, retries=0), bucket)
+        where = os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS"
+        return Check("s3", True, f"bucket {bucket} reachable at {where}")
+    except AssetprepError as exc:
+        return Check("s3", False, exc.message, exc.hint or "check the AWS_* settings")
+
+
+def _tavus() -> Check:
+    from .tavus import TavusClient, is_real_tavus
+
+    try:
+        with TavusClient(timeout=10, max_retries=1) as client:
+            replicas = client.list_replicas()
+            kind = "Tavus" if is_real_tavus(client.base_url) else "a Tavus-compatible server (sandbox?)"
+            return Check("tavus", True, f"API key accepted by {kind} at {client.base_url}; {len(replicas)} replicas")
+    except AssetprepError as exc:
+        return Check("tavus", False, exc.message, exc.hint or "")
+
+
+def run_checks(bucket: str | None = None) -> list[Check]:
+    checks = [_tool("ffmpeg"), _tool("ffprobe"), _chromium()]
+    espeak = shutil.which("espeak-ng")
+    checks.append(Check("espeak-ng", True, espeak or "absent: the sandbox speaks scripts as a tone bed"))
+    checks += [_s3(bucket), _tavus()]
+    return checks
