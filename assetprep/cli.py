@@ -13,9 +13,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from . import __version__, normalize, presets, probe, upload
+from . import __version__, normalize, presets, upload
 from ._units import parse_duration
 from .errors import AssetprepError, ConfigError, ProcessError
+from .probe import probe as probe_file
 from .progress import Progress as ProgressReport
 from .progress import ProgressCallback
 
@@ -156,7 +157,7 @@ def probe_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the media facts assetprep sees in a file."""
-    info = probe.probe(file, count_frames=count_frames)
+    info = probe_file(file, count_frames=count_frames)
     emit(info.model_dump(), as_json, json.dumps(info.summary(), indent=2))
 
 
@@ -270,7 +271,8 @@ def record_cmd(
     """Record a web page into an H.264 .mp4 background (frame-exact, deterministic)."""
     from pydantic import ValidationError
 
-    from . import record as rec
+    # Not `from . import record`: the package re-exports the function under that name.
+    from .record import RecordOptions, parse_viewport, record
 
     headers = {}
     for item in header or []:
@@ -286,8 +288,8 @@ def record_cmd(
         cookies.append({"name": name.strip(), "value": value.strip()})
     depth: str | int = int(scroll_depth) if scroll_depth.isdigit() else scroll_depth
     try:
-        options = rec.RecordOptions(
-            preset=preset, duration=duration, fps=fps, viewport=rec.parse_viewport(viewport) if viewport else None,
+        options = RecordOptions(
+            preset=preset, duration=duration, fps=fps, viewport=parse_viewport(viewport) if viewport else None,
             scale=scale, scroll=scroll, scroll_depth=depth, scroll_return=scroll_return, wait_for=wait_for,
             hide=hide or [], css=css, js=js, headers=headers, cookies=cookies, dark=dark, mode=mode,
             timeout=timeout, allow_http_errors=allow_http_errors, block_private_networks=block_private_networks,
@@ -295,7 +297,7 @@ def record_cmd(
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "record options")) from None
     with progress_bar(not as_json) as on_progress:
-        result = rec.record(source, output, options, on_progress=on_progress)
+        result = record(source, output, options, on_progress=on_progress)
     human = (f"{result.output}  ({result.frames} frames @ {result.fps} fps, {result.mode} mode, "
              f"{result.seconds:.1f} s, capture {result.capture_fps:.1f} fps)")  # fmt: skip
     human += "".join(f"\n  warning: {w}" for w in result.warnings)
@@ -440,8 +442,6 @@ def videos_download(
     as_json: JsonOpt = False,
 ) -> None:
     """Download a ready video (resumes dropped connections; written atomically)."""
-    from .probe import probe as probe_file
-
     with _client(api_key, base_url) as client, progress_bar(not as_json) as on_progress:
         path = client.download(video_id, output, on_progress=on_progress)
     info = probe_file(path)
@@ -551,11 +551,11 @@ def publish_cmd(
     """Prepare, upload, submit, wait and download one Tavus video. Rerun the same command to resume."""
     from pydantic import ValidationError
 
-    from . import publish as pub
+    from .publish import PublishOptions, publish
 
     script = _read_script(script, script_file)
     try:
-        options = pub.PublishOptions(
+        options = PublishOptions(
             replica_id=replica, script=script, audio=audio, background=background, background_via=background_via,
             background_seconds=background_seconds, background_preset=background_preset, scroll=scroll,
             video_name=name, fast=fast, composite_locally=composite_locally, layout=layout,
@@ -565,7 +565,7 @@ def publish_cmd(
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "publish options")) from None
     with progress_bar(not as_json) as on_progress:
-        result = pub.publish(options, on_progress=on_progress)
+        result = publish(options, on_progress=on_progress)
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     human = (f"{result.output}\n  video {result.video_id} ({result.status})  {result.hosted_url or ''}\n"
              f"  run {result.run_id}: {steps or 'nothing to do'}"

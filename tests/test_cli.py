@@ -123,3 +123,11 @@ def test_console_script_and_version():
     script = shutil.which("assetprep") or str(Path(sys.executable).parent / "assetprep")
     proc = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("assetprep 0.")
+
+
+def test_probe_command_prints_the_facts(gen):
+    clip = gen("probe.mp4", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=1", "-c:v", "libx264", "-pix_fmt", "yuv420p")
+    proc = cli("probe", str(clip), "--count-frames", "--json")
+    assert proc.returncode == 0, proc.stderr
+    video = json.loads(proc.stdout)["video_streams"][0]
+    assert (video["width"], video["height"], video["frames"]) == (320, 240, 25)
