@@ -126,7 +126,9 @@ def test_console_script_and_version():
 
 
 def test_probe_command_prints_the_facts(gen):
-    clip = gen("probe.mp4", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=1", "-c:v", "libx264", "-pix_fmt", "yuv420p")
+    clip = gen(
+        "probe.mp4", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=1", "-c:v", "libx264", "-pix_fmt", "yuv420p"
+    )
     proc = cli("probe", str(clip), "--count-frames", "--json")
     assert proc.returncode == 0, proc.stderr
     video = json.loads(proc.stdout)["video_streams"][0]
