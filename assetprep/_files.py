@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import OutputError
@@ -25,6 +25,18 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[Path, ...] 
         if src.exists() and out.exists() and out.resolve() == src.resolve():
             raise OutputError(f"output would overwrite the input: {out}", hint="write to another file")
     return out
+
+
+def secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The text of a secret kept in `path`, created once (mode 0600, never overwritten) from `make()`."""
+    if path.exists():
+        return path.read_text()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return text
 
 
 def fsync_dir(folder: Path) -> None:

@@ -346,10 +346,8 @@ def _record_url(
     fps = preset.fps
     frames = max(1, round(options.duration * fps))
     vw, vh = options.viewport or (round(preset.width / options.scale), round(preset.height / options.scale))
-    css, js = _page_css(options), _read_text_option(options.js)
-    extra_css = _read_text_option(options.css)
-    if extra_css != options.css:
-        css = _page_css(options.model_copy(update={"css": extra_css}))
+    css = _page_css(options.model_copy(update={"css": _read_text_option(options.css)}))
+    js = _read_text_option(options.js)
     warnings: list[str] = []
     blocked: list[str] = []
     timeout_ms = options.timeout * 1000
@@ -438,8 +436,7 @@ def _wait_ready(page: Any, options: RecordOptions, timeout_ms: float, url: str) 
                         hint="check the selector or raise --timeout",
                     )
                 step += 100
-                if page.evaluate("() => !!window.__assetprep"):
-                    page.evaluate("(t) => window.__assetprep.advance(t)", step)
+                page.evaluate("(t) => window.__assetprep && window.__assetprep.advance(t)", step)  # fast mode: no shim
                 time.sleep(0.05)
     except PlaywrightError as exc:
         raise RecordError(f"{url}: page never became ready: {_clean_page_error(exc)}") from None

@@ -12,6 +12,7 @@ import secrets
 import socket
 
 from . import _process
+from ._files import secret_file
 from ._server import ManagedServer
 from .errors import StorageError
 
@@ -56,15 +57,14 @@ class LocalS3(ManagedServer):
         self._client: object = None
 
     def _credentials(self) -> tuple[str, str]:
-        path = self.data_dir / "credentials.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            return data["access_key"], data["secret_key"]
-        access, secret = "AP" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"access_key": access, "secret_key": secret}, f)
-        return access, secret
+        text = secret_file(
+            self.data_dir / "credentials.json",
+            lambda: json.dumps(
+                {"access_key": "AP" + secrets.token_hex(8).upper(), "secret_key": secrets.token_urlsafe(30)}
+            ),
+        )
+        data = json.loads(text)
+        return data["access_key"], data["secret_key"]
 
     @property
     def endpoint_url(self) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,6 +216,5 @@ def extras(video: Path, folder: Path, *, timeout: float = 120.0) -> None:
 
 def ensure_process_tools() -> None:
     """Fail at start-up, not per video, when ffmpeg is missing."""
-    _process.find_tool("ffmpeg")
     _process.find_tool("ffprobe")
-    subprocess.run([_process.find_tool("ffmpeg"), "-version"], capture_output=True, timeout=30, check=True)
+    _process.run([_process.find_tool("ffmpeg"), "-version"], timeout=30, what="ffmpeg -version")

@@ -7,10 +7,12 @@ import os
 import secrets
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from .._files import secret_file
 from .._server import ManagedServer
 from ..errors import ConfigError, TavusError
 from .config import SandboxConfig
@@ -18,17 +20,7 @@ from .config import SandboxConfig
 
 def data_dir_api_key(data_dir: os.PathLike[str] | str) -> str:
     """The sandbox's API key, generated once per data folder and kept there (0600)."""
-    from pathlib import Path
-
-    path = Path(data_dir) / "api_key"
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        return path.read_text().strip()
-    key = "sbx_" + secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
-    return key
+    return secret_file(Path(data_dir) / "api_key", lambda: "sbx_" + secrets.token_urlsafe(24)).strip()
 
 
 def serve(config: SandboxConfig) -> None:
