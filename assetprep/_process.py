@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -178,18 +179,52 @@ def run(
     return result
 
 
+_FEED_QUEUE = 96  # chunks (frames) buffered between producer and program: ~10 MB of 1080p JPEGs
+
+
 def _feed(proc: subprocess.Popen[bytes], chunks: Iterable[bytes], deadline: float) -> None:
+    """Pipe `chunks` into the program's stdin through a bounded queue and a writer thread.
+
+    The OS pipe holds 64 KB: without the queue a producer (a browser capturing frames) stalls whenever ffmpeg is
+    busy encoding, and the two take turns instead of working in parallel.
+    """
     assert proc.stdin is not None
+    stdin = proc.stdin
+    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=_FEED_QUEUE)
+    closed = threading.Event()  # the program stopped reading (exited early): stop producing
+
+    def write() -> None:
+        try:
+            while (chunk := pending.get()) is not None:
+                stdin.write(chunk)
+        except (BrokenPipeError, OSError):
+            closed.set()  # its exit code and stderr say why
+        finally:
+            closed.set()
+            with contextlib.suppress(BrokenPipeError, OSError):
+                stdin.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+
+    def put(item: bytes | None) -> bool:
+        while not closed.is_set() and time.monotonic() < deadline:
+            try:
+                pending.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     try:
         for chunk in chunks:
-            if time.monotonic() > deadline:
-                break  # the wait below reports the timeout
-            proc.stdin.write(chunk)
-    except BrokenPipeError:
-        pass  # the program exited early; its exit code and stderr say why
+            if not put(chunk):
+                break  # deadline (the wait below reports it) or the program is gone
     finally:
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
+        # On time out or early exit the caller's wait kills the program, which also frees a writer stuck on a full
+        # pipe; never close stdin from here while the writer may hold it.
+        if put(None):
+            writer.join(timeout=max(0.1, deadline - time.monotonic()))
 
 
 def spawn(

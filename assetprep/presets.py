@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from .errors import PresetError
 
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 _BITRATE = re.compile(r"^\d+(\.\d+)?[kKmM]?$")
 
 
@@ -41,9 +42,7 @@ class VideoPreset(_Strict):
     profile: Literal["baseline", "main", "high"] = "high"
     pix_fmt: Literal["yuv420p"] = "yuv420p"
     crf: int = Field(20, ge=0, le=51)
-    x264_preset: Literal[
-        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
-    ] = "fast"
+    x264_preset: X264Preset = "fast"
     gop_seconds: float = Field(2.0, gt=0, le=20)
     max_bitrate: str | None = None
     fit: Literal["cover", "contain", "stretch"] = "cover"

@@ -2,9 +2,10 @@
 
 All on examples/page.html (continuously animated, so every frame should differ from the last). For each it prints
 wall time / video duration and the bad frames found by decoding: missing frames (count below fps x duration) and
-duplicated frames (a frame identical to the one before). Playwright's recorder needs its own ffmpeg build, which cannot
-be downloaded here: for this benchmark only, a temp PLAYWRIGHT_BROWSERS_PATH links ffmpeg-<rev>/ffmpeg-linux to the
-OS ffmpeg. Usage: python scripts/bench_record.py [--seconds 5]
+duplicated frames (a decoded frame identical to the one before; in fast mode a still is panned, so a frame may
+legitimately repeat where the rounded scroll position holds at the turn). Playwright's recorder needs its own
+ffmpeg build, which cannot be downloaded here: for this benchmark only, a temp PLAYWRIGHT_BROWSERS_PATH links
+ffmpeg-<rev>/ffmpeg-linux to the OS ffmpeg. Usage: python scripts/bench_record.py [--seconds 5] [--long 30]
 """
 
 from __future__ import annotations
@@ -66,36 +67,44 @@ def playwright_baseline(seconds: float, tmp: Path) -> tuple[float, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--long", type=float, default=30.0, help="fast mode again at this length (0: skip)")
     args = parser.parse_args()
     s = args.seconds
-    rows = []
+    rows = []  # (label, wall, video seconds, frames, missing, duplicated, capture)
+
+    def opts(preset: str, **kw: object) -> RecordOptions:
+        return RecordOptions(preset=preset, duration=kw.pop("duration", s), scroll="smooth", **kw)  # type: ignore[arg-type]
+
+    runs = [
+        ("assetprep exact 1280x720@30", opts("background-720p")),
+        ("assetprep exact 1920x1080@30", opts("background-1080p")),
+        ("assetprep fast 1280x720@30", opts("background-720p", mode="fast")),
+    ]
+    if args.long:
+        # A fixed ~0.9 s (Playwright driver, browser start, one full-page shot) weighs on a 5 s clip, not on a
+        # background of realistic length.
+        runs.append((f"assetprep fast 1280x720@30, {args.long:g} s",
+                     opts("background-720p", duration=args.long, mode="fast")))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for label, opts in (
-            ("assetprep exact 1280x720@30", RecordOptions(preset="background-720p", duration=s, scroll="smooth")),
-            ("assetprep exact 1920x1080@30", RecordOptions(preset="background-1080p", duration=s, scroll="smooth")),
-            (
-                "assetprep fast 1280x720@30",
-                RecordOptions(preset="background-720p", duration=s, scroll="smooth", mode="fast"),
-            ),
-        ):
+        for label, options in runs:
             out = tmp / f"{len(rows)}.mp4"
             started = time.perf_counter()
-            record(PAGE, out, opts)
+            result = record(PAGE, out, options)
             elapsed = time.perf_counter() - started
             frames, dups = frame_stats(out)
-            missing = max(0, round(s * 30) - frames)
-            # fast mode pans a still: only scroll moves, and a held scroll position would repeat frames
-            rows.append((label, elapsed, frames, missing, dups))
+            missing = max(0, round(options.duration * 30) - frames)
+            rows.append((label, elapsed, options.duration, frames, missing, dups, result.capture))
         elapsed, webm = playwright_baseline(s, tmp)
         frames, dups = frame_stats(webm)
-        rows.append(("playwright record_video (baseline)", elapsed, frames, max(0, round(s * 25) - frames), dups))
-    print(f"{'recorder':<36} {'wall/duration':>13} {'frames':>7} {'missing':>8} {'duplicated':>11}")
-    for label, elapsed, frames, missing, dups in rows:
-        print(f"{label:<36} {elapsed / s:>12.2f}x {frames:>7} {missing:>8} {dups:>11}")
-    base = rows[-1][1]
-    for label, elapsed, *_ in rows[:-1]:
-        print(f"{label}: {elapsed / base:.2f}x the baseline's wall time")
+        rows.append(("playwright record_video (baseline)", elapsed, s, frames, max(0, round(s * 25) - frames), dups,
+                     "screencast"))  # fmt: skip
+    print(f"{'recorder':<38} {'wall/duration':>13} {'frames':>7} {'missing':>8} {'duplicated':>11}  capture")
+    for label, elapsed, seconds, frames, missing, dups, capture in rows:
+        print(f"{label:<38} {elapsed / seconds:>12.2f}x {frames:>7} {missing:>8} {dups:>11}  {capture}")
+    base = rows[-1][1] / s
+    for label, elapsed, seconds, *_ in rows[:-1]:
+        print(f"{label}: {elapsed / seconds / base:.2f}x the baseline's wall time per second of video")
 
 
 if __name__ == "__main__":

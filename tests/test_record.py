@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,9 +41,13 @@ def opts(**kw) -> RecordOptions:
     return RecordOptions(**{"preset": "background-720p", "timeout": 20, **kw})
 
 
-def test_virtual_time_switches_on_the_exact_frame(site, tmp_path):
+@pytest.mark.parametrize("browser", ["headless-shell", "full"])
+def test_virtual_time_switches_on_the_exact_frame(site, tmp_path, monkeypatch, browser):
+    if browser == "full":  # a full Chromium has no beginFrame: the captureScreenshot path must be just as exact
+        monkeypatch.setenv("CHROMIUM", shutil.which("chromium") or "/usr/lib/chromium/chromium")
     out = tmp_path / "clock.mp4"
     result = record(f"{site}/clock.html", out, opts(duration=1.5))
+    assert result.capture == ("beginframe" if browser == "headless-shell" else "screenshot")
     assert result.frames == 45 and decoded_frame_count(out) == 45
     frames = frames_rgb(out)
     for x in (100, 400, 700):  # CSS animation, rAF clock, setTimeout
@@ -110,7 +115,17 @@ def test_fast_mode_pans_a_full_page_shot(site, tmp_path):
     assert is_red(px(frames[0], 640, 50))  # header at the top of the page
     mid = frames[20]  # scrolled ~1000 px: the header stayed at the page top, not repeated here
     assert not any(is_red(px(mid, 640, y)) for y in range(0, H, 20)) and is_blue(px(mid, 640, 300))
-    assert fast.seconds < exact.seconds
+    assert fast.seconds < exact.seconds and (fast.capture, exact.capture) == ("fullpage", "beginframe")
+
+
+def test_fast_mode_follows_the_same_scroll_path(site, tmp_path):
+    out = tmp_path / "ruler-fast.mp4"
+    result = record(f"{site}/ruler.html", out, opts(duration=2, scroll="smooth", scroll_depth=1200, mode="fast"))
+    frames = frames_rgb(out)
+    assert len(frames) == 60
+    points = scroll_keyframes(opts(duration=2, scroll="smooth", scroll_depth=1200), result.max_scroll, 59 / 30)
+    ideal = [round(scroll_at(points, i / 30)) for i in range(60)]
+    assert max(abs(p - q) for p, q in zip(_positions(frames), ideal, strict=True)) <= 1.0
 
 
 def test_dialogs_are_dismissed_and_short_pages_warn(site, tmp_path):
