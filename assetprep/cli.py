@@ -584,7 +584,8 @@ def doctor_cmd(
     checks = run_checks(bucket)
     lines = [f"{'ok  ' if c.ok else 'FAIL'} {c.name:<10} {c.detail}" for c in checks]
     lines = [
-        line + (f"\n     fix: {c.fix}" if c.fix and not c.ok else "") for line, c in zip(lines, checks, strict=True)
+        line + (f"\n     {'tip' if c.ok else 'fix'}: {c.fix}" if c.fix else "")
+        for line, c in zip(lines, checks, strict=True)
     ]
     emit({"checks": [c.__dict__ for c in checks], "ok": all(c.ok for c in checks)}, as_json, "\n".join(lines))
     if not all(c.ok for c in checks):

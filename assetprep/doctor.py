@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import _process
 from .errors import AssetprepError
@@ -35,6 +36,9 @@ def _chromium() -> Check:
 
         with sync_playwright() as pw:
             found = find_chromium(pw)
+        if found and "headless" not in Path(found).name:
+            return Check("chromium", True, f"{found} (full Chromium: exact recording takes slower screenshots)",
+                         "apt-get install -y chromium-headless-shell (frame-by-frame capture, faster)")  # fmt: skip
         return Check("chromium", True, found or "Playwright's own Chromium")
     except AssetprepError as exc:
         return Check("chromium", False, exc.message, exc.hint or "")

@@ -15,12 +15,10 @@ import base64
 import contextlib
 import functools
 import http.server
-import ipaddress
 import itertools
 import math
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import _process
 from ._files import atomic_output
+from ._netguard import BLOCKED_HEADER, guard_proxy
 from .errors import AssetprepError, ConfigError, OutputCheckError, ToolMissingError
 from .normalize import check_video, mp4_options, x264_options
 from .presets import VideoPreset, X264Preset, load_video_preset
@@ -78,6 +77,7 @@ class RecordOptions(BaseModel):
     # x264 shares the CPU with Chromium while recording. veryfast instead of the presets' "fast" (720p, 150 frames
     # of examples/page.html at CRF 20): 1.2 s instead of 2.1 s, 345 KB instead of 424 KB, SSIM 0.9978 vs 0.9983.
     x264_preset: X264Preset = "veryfast"
+    browser_args: list[str] = Field(default_factory=list)  # extra Chromium switches (a proxy, host resolver rules)
 
 
 Capture = Literal["beginframe", "screenshot", "fullpage"]
@@ -280,44 +280,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _private_host(host: str) -> bool:
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False  # unresolvable: the browser reports the DNS failure itself
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified:
-            return True
-    return False
-
-
-def _install_guard(context: Any, blocked: list[str]) -> None:
-    """Refuse requests (and redirect hops) to loopback/private/link-local addresses, resolving names first."""
-
-    def handle(route: Any) -> None:
-        url = route.request.url
-        host = urlsplit(url).hostname or ""
-        if url.startswith(("http://", "https://")) and _private_host(host):
-            blocked.append(url)
-            route.abort("blockedbyclient")
-            return
-        if route.request.is_navigation_request():
-            # Playwright's route does not see redirect hops: fetch without following, let the browser follow.
-            response = route.fetch(max_redirects=0)
-            route.fulfill(response=response)
-            return
-        route.continue_()
-
-    context.route("**/*", handle)
-
-
 # --- recording -------------------------------------------------------------------------------------------------------
+
+
+_NET_ERRORS = {  # Chromium's codes in words
+    "ERR_NAME_NOT_RESOLVED": "host name not found (DNS)",
+    "ERR_CONNECTION_REFUSED": "connection refused (nothing listens there)",
+    "ERR_CONNECTION_TIMED_OUT": "connection timed out",
+    "ERR_CERT_": "TLS certificate rejected",
+}
 
 
 def _clean_page_error(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.replace("Page.goto: ", "").strip()
+    text = text.replace("Page.goto: ", "").strip()
+    words = next((w for code, w in _NET_ERRORS.items() if code in text), None)
+    return f"{words} [{text.split(' at ')[0]}]" if words else text
 
 
 def _page_css(options: RecordOptions) -> str:
@@ -352,12 +330,13 @@ def record(
     if path.is_dir() and not (path / "index.html").exists():
         raise RecordError(f"folder {path} has no index.html", hint="name the page file instead")
     with serve_local(path) as url:
-        return _record_url(url, output, options, on_progress)
+        return _record_url(url, output, options, on_progress, trusted=url)
 
 
 def _record_url(
-    url: str, output: str | os.PathLike[str], options: RecordOptions, on_progress: ProgressCallback | None
-) -> RecordResult:
+    url: str, output: str | os.PathLike[str], options: RecordOptions, on_progress: ProgressCallback | None,
+    trusted: str | None = None,
+) -> RecordResult:  # fmt: skip
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -371,16 +350,26 @@ def _record_url(
     css = _page_css(options.model_copy(update={"css": _read_text_option(options.css)}))
     js = _read_text_option(options.js)
     warnings: list[str] = []
-    blocked: list[str] = []
     timeout_ms = options.timeout * 1000
     deadline = time.monotonic() + options.timeout + options.duration * 20 + 60
 
-    with atomic_output(output) as tmp, sync_playwright() as pw:
+    with atomic_output(output) as tmp, contextlib.ExitStack() as stack:
+        proxy, blocked = None, []
+        if options.block_private_networks:
+            # Every request of the browser, loopback included, goes through the guard; our own local page server
+            # (a .html file or folder being recorded) is the one private address it lets through.
+            own = urlsplit(trusted) if trusted else None
+            guard = stack.enter_context(guard_proxy({(own.hostname or "", own.port or 80)} if own else set()))
+            proxy, blocked = (
+                {"server": f"http://127.0.0.1:{guard.server_address[1]}", "bypass": "<-loopback>"},
+                guard.blocked,
+            )
+        pw = stack.enter_context(sync_playwright())
         exact = options.mode == "exact"
         executable = find_chromium(pw)
         try:
-            browser = pw.chromium.launch(executable_path=executable, headless=True,
-                                         args=[_DETERMINISTIC] if exact else [],
+            browser = pw.chromium.launch(executable_path=executable, headless=True, proxy=proxy,
+                                         args=([_DETERMINISTIC] if exact else []) + options.browser_args,
                                          chromium_sandbox=os.geteuid() != 0, timeout=30000)  # fmt: skip
         except PlaywrightError as exc:
             raise RecordError(
@@ -393,8 +382,6 @@ def _record_url(
             )  # fmt: skip
             if options.cookies:
                 context.add_cookies([{"url": url, **c} if "domain" not in c else c for c in options.cookies])
-            if options.block_private_networks:
-                _install_guard(context, blocked)
             if options.mode == "exact":
                 context.add_init_script(TIME_SHIM)
             page = context.new_page()
@@ -409,6 +396,9 @@ def _record_url(
                                       hint="--block-private-networks is on") from None  # fmt: skip
                 raise RecordError(f"cannot load {url}: {_clean_page_error(exc)}",
                                   hint="check the URL and that the site is reachable") from None  # fmt: skip
+            if response is not None and response.headers.get(BLOCKED_HEADER.lower()):
+                raise RecordError(f"{url}: blocked request to a private address ({blocked[0]})",
+                                  hint="--block-private-networks is on") from None  # fmt: skip
             if response is not None and response.status >= 400 and not options.allow_http_errors:
                 raise RecordError(
                     f"{url} answered HTTP {response.status}", hint="fix the URL or pass --allow-http-errors"
@@ -433,6 +423,8 @@ def _record_url(
                 )
         finally:
             browser.close()
+        if blocked:
+            warnings.append(f"blocked {len(blocked)} request(s) to private addresses, first {blocked[0]}")
         info = probe(tmp, count_frames=True)
         problems = check_video(info, preset, expected_frames=frames, expected_seconds=frames / fps, path=tmp)
         if problems:

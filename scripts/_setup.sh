@@ -12,6 +12,7 @@ command -v ffprobe >/dev/null 2>&1 || [ -n "${FFPROBE:-}" ] || need_apt+=(ffmpeg
 for extra in ${ASSETPREP_APT_EXTRA:-}; do
   case "$extra" in
     chromium) command -v chromium >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium) ;;
+    chromium-headless-shell) command -v chromium-headless-shell >/dev/null 2>&1 || need_apt+=(chromium-headless-shell) ;;
     espeak-ng) command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng) ;;
     fonts-dejavu-core) [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core) ;;
   esac
