@@ -7,7 +7,6 @@ Facts it follows are in shared/tavus/API.md. The same request rules are enforced
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import logging
 import os
 import random
@@ -22,6 +21,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ._files import atomic_output
+from ._netguard import is_private
 from ._urls import redact_url
 from .errors import (
     ApiConnectionError,
@@ -150,10 +150,9 @@ def _is_private_host(host: str) -> bool:
     if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
         return True
     try:
-        ip = ipaddress.ip_address(host)
+        return is_private(host)
     except ValueError:
         return False  # a DNS name; Tavus resolves it, not us
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified
 
 
 def check_reachable_by_tavus(request: GenerateVideoRequest) -> None:
