@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,14 +57,14 @@ def _main(
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[ProgressCallback]:
+def progress_bar(enabled: bool = True, *, transient: bool = False) -> Iterator[ProgressCallback]:
     """A rich bar on stderr fed by library progress reports (one task per stage)."""
     if not enabled or not stderr.is_terminal:
         yield lambda _p: None
         return
     columns = (TextColumn("{task.description:<16}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[speed]}"))  # fmt: skip
-    with Progress(*columns, console=stderr, transient=False) as bar:
+    with Progress(*columns, console=stderr, transient=transient) as bar:
         tasks: dict[str, Any] = {}
 
         def update(p: ProgressReport) -> None:
@@ -79,6 +80,38 @@ def progress_bar(enabled: bool = True) -> Iterator[ProgressCallback]:
             bar.update(tasks[p.stage], completed=p.done, total=p.total or None, speed=speed)
 
         yield update
+
+
+@contextlib.contextmanager
+def step_progress(enabled: bool = True) -> Iterator[ProgressCallback]:
+    """Steps of a pipeline (reports with stage "step:NAME"): one line per step on stderr when it ends, with its time,
+    and while it runs, bars for its long parts (terminal only; the bars go away, the lines stay)."""
+    if not enabled:
+        yield lambda _p: None
+        return
+    current: list[tuple[str, float]] = []
+
+    def finish(outcome: str = "") -> None:
+        if current:
+            name, started = current.pop()
+            stderr.print(f"  {name:<12} {time.monotonic() - started:7.1f} s {outcome}".rstrip(), highlight=False)
+
+    with progress_bar(True, transient=True) as bar:
+
+        def update(p: ProgressReport) -> None:
+            if p.stage.startswith("step:"):
+                finish()
+                current.append((p.stage.removeprefix("step:"), time.monotonic()))
+            elif p.stage == "done":
+                finish()
+            else:
+                bar(p)
+
+        try:
+            yield update
+        except BaseException:
+            finish("failed")
+            raise
 
 
 def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
@@ -521,7 +554,7 @@ def sandbox_serve(
 
 @app.command("publish")
 def publish_cmd(
-    replica: Annotated[str, typer.Option("--replica", help="replica_id.")],
+    replica: Annotated[str | None, typer.Option("--replica", help="replica_id (default: replica_id setting).")] = None,
     script: Annotated[str | None, typer.Option(help="Text the replica speaks.")] = None,
     script_file: Annotated[Path | None, typer.Option(help="Read the script from a file.")] = None,
     audio: Annotated[Path | None, typer.Option(help="Audio file (any format; normalized to .wav).")] = None,
@@ -539,8 +572,8 @@ def publish_cmd(
     layout: Annotated[str, typer.Option(help="bubble-bottom-right | left-third | full.")] = "bubble-bottom-right",
     callback_url: Annotated[str | None, typer.Option(help="Your own callback receiver.")] = None,
     listen: Annotated[str | None, typer.Option(help="Receive callbacks here (HOST:PORT) instead of polling.")] = None,
-    deadline: Annotated[str, typer.Option(help="Give up waiting after: 30m, 2h.")] = "2h",
-    poll: Annotated[float, typer.Option(help="First poll interval in seconds.")] = 5.0,
+    deadline: Annotated[str | None, typer.Option(help="Give up waiting after: 30m, 2h (default 2h).")] = None,
+    poll: Annotated[float | None, typer.Option(help="First poll interval in seconds (default 5).")] = None,
     bucket: Annotated[str | None, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket for prepared files.")] = None,
     prefix: Annotated[str | None, typer.Option(envvar="ASSETPREP_PREFIX", help="Key prefix.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Final video path.")] = None,
@@ -551,21 +584,32 @@ def publish_cmd(
     """Prepare, upload, submit, wait and download one Tavus video. Rerun the same command to resume."""
     from pydantic import ValidationError
 
-    from .publish import PublishOptions, publish
+    from .publish import CONFIG_FILE, PublishOptions, PublishSettings, publish
 
     script = _read_script(script, script_file)
+    try:
+        settings = PublishSettings()
+    except ValidationError as exc:
+        raise ConfigError(presets.format_validation_error(exc, "settings (ASSETPREP_*, .env, config file)")) from None
+    replica = replica or settings.replica_id
+    if not replica:
+        raise ConfigError(
+            "no replica", hint=f"pass --replica, or set replica_id in {CONFIG_FILE} / ASSETPREP_REPLICA_ID"
+        )
     try:
         options = PublishOptions(
             replica_id=replica, script=script, audio=audio, background=background, background_via=background_via,
             background_seconds=background_seconds, background_preset=background_preset, scroll=scroll,
             video_name=name, fast=fast, composite_locally=composite_locally, layout=layout,
-            callback_url=callback_url, listen=listen, deadline=parse_duration(deadline, what="--deadline"),
-            poll_interval=poll, bucket=bucket, prefix=prefix, output=output, run_id=run_id, retry_failed=retry_failed,
+            callback_url=callback_url, listen=listen,
+            deadline=parse_duration(deadline or settings.deadline, what="--deadline"),
+            poll_interval=poll or settings.poll_interval, bucket=bucket, prefix=prefix, output=output, run_id=run_id,
+            retry_failed=retry_failed,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "publish options")) from None
-    with progress_bar(not as_json) as on_progress:
-        result = publish(options, on_progress=on_progress)
+    with step_progress(not as_json) as on_progress:
+        result = publish(options, settings=settings, on_progress=on_progress)
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     human = (f"{result.output}\n  video {result.video_id} ({result.status})  {result.hosted_url or ''}\n"
              f"  run {result.run_id}: {steps or 'nothing to do'}"

@@ -17,8 +17,10 @@ import os
 import queue
 import secrets
 import shutil
+import signal
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 
 import ffmpeg
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from . import _process
 from ._files import atomic_output
@@ -44,10 +46,26 @@ log = logging.getLogger("assetprep.publish")
 Layout = Literal["bubble-bottom-right", "left-third", "full"]
 _VIDEO_EXT = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg"}
 _URL_MARGIN = 3600.0  # presigned URLs must outlive the deadline by this much (Tavus may fetch late in the queue)
+# Fault injection for the resume tests: ASSETPREP_CRASH_AT=<point> makes the process SIGKILL itself there, so a
+# kill lands exactly between two steps instead of wherever a poll loop happens to catch it.
+CRASH_POINTS = ("after-upload", "after-post")
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get("ASSETPREP_CRASH_AT") == name:
+        log.warning("ASSETPREP_CRASH_AT=%s: killing this process", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+CONFIG_FILE = "assetprep.toml"
 
 
 class PublishSettings(BaseSettings):
-    """Defaults from ASSETPREP_* env vars, then `.env`."""
+    """Defaults for publish. Highest first: arguments, ASSETPREP_* env vars, `.env`, the config file
+    (`$ASSETPREP_CONFIG`, else ./assetprep.toml when present), built-in defaults.
+
+    Secrets (TAVUS_API_KEY, AWS keys) are not read from the config file: env vars or `.env` only.
+    """
 
     model_config = SettingsConfigDict(env_prefix="ASSETPREP_", env_file=".env", extra="ignore")
 
@@ -55,6 +73,41 @@ class PublishSettings(BaseSettings):
     prefix: str = "assetprep"
     runs_dir: Path = Path(".assetprep/runs")
     background_preset: str = "background-1080p"
+    replica_id: str | None = None  # used when --replica is not given
+    deadline: str = "2h"  # --deadline default
+    poll_interval: float = Field(default=5.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
+        return init_settings, env_settings, dotenv_settings, _ConfigFile(settings_cls)
+
+
+class _ConfigFile(PydanticBaseSettingsSource):
+    """The optional TOML config file; unknown keys are an error (a typo must not silently fall back)."""
+
+    def __call__(self) -> dict[str, Any]:
+        named = os.environ.get("ASSETPREP_CONFIG")
+        path = Path(named) if named else Path(CONFIG_FILE)
+        if not path.is_file():
+            if named:
+                raise ConfigError(f"config file not found: {path}", hint="fix ASSETPREP_CONFIG or unset it")
+            return {}
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        unknown = sorted(set(data) - set(self.settings_cls.model_fields))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}",
+                              hint="known: " + ", ".join(self.settings_cls.model_fields))  # fmt: skip
+        return data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole file
 
 
 class PublishOptions(BaseModel):
@@ -299,6 +352,7 @@ class _Run:
             )  # fmt: skip
         urls = {name: p.url for name, p in zip(files, presigned, strict=True)}
         self.journal.put("upload", urls=urls, expires_at=min(p.expires_at.timestamp() for p in presigned))
+        _crash_point("after-upload")
         return urls
 
     def submit(self, fields: dict[str, Any]) -> str:
@@ -335,6 +389,7 @@ class _Run:
             except OutcomeUnknownError as exc:
                 exc.hint = "rerun the same command: it finds the video by its name instead of creating another"
                 raise
+            _crash_point("after-post")  # the video exists, the journal does not know its id
             self.journal.put("submit", state="sent", video_id=video.video_id)
         return video.video_id
 

@@ -162,40 +162,76 @@ def test_failed_video_needs_retry_failed(world, tmp_path):
     assert journal["submit"]["history"][0]["failure"].startswith("video_error")
 
 
-def _cli_publish(env, out: Path) -> subprocess.Popen:
+def _cli_publish(env, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "assetprep", "publish", "--replica", DEFAULT_REPLICA, "--script",
-                             "Killed and resumed.", "--poll", "0.2", "-o", str(out), "--json"], env=env,
+                             "Killed and resumed.", "--poll", "0.2", "-o", str(out), "--json", *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-@pytest.mark.parametrize("kill_when", ["after-submit", "during-download"])
-def test_kill_9_and_rerun_gives_one_video(world, tmp_path, kill_when):
+@pytest.mark.parametrize("kill_when", ["after-upload", "after-post", "during-wait", "during-download"])
+def test_kill_9_and_rerun_gives_one_video(world, red_clip, tmp_path, kill_when):
+    """kill -9 at each point, rerun the same command: one POST, one video, the right file, nothing partial."""
     sb, _, env = world(speed=4, drop_download_after=60_000 if kill_when == "during-download" else 0)
     out = tmp_path / "k.mp4"
     runs = tmp_path / "runs"
-    proc = _cli_publish(env, out)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            journals = list(runs.glob("*/journal.json"))
-            data = json.loads(journals[0].read_text()) if journals else {}
-            if kill_when == "after-submit" and data.get("submit", {}).get("video_id"):
-                break
-            if kill_when == "during-download" and list(runs.glob("*/.tavus.mp4.*.part")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "publish finished before the kill point"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate(timeout=10)
+    extra = ("--background", str(red_clip), "--background-seconds", "2")
+    if kill_when in ("after-upload", "after-post"):  # exact points: the process kills itself there
+        proc = _cli_publish({**env, "ASSETPREP_CRASH_AT": kill_when}, out, *extra)
+        proc.communicate(timeout=180)
+        assert proc.returncode == -signal.SIGKILL
+        assert len(posts(sb)) == (0 if kill_when == "after-upload" else 1)
+    else:
+        proc = _cli_publish(env, out, *extra)
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and proc.poll() is None:
+                journals = list(runs.glob("*/journal.json"))
+                data = json.loads(journals[0].read_text()) if journals else {}
+                if kill_when == "during-wait" and data.get("submit", {}).get("video_id"):
+                    break
+                if kill_when == "during-download" and list(runs.glob("*/.tavus.mp4.*.part")):
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, "publish finished before the kill point"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=10)
     assert not out.exists()
-    again = _cli_publish(env, out)
+    again = _cli_publish(env, out, *extra)
     stdout, stderr = again.communicate(timeout=180)
     assert again.returncode == 0, stderr
     result = json.loads(stdout)
     assert len(posts(sb)) == 1 and [v.video_id for v in videos(sb)] == [result["video_id"]]
+    assert {"background", "upload"} <= set(result["skipped"])  # prepared and uploaded once
+    journal = json.loads((Path(result["run_dir"]) / "journal.json").read_text())
+    assert journal["submit"].get("reconciled", False) == (kill_when == "after-post")
     assert probe(out).video is not None and not list(tmp_path.glob(".*.part"))
+    assert is_red(pixel(frame_rgb(out, 15, 1280, 720), 1280, 100, 100))  # the clip is the downloaded background
+
+
+def test_config_file_and_step_lines(world, tmp_path):
+    """assetprep.toml supplies replica_id, bucket, runs_dir and poll; env beats the file; a typo is one clear error."""
+    sb, _, env = world()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "assetprep.toml").write_text(f'replica_id = "{DEFAULT_REPLICA}"\nbucket = "no-such-bucket"\n'
+                                         f'poll_interval = 0.2\nruns_dir = "{tmp_path / "cfg-runs"}"\n')  # fmt: skip
+    env = {k: v for k, v in env.items() if k not in ("ASSETPREP_RUNS_DIR", "ASSETPREP_BUCKET")}
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=300:d=3.5", "-c:a", "aac",
+                    str(work / "voice.m4a")], check=True, timeout=60)  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "assetprep", "publish", "--audio", "voice.m4a", "-o", "out.mp4"],
+                         cwd=work, env={**env, "ASSETPREP_BUCKET": BUCKET},  # env beats the file's bucket
+                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    steps = [line.split()[0] for line in run.stderr.splitlines() if line.startswith("  ") and line.endswith(" s")]
+    assert steps == ["audio", "upload", "submit", "wait", "download", "output"], run.stderr
+    assert (tmp_path / "cfg-runs").is_dir() and probe(work / "out.mp4").audio is not None
+    assert len(posts(sb)) == 1 and [v.replica_id for v in videos(sb)] == [DEFAULT_REPLICA]
+    (work / "assetprep.toml").write_text('replica_id = "r1"\nbuckit = "x"\n')
+    bad = subprocess.run([sys.executable, "-m", "assetprep", "publish", "--script", "x"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 1 and "unknown key(s) buckit" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_doctor_names_what_to_fix(world, s3):
