@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _media import ffmpeg
+from _media import ffmpeg, http_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDIA = Path(os.environ.get("ASSETPREP_MEDIA_DIR", ROOT.parent / "shared" / "media"))
@@ -76,17 +76,11 @@ def site():
     """tests/pages on a local HTTP server (127.0.0.1), stopped at the end of the session."""
     import functools
     import http.server
-    import threading
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
 
     pages = Path(__file__).parent / "pages"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(pages)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with http_server(functools.partial(Quiet, directory=str(pages))) as port:
+        yield f"http://127.0.0.1:{port}"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _media import decoded_frame_count
+from _media import decoded_frame_count, http_server
 
 from assetprep.record import RecordError, RecordOptions, record, scroll_at, scroll_keyframes
 
@@ -184,7 +184,6 @@ def test_local_file_and_cli(tmp_path):
 def redirector(site):
     """127.0.0.1 server whose /go answers 302 to the fixture site under the name localhost."""
     import http.server
-    import threading
 
     target = site.replace("127.0.0.1", "localhost") + "/short.html"
 
@@ -206,13 +205,8 @@ def redirector(site):
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/go"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with http_server(Redirect) as port:
+        yield f"http://127.0.0.1:{port}/go"
 
 
 def test_guard_blocks_a_redirect_to_a_private_address(redirector, site, tmp_path, monkeypatch):
