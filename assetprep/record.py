@@ -129,6 +129,14 @@ TIME_SHIM = r"""
   VDate.UTC = RealDate.UTC;
   window.Date = VDate;
   performance.now = () => vt;
+  // Seeded Math.random (mulberry32): a page that draws random numbers looks the same in every run.
+  let seed = 0x2545F491;
+  Math.random = () => {
+    seed = (seed + 0x6D2B79F5) | 0;
+    let r = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    r = (r + Math.imul(r ^ (r >>> 7), 61 | r)) ^ r;
+    return ((r ^ (r >>> 14)) >>> 0) / 4294967296;
+  };
   const add = (fn, delay, args, repeat) => {
     const id = nextId++;
     const d = Math.max(repeat ? 1 : 0, Number(delay) || 0);

@@ -57,6 +57,14 @@ def test_virtual_time_switches_on_the_exact_frame(site, tmp_path, monkeypatch, b
     assert is_red(px(frames[0], 100, 100))
 
 
+def test_math_random_is_seeded(site, tmp_path):
+    a = record(f"{site}/random.html", tmp_path / "a.mp4", opts(duration=0.5, fps=10))
+    b = record(f"{site}/random.html", tmp_path / "b.mp4", opts(duration=0.5, fps=10))
+    fa, fb = frames_rgb(a.output), frames_rgb(b.output)
+    assert len(fa) == 5 and fa == fb  # same numbers in both runs
+    assert px(fa[0], 100, 100) != px(fa[1], 100, 100)  # yet each frame drew new ones
+
+
 def _line_offsets(frame: bytes) -> float:
     """Centre of the first white ruler line in column x=10 (rows 0-600)."""
     rows = [y for y in range(0, 600) if sum(px(frame, 10, y)) > 384]
