@@ -5,7 +5,7 @@ wall time / video duration and the bad frames found by decoding: missing frames 
 duplicated frames (a decoded frame identical to the one before; in fast mode a still is panned, so a frame may
 legitimately repeat where the rounded scroll position holds at the turn). Playwright's recorder needs its own
 ffmpeg build, which cannot be downloaded here: for this benchmark only, a temp PLAYWRIGHT_BROWSERS_PATH links
-ffmpeg-<rev>/ffmpeg-linux to the OS ffmpeg. Usage: python scripts/bench_record.py [--seconds 5] [--long 30]
+ffmpeg-<rev>/ffmpeg-linux to the OS ffmpeg. Usage: python scripts/bench_record.py [--seconds 5] [--long 30] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -68,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--long", type=float, default=30.0, help="fast mode again at this length (0: skip)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per recorder; the median wall time is printed")
     args = parser.parse_args()
     s = args.seconds
     rows = []  # (label, wall, video seconds, frames, missing, duplicated, capture)
@@ -88,23 +90,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for label, options in runs:
-            out = tmp / f"{len(rows)}.mp4"
-            started = time.perf_counter()
-            result = record(PAGE, out, options)
-            elapsed = time.perf_counter() - started
-            frames, dups = frame_stats(out)
-            missing = max(0, round(options.duration * 30) - frames)
-            rows.append((label, elapsed, options.duration, frames, missing, dups, result.capture))
-        elapsed, webm = playwright_baseline(s, tmp)
-        frames, dups = frame_stats(webm)
-        rows.append(("playwright record_video (baseline)", elapsed, s, frames, max(0, round(s * 25) - frames), dups,
-                     "screencast"))  # fmt: skip
-    print(f"{'recorder':<38} {'wall/duration':>13} {'frames':>7} {'missing':>8} {'duplicated':>11}  capture")
-    for label, elapsed, seconds, frames, missing, dups, capture in rows:
-        print(f"{label:<38} {elapsed / seconds:>12.2f}x {frames:>7} {missing:>8} {dups:>11}  {capture}")
-    base = rows[-1][1] / s
-    for label, elapsed, seconds, *_ in rows[:-1]:
-        print(f"{label}: {elapsed / seconds / base:.2f}x the baseline's wall time per second of video")
+            walls, bad = [], (0, 0, 0)
+            for _ in range(args.repeat):
+                out = tmp / f"{len(rows)}.mp4"
+                started = time.perf_counter()
+                result = record(PAGE, out, options)
+                walls.append(time.perf_counter() - started)
+                frames, dups = frame_stats(out)
+                missing = max(0, round(options.duration * 30) - frames)
+                bad = max(bad, (missing + dups, missing, dups))  # the worst run's bad frames
+            rows.append((label, walls, options.duration, frames, bad[1], bad[2], result.capture))
+        walls, bad = [], (0, 0, 0)
+        for _ in range(args.repeat):
+            elapsed, webm = playwright_baseline(s, tmp)
+            walls.append(elapsed)
+            frames, dups = frame_stats(webm)
+            missing = max(0, round(s * 25) - frames)
+            bad = max(bad, (missing + dups, missing, dups))
+        rows.append(("playwright record_video (baseline)", walls, s, frames, bad[1], bad[2], "screencast"))
+    print(f"median of {args.repeat} runs; frames of the last run, missing/duplicated of the worst")
+    print(
+        f"{'recorder':<38} {'wall/duration':>13} {'range':>13} {'frames':>7} {'missing':>8} {'duplicated':>11}  capture"
+    )
+    for label, walls, seconds, frames, missing, dups, capture in rows:
+        span = f"{min(walls) / seconds:.2f}-{max(walls) / seconds:.2f}"
+        print(f"{label:<38} {statistics.median(walls) / seconds:>12.2f}x {span:>13} {frames:>7} {missing:>8} "
+              f"{dups:>11}  {capture}")  # fmt: skip
+    base = statistics.median(rows[-1][1]) / s
+    for label, walls, seconds, *_ in rows[:-1]:
+        print(f"{label}: {statistics.median(walls) / seconds / base:.2f}x the baseline's wall time per second of video")
 
 
 if __name__ == "__main__":

@@ -95,9 +95,11 @@ def test_smooth_scroll_is_linear_reaches_depth_and_returns(site, tmp_path):
     pos = _positions(frames)
     points = scroll_keyframes(opts(duration=2, scroll="smooth", scroll_depth=1200), result.max_scroll, 59 / 30)
     ideal = [scroll_at(points, i / 30) for i in range(60)]
-    assert max(abs(p - q) for p, q in zip(pos, ideal, strict=True)) <= 1.0, list(zip(pos, ideal, strict=True))
+    # Scroll positions are whole pixels (crisp text): each frame within 0.5 px of the ideal linear path (+0.05 for
+    # measuring line centres), so the step is constant up to that rounding (45.2 px/frame here: 45 or 46).
+    assert max(abs(p - q) for p, q in zip(pos, ideal, strict=True)) <= 0.55, list(zip(pos, ideal, strict=True))
     down = [b - a for a, b in itertools.pairwise(pos[:14])]
-    assert max(down) - min(down) <= 1.5  # constant step while scrolling down
+    assert max(down) - min(down) <= 1.0
     assert max(pos) == pytest.approx(1200, abs=1) and pos[-1] == pytest.approx(0, abs=1)
     assert not any(is_red(px(f, 640, 700)) for f in frames)  # --hide removed the cookie banner
 
@@ -133,7 +135,7 @@ def test_fast_mode_follows_the_same_scroll_path(site, tmp_path):
     assert len(frames) == 60
     points = scroll_keyframes(opts(duration=2, scroll="smooth", scroll_depth=1200), result.max_scroll, 59 / 30)
     ideal = [round(scroll_at(points, i / 30)) for i in range(60)]
-    assert max(abs(p - q) for p, q in zip(_positions(frames), ideal, strict=True)) <= 1.0
+    assert max(abs(p - q) for p, q in zip(_positions(frames), ideal, strict=True)) <= 0.05  # same rounding
 
 
 def test_dialogs_are_dismissed_and_short_pages_warn(site, tmp_path):
