@@ -65,6 +65,10 @@ class OutputCheckError(AssetprepError):
     """A produced file does not meet its preset; it was not kept."""
 
 
+class RecordError(AssetprepError):
+    """A page could not be loaded or recorded (unreachable, HTTP error, never ready, blocked)."""
+
+
 class PresetError(AssetprepError):
     """A preset name is unknown or a preset file is invalid."""
 

@@ -32,16 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import _process
 from ._files import atomic_output
 from ._netguard import BLOCKED_HEADER, guard_proxy
-from .errors import AssetprepError, ConfigError, OutputCheckError, ToolMissingError
+from .errors import ConfigError, OutputCheckError, RecordError, ToolMissingError
 from .normalize import check_video, mp4_options, x264_options
 from .presets import VideoPreset, X264Preset, load_video_preset
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
-
-
-class RecordError(AssetprepError):
-    """The page could not be loaded or recorded (unreachable, HTTP error, never ready, blocked)."""
-
 
 ScrollMode = Literal["none", "smooth", "human"]
 _MAX_DEPTH = 20000  # px: an infinite-scroll page is recorded down to here at most

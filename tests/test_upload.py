@@ -101,9 +101,11 @@ def test_expired_url_fails_preflight(client, bucket, tmp_path):
     f = tmp_path / "a.mp3"
     f.write_bytes(b"ID3" + os.urandom(1000))
     obj = upload_file(f, bucket=bucket, client=client)
-    url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": obj.key}, ExpiresIn=1)
+    # X-Amz-Date is whole seconds (truncated), so a URL lives between ExpiresIn-1 and ExpiresIn seconds: 1 s was
+    # flaky under load (valid for as little as a few ms).
+    url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": obj.key}, ExpiresIn=3)
     preflight(url, content_type="audio/mpeg", size=obj.size)  # still valid
-    time.sleep(2.2)
+    time.sleep(4.2)
     with pytest.raises(PreflightError, match=r"403.*expired") as info:
         preflight(url, content_type="audio/mpeg")
     signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
