@@ -220,11 +220,14 @@ def _feed(proc: subprocess.Popen[bytes], chunks: Iterable[bytes], deadline: floa
         for chunk in chunks:
             if not put(chunk):
                 break  # deadline (the wait below reports it) or the program is gone
-    finally:
-        # On time out or early exit the caller's wait kills the program, which also frees a writer stuck on a full
-        # pipe; never close stdin from here while the writer may hold it.
-        if put(None):
-            writer.join(timeout=max(0.1, deadline - time.monotonic()))
+    except BaseException:
+        # The producer failed: the caller kills the program at once (no draining), which breaks the pipe under a
+        # busy writer; an idle one is woken here. Never close stdin from this thread while the writer may hold it.
+        with contextlib.suppress(queue.Full):
+            pending.put_nowait(None)
+        raise
+    if put(None):
+        writer.join(timeout=max(0.1, deadline - time.monotonic()))
 
 
 def spawn(
