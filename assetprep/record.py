@@ -411,7 +411,12 @@ def _record_url(
             if js:
                 page.evaluate(f"() => {{ {js}\n}}")
             page_height, view_h = page.evaluate(_MEASURE_JS)
-            max_scroll = max(0, min(int(page_height), _MAX_DEPTH + view_h) - view_h)
+            # Fast mode pans one screenshot, which Chromium cannot make taller than _MAX_FULLPAGE device pixels.
+            depth = _MAX_DEPTH if exact else int(_MAX_FULLPAGE / options.scale) - view_h
+            max_scroll = max(0, min(int(page_height) - view_h, depth))
+            if int(page_height) - view_h > depth and options.scroll != "none":
+                warnings.append(f"the page is {int(page_height)} px tall (infinite scroll?): "
+                                f"scrolling stops at {depth} px")  # fmt: skip
             if options.scroll != "none" and max_scroll == 0:
                 warnings.append("the page is not taller than the viewport: recorded without scrolling")
             points = scroll_keyframes(options, max_scroll, (frames - 1) / fps)
@@ -540,7 +545,7 @@ def _record_fast(
       } }""")
     t0 = time.monotonic()
     vw, vh = page.viewport_size["width"], page.viewport_size["height"]
-    height = min(_MAX_FULLPAGE, vh + int(max(y for _, y in points)))
+    height = vh + math.ceil(max(y for _, y in points))  # the plan stays within _MAX_FULLPAGE (see depth)
     shot = tmp.with_suffix(".png")
     try:
         page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": vw, "height": height}, full_page=True,

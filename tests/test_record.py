@@ -65,6 +65,22 @@ def test_math_random_is_seeded(site, tmp_path):
     assert px(fa[0], 100, 100) != px(fa[1], 100, 100)  # yet each frame drew new ones
 
 
+def test_infinite_scroll_is_capped(site, tmp_path):
+    result = record(f"{site}/infinite.html", tmp_path / "i.mp4", opts(duration=1, fps=10, scroll="smooth",
+                                                                      scroll_depth="bottom", scroll_return="halt"))  # fmt: skip
+    assert result.max_scroll == 20000 and any("infinite scroll" in w for w in result.warnings)
+    frames = frames_rgb(tmp_path / "i.mp4")
+    assert len(frames) == 10
+    g = px(frames[-1], 640, 100)  # halted at 20000 px: the green band at the top of the last frame
+    assert g[1] > 150 and g[0] < 60 and g[2] < 60
+    assert not any(px(f, 640, 100)[1] > 150 and px(f, 640, 100)[0] < 60 for f in frames[:-2])  # reached only at the end
+    # Fast mode pans one screenshot: capped lower (Chromium's 16000 px texture limit), same warning, exact frames.
+    fast = record(f"{site}/infinite.html", tmp_path / "f.mp4", opts(duration=1, fps=10, scroll="smooth",
+                                                                    scroll_depth="bottom", mode="fast"))  # fmt: skip
+    assert fast.max_scroll == 16000 - H and any("infinite scroll" in w for w in fast.warnings)
+    assert decoded_frame_count(tmp_path / "f.mp4") == 10
+
+
 def _line_offsets(frame: bytes) -> float:
     """Centre of the first white ruler line in column x=10 (rows 0-600)."""
     rows = [y for y in range(0, 600) if sum(px(frame, 10, y)) > 384]
