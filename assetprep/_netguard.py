@@ -13,9 +13,10 @@ import ipaddress
 import select
 import socket
 import socketserver
-import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
+
+from ._server import ThreadedServer
 
 BLOCKED_HEADER = "X-Assetprep-Blocked"
 _IDLE_SECONDS = 60.0  # a tunnel with no traffic for this long is closed
@@ -130,12 +131,5 @@ class _GuardServer(socketserver.ThreadingTCPServer):
 @contextlib.contextmanager
 def guard_proxy(allowed: set[tuple[str, int]] | None = None) -> Iterator[_GuardServer]:
     """Run the guard on 127.0.0.1 for the duration; `allowed` (host, port) pairs skip the check (our own server)."""
-    server = _GuardServer(allowed or set())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
+    with ThreadedServer(_GuardServer(allowed or set())) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

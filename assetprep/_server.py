@@ -1,13 +1,17 @@
-"""Managed local servers (the embedded S3, the sandbox): spawned on 127.0.0.1, polled until ready, stopped by PID."""
+"""Local servers. Child processes (the embedded S3, the sandbox): spawned on 127.0.0.1, polled until ready, stopped by
+PID. In-process ones (a page server, the network guard, the callback receiver): served from a thread, joined on close.
+"""
 
 from __future__ import annotations
 
 import os
+import socketserver
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Generic, Self, TypeVar
 
 from . import _process
 from .errors import AssetprepError
@@ -82,3 +86,26 @@ class ManagedServer:
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         self.stop()
+
+
+S = TypeVar("S", bound=socketserver.BaseServer)
+
+
+class ThreadedServer(Generic[S]):
+    """Serve a socketserver from a daemon thread from construction until close() (shut down, closed, joined)."""
+
+    def __init__(self, server: S) -> None:
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def __enter__(self) -> S:
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

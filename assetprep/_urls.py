@@ -1,4 +1,4 @@
-"""URL helpers shared by upload, the Tavus client and the sandbox."""
+"""URL and HTTP-answer helpers shared by upload, the Tavus client and the sandbox."""
 
 from __future__ import annotations
 
@@ -13,3 +13,12 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return f"{parts.scheme}://{netloc}{parts.path}{'?…' if parts.query else ''}"
+
+
+def s3_error_reason(body: str) -> str:
+    """The <Message> (or <Code>) of an S3 XML error body ("Request has expired", "SignatureDoesNotMatch")."""
+    for tag in ("Message", "Code"):
+        start, end = body.find(f"<{tag}>"), body.find(f"</{tag}>")
+        if 0 <= start < end:
+            return body[start + len(tag) + 2 : end][:200]
+    return ""

@@ -602,9 +602,8 @@ def publish_cmd(
             background_seconds=background_seconds, background_preset=background_preset, scroll=scroll,
             video_name=name, fast=fast, composite_locally=composite_locally, layout=layout,
             callback_url=callback_url, listen=listen,
-            deadline=parse_duration(deadline or settings.deadline, what="--deadline"),
-            poll_interval=poll or settings.poll_interval, bucket=bucket, prefix=prefix, output=output, run_id=run_id,
-            retry_failed=retry_failed,
+            deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
+            bucket=bucket, prefix=prefix, output=output, run_id=run_id, retry_failed=retry_failed,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "publish options")) from None

@@ -18,7 +18,6 @@ import queue
 import secrets
 import shutil
 import signal
-import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -33,9 +32,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from . import _process
 from ._files import atomic_output
+from ._server import ThreadedServer
+from ._units import parse_duration
 from ._urls import redact_url
 from .errors import ConfigError, MediaError, OutcomeUnknownError, OutputCheckError, VideoFailedError
-from .normalize import normalize_audio, normalize_video
+from .normalize import mp4_options, normalize_audio, normalize_video
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
 from .tavus import TavusClient, Video
@@ -127,8 +128,8 @@ class PublishOptions(BaseModel):
     layout: Layout = "bubble-bottom-right"
     callback_url: str | None = None
     listen: str | None = None  # HOST:PORT of a local callback receiver
-    deadline: float = Field(default=7200.0, gt=0)
-    poll_interval: float = Field(default=5.0, gt=0)
+    deadline: float | None = Field(default=None, gt=0)  # seconds; None: the deadline setting (2h)
+    poll_interval: float | None = Field(default=None, gt=0)  # None: the poll_interval setting (5 s)
     bucket: str | None = None
     prefix: str | None = None
     output: Path | None = None
@@ -238,18 +239,15 @@ class CallbackReceiver:
                 pass
 
         try:
-            self.server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+            server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {listen} for callbacks: {exc.strerror}") from None
-        base = public_base or f"http://{host}:{self.server.server_port}"
+        base = public_base or f"http://{host}:{server.server_port}"
         self.url = f"{base.rstrip('/')}/callback/{self.token}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self.thread.start()
+        self.serving = ThreadedServer(server)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.serving.close()
 
 
 # --- steps -----------------------------------------------------------------------------------------------------------
@@ -269,6 +267,8 @@ class _Run:
         self.journal = Journal(self.dir)
         self.timings: dict[str, float] = {}
         self.skipped: list[str] = []
+        assert options.deadline is not None and options.poll_interval is not None  # publish() fills them in
+        self.poll_interval = options.poll_interval
         self.end = time.monotonic() + options.deadline
 
     @contextmanager
@@ -399,7 +399,7 @@ class _Run:
                 if receiver is None:
                     remaining = max(1.0, self.end - time.monotonic())
                     video = self.client.wait(
-                        video_id, remaining, poll_interval=self.o.poll_interval, on_progress=self.on_progress
+                        video_id, remaining, poll_interval=self.poll_interval, on_progress=self.on_progress
                     )
                 else:
                     video = self._wait_callback(video_id, receiver)
@@ -418,7 +418,7 @@ class _Run:
             if remaining <= 0:
                 return self.client.wait(video_id, 1.0, poll_interval=1.0)  # raises WaitTimeoutError if not ready
             try:
-                event = receiver.events.get(timeout=min(remaining, max(30.0, self.o.poll_interval * 6)))
+                event = receiver.events.get(timeout=min(remaining, max(30.0, self.poll_interval * 6)))
             except queue.Empty:
                 event = {"video_id": video_id}
             if event.get("video_id") != video_id:
@@ -463,7 +463,7 @@ def composite(layer: Path, background: Path, output: Path, *, layout: Layout = "
     with atomic_output(output) as tmp:
         _process.run_ffmpeg(
             ffmpeg.output(video, fg.audio, str(tmp), t=f"{seconds:.3f}", **{"c:v": "libx264", "preset": "veryfast",
-                          "crf": 20, "c:a": "aac", "b:a": "160k", "ar": 48000, "movflags": "+faststart", "f": "mp4"}),
+                          "crf": 20, "c:a": "aac", "b:a": "160k", "ar": 48000, **mp4_options()}),
             stage="composite", total=seconds, timeout=300 + 20 * seconds, on_progress=on_progress,
             what="ffmpeg (composite)",
         )  # fmt: skip
@@ -488,6 +488,10 @@ def publish(
         raise ConfigError("--composite-locally records the background locally; drop --background-via tavus")
     if options.audio is not None and not options.audio.is_file():
         raise MediaError(f"audio file not found: {options.audio}")
+    options = options.model_copy(update={
+        "deadline": options.deadline or parse_duration(settings.deadline, what="deadline setting"),
+        "poll_interval": options.poll_interval or settings.poll_interval,
+    })  # fmt: skip
     client = client or TavusClient()
     run = _Run(options, settings, client, s3_client, on_progress)
 

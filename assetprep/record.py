@@ -19,7 +19,6 @@ import itertools
 import math
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import _process
 from ._files import atomic_output
 from ._netguard import BLOCKED_HEADER, guard_proxy
+from ._server import ThreadedServer
 from .errors import ConfigError, OutputCheckError, RecordError, ToolMissingError
 from .normalize import check_video, mp4_options, x264_options
 from .presets import VideoPreset, X264Preset, load_video_preset
@@ -267,15 +267,8 @@ def serve_local(path: Path) -> Iterator[str]:
     """Serve a local .html file or folder on 127.0.0.1 for the duration; yields the page URL."""
     folder, page = (path, "") if path.is_dir() else (path.parent, path.name)
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
+    with ThreadedServer(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
         yield f"http://127.0.0.1:{server.server_port}/{quote(page)}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -385,23 +378,24 @@ def _record_url(
             )  # fmt: skip
             if options.cookies:
                 context.add_cookies([{"url": url, **c} if "domain" not in c else c for c in options.cookies])
-            if options.mode == "exact":
+            if exact:
                 context.add_init_script(TIME_SHIM)
             page = context.new_page()
             cdp = context.new_cdp_session(page)
             page.set_default_timeout(timeout_ms)
             page.on("dialog", lambda d: d.dismiss())  # alert/confirm must not stall the recording
+            failure: PlaywrightError | None = None
             try:
                 response = page.goto(url, wait_until="load", timeout=timeout_ms)
             except PlaywrightError as exc:
-                if blocked:
-                    raise RecordError(f"{url}: blocked request to a private address ({blocked[0]})",
-                                      hint="--block-private-networks is on") from None  # fmt: skip
-                raise RecordError(f"cannot load {url}: {_clean_page_error(exc)}",
-                                  hint="check the URL and that the site is reachable") from None  # fmt: skip
-            if response is not None and response.headers.get(BLOCKED_HEADER.lower()):
+                response, failure = None, exc
+            # The guard refused the page itself: an https CONNECT fails the navigation, plain http gets its 403.
+            if blocked and (failure or (response and response.headers.get(BLOCKED_HEADER.lower()))):
                 raise RecordError(f"{url}: blocked request to a private address ({blocked[0]})",
-                                  hint="--block-private-networks is on") from None  # fmt: skip
+                                  hint="--block-private-networks is on")  # fmt: skip
+            if failure is not None:
+                raise RecordError(f"cannot load {url}: {_clean_page_error(failure)}",
+                                  hint="check the URL and that the site is reachable")  # fmt: skip
             if response is not None and response.status >= 400 and not options.allow_http_errors:
                 raise RecordError(
                     f"{url} answered HTTP {response.status}", hint="fix the URL or pass --allow-http-errors"
@@ -410,12 +404,12 @@ def _record_url(
             page.add_style_tag(content=css)
             if js:
                 page.evaluate(f"() => {{ {js}\n}}")
-            page_height, view_h = page.evaluate(_MEASURE_JS)
+            page_height, view_h = (int(v) for v in page.evaluate(_MEASURE_JS))
             # Fast mode pans one screenshot, which Chromium cannot make taller than _MAX_FULLPAGE device pixels.
             depth = _MAX_DEPTH if exact else int(_MAX_FULLPAGE / options.scale) - view_h
-            max_scroll = max(0, min(int(page_height) - view_h, depth))
-            if int(page_height) - view_h > depth and options.scroll != "none":
-                warnings.append(f"the page is {int(page_height)} px tall (infinite scroll?): "
+            max_scroll = max(0, min(page_height - view_h, depth))
+            if page_height - view_h > depth and options.scroll != "none":
+                warnings.append(f"the page is {page_height} px tall (infinite scroll?): "
                                 f"scrolling stops at {depth} px")  # fmt: skip
             if options.scroll != "none" and max_scroll == 0:
                 warnings.append("the page is not taller than the viewport: recorded without scrolling")
@@ -443,7 +437,7 @@ def _record_url(
     return RecordResult(
         url=url, output=Path(output), mode=options.mode, capture=capture, browser=executable or "playwright",
         frames=frames, fps=fps, seconds=time.monotonic() - started,
-        capture_fps=capture_fps, page_height=int(page_height), max_scroll=max_scroll, warnings=warnings,
+        capture_fps=capture_fps, page_height=page_height, max_scroll=max_scroll, warnings=warnings,
         info=info.model_copy(update={"path": str(output)}),
     )  # fmt: skip
 

@@ -22,7 +22,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from ._urls import redact_url
+from ._urls import redact_url, s3_error_reason
 from .errors import ConfigError, MediaError, PreflightError, StorageError
 from .probe import check_input_file
 from .progress import Progress, ProgressCallback
@@ -310,7 +310,7 @@ def preflight(
                 hint="check that the endpoint is reachable from where the URL will be fetched (--public-endpoint-url)",
             ) from None
         if resp.status_code not in (200, 206):
-            reason = _s3_error_reason(resp.text)
+            reason = s3_error_reason(resp.text)
             raise PreflightError(
                 f"presigned URL {shown} answered {resp.status_code}{': ' + reason if reason else ''}",
                 hint="re-presign it (an expired or altered URL is refused)",
@@ -324,15 +324,6 @@ def preflight(
     finally:
         if owned:
             client.close()
-
-
-def _s3_error_reason(body: str) -> str:
-    """The <Message> (or <Code>) of an S3 XML error body."""
-    for tag in ("Message", "Code"):
-        start, end = body.find(f"<{tag}>"), body.find(f"</{tag}>")
-        if 0 <= start < end:
-            return body[start + len(tag) + 2 : end][:200]
-    return ""
 
 
 def upload_and_presign(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from assetprep._server import ThreadedServer
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
@@ -67,18 +67,8 @@ def first_packet_times(path: Path | str) -> dict[str, float]:
     return {s["codec_type"]: float(s["start_time"]) for s in json.loads(out)["streams"]}
 
 
-@contextlib.contextmanager
-def http_server(handler: Any) -> Iterator[int]:
-    """A threaded HTTP server on 127.0.0.1 for the duration (its port), shut down and joined at the end."""
+def http_server(handler: Any) -> ThreadedServer:
+    """A threaded HTTP server on 127.0.0.1 (`with http_server(h) as server:`), shut down and joined at the end."""
     import http.server
-    import threading
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    return ThreadedServer(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))

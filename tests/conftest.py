@@ -82,5 +82,5 @@ def site():
             pass
 
     pages = Path(__file__).parent / "pages"
-    with http_server(functools.partial(Quiet, directory=str(pages))) as port:
-        yield f"http://127.0.0.1:{port}"
+    with http_server(functools.partial(Quiet, directory=str(pages))) as server:
+        yield f"http://127.0.0.1:{server.server_port}"

@@ -231,8 +231,8 @@ def redirector(site):
         def log_message(self, *args: object) -> None:
             pass
 
-    with http_server(Redirect) as port:
-        yield f"http://127.0.0.1:{port}/go"
+    with http_server(Redirect) as server:
+        yield f"http://127.0.0.1:{server.server_port}/go"
 
 
 def test_guard_blocks_a_redirect_to_a_private_address(redirector, site, tmp_path, monkeypatch):

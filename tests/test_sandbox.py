@@ -6,13 +6,12 @@ import hashlib
 import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
-from _media import frame_rgb, pixel
+from _media import frame_rgb, http_server, pixel
 
 from assetprep.errors import (
     AuthenticationError,
@@ -224,8 +223,8 @@ def test_render_failure_and_callbacks(own_sandbox):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    receiver = http_server(Receiver)
+    server = receiver.server
     try:
         sb, client = own_sandbox(fail_render_rate=1.0)
         url = f"http://127.0.0.1:{server.server_port}/hook/secret-token"
@@ -236,8 +235,7 @@ def test_render_failure_and_callbacks(own_sandbox):
         while len(received) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        server.shutdown()
-        server.server_close()
+        receiver.close()
     assert len(received) == 2 and received[0] == {**received[1], "updated_at": received[0]["updated_at"]}
     record = received[1]
     assert record["video_id"] == video.video_id and record["status"] == "error"

@@ -16,8 +16,9 @@ import ffmpeg
 import httpx
 
 from .. import _process
-from .._urls import redact_url
+from .._urls import redact_url, s3_error_reason
 from ..errors import AssetprepError
+from ..normalize import mp4_options
 from ..probe import probe
 from ..progress import ProgressCallback
 from ..tavus import AUDIO_EXTENSIONS
@@ -43,17 +44,12 @@ class RenderFailure(Exception):
         self.error_details = error_details
 
 
-def _s3_reason(body: bytes) -> str:
-    m = re.search(rb"<Message>(.*?)</Message>", body)
-    return m.group(1).decode("utf-8", "replace") if m else ""
-
-
 def fetch(url: str, dest: Path, *, what: str, status_details: str, max_bytes: int, timeout: float = 120.0) -> Path:
     """Download an input over HTTP the way Tavus would: no credentials, redirects followed, size capped."""
     try:
         with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as resp:
             if resp.status_code != 200:
-                reason = _s3_reason(resp.read()[:4096])
+                reason = s3_error_reason(resp.read()[:4096].decode("utf-8", "replace"))
                 raise RenderFailure(
                     status_details,
                     f"{what} {redact_url(url)} could not be downloaded: HTTP {resp.status_code}"
@@ -192,7 +188,7 @@ def render(job: RenderJob, out: Path, work: Path, *, on_progress: ProgressCallba
                 "c:a": "libopus", "b:a": "96k", "f": "webm"}  # fmt: skip
     else:
         opts = {"c:v": "libx264", "preset": "veryfast", "crf": 23, "pix_fmt": "yuv420p", "profile:v": "high",
-                "c:a": "aac", "b:a": "128k", "ar": 48000, "movflags": "+faststart", "f": "mp4"}  # fmt: skip
+                "c:a": "aac", "b:a": "128k", "ar": 48000, **mp4_options()}  # fmt: skip
     _process.run_ffmpeg(
         ffmpeg.output(layer, sound, str(out), **common, **opts),
         stage="render", total=job.duration, timeout=timeout, on_progress=on_progress, what="sandbox render",
