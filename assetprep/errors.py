@@ -77,6 +77,22 @@ class ConfigError(AssetprepError):
     """Settings or command-line values are invalid."""
 
 
+class JournalError(AssetprepError):
+    """A run's or batch's journal is damaged, locked by another process, or belongs to another API host."""
+
+
+class ManifestError(AssetprepError):
+    """A batch manifest has problems; `problems` lists each with its row and column."""
+
+    def __init__(self, message: str, *, problems: Sequence[str] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        head = super().__str__()
+        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+
+
 class StorageError(AssetprepError):
     """S3 upload, presign or preflight failed."""
 

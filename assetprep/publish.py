@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import http.server
 import json
 import logging
 import os
 import queue
-import secrets
 import shutil
 import signal
 import time
@@ -26,17 +24,17 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import ffmpeg
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from . import _process
-from ._files import atomic_output
-from ._server import ThreadedServer
+from ._files import atomic_output, check_output_path
+from ._journal import Journal, RunLock, check_host
 from ._units import parse_duration
 from ._urls import redact_url
+from .callbacks import CallbackReceiver
+from .composite import Layout, composite
 from .errors import ConfigError, MediaError, OutcomeUnknownError, OutputCheckError, VideoFailedError
-from .normalize import mp4_options, normalize_audio, normalize_video
+from .normalize import normalize_audio, normalize_video
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
 from .tavus import TavusClient, Video
@@ -44,7 +42,6 @@ from .upload import S3Settings, make_s3_client, upload_and_presign
 
 log = logging.getLogger("assetprep.publish")
 
-Layout = Literal["bubble-bottom-right", "left-third", "full"]
 _VIDEO_EXT = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg"}
 _URL_MARGIN = 3600.0  # presigned URLs must outlive the deadline by this much (Tavus may fetch late in the queue)
 # Fault injection for the resume tests: ASSETPREP_CRASH_AT=<point> makes the process SIGKILL itself there, so a
@@ -122,6 +119,10 @@ class PublishOptions(BaseModel):
     background_seconds: float = Field(default=10.0, gt=0, le=120)  # recorded website length (Tavus loops it)
     background_preset: str | None = None
     scroll: Literal["none", "smooth", "human"] = "human"
+    scroll_depth: Literal["middle", "bottom"] | int = "middle"
+    scroll_return: Literal["return", "halt"] = "return"
+    block_private_networks: bool = False  # record pages through the private-network guard
+    watermark: str | None = None  # png/jpeg file (uploaded) or URL, sent as watermark_image_url
     video_name: str | None = None
     fast: bool = False
     composite_locally: bool = False
@@ -160,30 +161,6 @@ class PublishResult(BaseModel):
         }  # fmt: skip
 
 
-# --- the journal -----------------------------------------------------------------------------------------------------
-
-
-class Journal:
-    """journal.json of a run: each step's outputs, written atomically (0600: it holds presigned URLs)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "journal.json"
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def get(self, step: str) -> dict[str, Any]:
-        return dict(self.data.get(step) or {})
-
-    def put(self, step: str, **fields: Any) -> None:
-        self.data[step] = {**self.data.get(step, {}), **fields}
-        tmp = self.path.with_name(f".journal.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -192,8 +169,84 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _is_url(text: str) -> bool:
-    return urlsplit(text).scheme in ("http", "https")
+def is_url(text: str) -> bool:
+    return urlsplit(text).scheme.lower() in ("http", "https")
+
+
+class BackgroundSpec(BaseModel):
+    """How a background is prepared; equal specs give the same file (batch prepares each distinct spec once)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str
+    seconds: float
+    scroll: Literal["none", "smooth", "human"] = "human"
+    scroll_depth: Literal["middle", "bottom"] | int = "middle"
+    scroll_return: Literal["return", "halt"] = "return"
+    block_private_networks: bool = False
+
+
+def background_spec(options: PublishOptions, settings: PublishSettings) -> BackgroundSpec:
+    return BackgroundSpec(
+        preset=options.background_preset or settings.background_preset, seconds=options.background_seconds,
+        scroll=options.scroll, scroll_depth=options.scroll_depth, scroll_return=options.scroll_return,
+        block_private_networks=options.block_private_networks,
+    )  # fmt: skip
+
+
+def background_kind(spec: str) -> Literal["page", "clip", "still"] | None:
+    """What a --background is: a page to record, a clip or still to normalize, or None when it is neither."""
+    path = Path(spec)
+    if is_url(spec) or path.suffix.lower() in (".html", ".htm") or path.is_dir():
+        return "page"
+    if path.suffix.lower() in _VIDEO_EXT:
+        return "still" if path.suffix.lower() in (".png", ".jpg", ".jpeg") else "clip"
+    return None
+
+
+def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
+                       on_progress: ProgressCallback | None = None) -> Path:  # fmt: skip
+    """Record a page (URL, .html, folder) or normalize a clip/still into the background .mp4 at `out`."""
+    kind = background_kind(spec)
+    if kind == "page":
+        from .record import RecordOptions, record
+
+        options = RecordOptions(preset=how.preset, duration=how.seconds, scroll=how.scroll,
+                                scroll_depth=how.scroll_depth, scroll_return=how.scroll_return,
+                                block_private_networks=how.block_private_networks)  # fmt: skip
+        record(spec, out, options, on_progress=on_progress)
+    elif kind is not None and Path(spec).is_file():
+        normalize_video(Path(spec), out, preset=how.preset, duration=how.seconds if kind == "still" else None,
+                        on_progress=on_progress)  # fmt: skip
+    else:
+        raise MediaError(f"background {spec} is not a URL, page, folder or video file",
+                         hint="give an http(s) URL, a .html file, a folder or a clip")  # fmt: skip
+    return out
+
+
+def prepare_audio(source: Path, out: Path, *, on_progress: ProgressCallback | None = None) -> Path:
+    """Normalize any recording into the .wav Tavus gets as audio_url."""
+    normalize_audio(source, out, preset="audio-wav", on_progress=on_progress)
+    return out
+
+
+def request_fields(options: PublishOptions, urls: dict[str, str], background_url: str | None) -> dict[str, Any]:
+    """The POST /v2/videos body (without video_name) from the options and the presigned URLs of the prepared files."""
+    fields: dict[str, Any] = {"replica_id": options.replica_id}
+    fields |= {"audio_url": urls["audio"]} if "audio" in urls else {"script": options.script}
+    if options.composite_locally:
+        fields |= {"fast": True, "transparent_background": True}
+    else:
+        if options.fast:
+            fields["fast"] = True
+        if "background" in urls:
+            fields["background_source_url"] = urls["background"]
+        if background_url:
+            fields["background_url"] = background_url
+    watermark = urls.get("watermark") or options.watermark
+    if watermark and is_url(watermark):
+        fields["watermark_image_url"] = watermark
+    return fields
 
 
 def run_id_for(options: PublishOptions) -> str:
@@ -203,51 +256,10 @@ def run_id_for(options: PublishOptions) -> str:
     )
     for name in ("audio", "background"):
         value = getattr(options, name)
-        if value is not None and not _is_url(str(value)) and Path(value).is_file():
+        if value is not None and not is_url(str(value)) and Path(value).is_file():
             parts[f"{name}_sha256"] = _sha256(Path(value))
     blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
-
-
-# --- callbacks -------------------------------------------------------------------------------------------------------
-
-
-class CallbackReceiver:
-    """A tiny HTTP server for Tavus callbacks; only POSTs to /callback/<secret token> count (Tavus signs nothing)."""
-
-    def __init__(self, listen: str, public_base: str | None = None) -> None:
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--listen must look like HOST:PORT, got {listen!r}")
-        self.token = secrets.token_urlsafe(18)
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                ok = self.path == f"/callback/{receiver.token}"
-                body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
-                if ok:
-                    try:
-                        receiver.events.put(json.loads(body))
-                    except ValueError:
-                        ok = False
-                self.send_response(200 if ok else 404)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        try:
-            server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {listen} for callbacks: {exc.strerror}") from None
-        base = public_base or f"http://{host}:{server.server_port}"
-        self.url = f"{base.rstrip('/')}/callback/{self.token}"
-        self.serving = ThreadedServer(server)
-
-    def close(self) -> None:
-        self.serving.close()
 
 
 # --- steps -----------------------------------------------------------------------------------------------------------
@@ -263,8 +275,16 @@ class _Run:
         self.on_progress = on_progress
         self.run_id = options.run_id or run_id_for(options)
         self.dir = settings.runs_dir / self.run_id
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(self.dir)
+        self.lock = RunLock(self.dir)  # one process per run: two at once would create two videos
+        try:
+            self.journal = Journal(self.dir)
+            check_host(self.journal.get("api").get("host"), client.base_url, self.journal.path,
+                       fresh_flag=f"another --run-id (or delete {self.dir})")  # fmt: skip
+        except BaseException:
+            self.lock.close()
+            raise
+        if not self.journal.get("api"):
+            self.journal.put("api", host=client.base_url)
         self.timings: dict[str, float] = {}
         self.skipped: list[str] = []
         assert options.deadline is not None and options.poll_interval is not None  # publish() fills them in
@@ -298,27 +318,14 @@ class _Run:
         if spec is None:
             return None, None
         if self.o.background_via == "tavus":
-            if not _is_url(spec):
+            if not is_url(spec):
                 raise ConfigError("--background-via tavus needs a public http(s) URL", hint="or record it locally")
             return None, spec
         if done := self._done_file("background"):
             return done, None
         out = self.dir / "background.mp4"
-        preset = self.o.background_preset or self.settings.background_preset
         with self.step("background"):
-            path = Path(spec)
-            if _is_url(spec) or path.suffix.lower() in (".html", ".htm") or path.is_dir():
-                from .record import RecordOptions, record
-
-                options = RecordOptions(preset=preset, duration=self.o.background_seconds, scroll=self.o.scroll)
-                record(spec, out, options, on_progress=self.on_progress)
-            elif path.is_file() and path.suffix.lower() in _VIDEO_EXT:
-                still = path.suffix.lower() in (".png", ".jpg", ".jpeg")
-                normalize_video(path, out, preset=preset, duration=self.o.background_seconds if still else None,
-                                on_progress=self.on_progress)  # fmt: skip
-            else:
-                raise MediaError(f"background {spec} is not a URL, page, folder or video file",
-                                 hint="give an http(s) URL, a .html file, a folder or a clip")  # fmt: skip
+            prepare_background(spec, out, background_spec(self.o, self.settings), on_progress=self.on_progress)
         return self._finish_file("background", out), None
 
     def audio(self) -> Path | None:
@@ -328,7 +335,7 @@ class _Run:
             return done
         out = self.dir / "audio.wav"
         with self.step("audio"):
-            normalize_audio(self.o.audio, out, preset="audio-wav", on_progress=self.on_progress)
+            prepare_audio(self.o.audio, out, on_progress=self.on_progress)
         return self._finish_file("audio", out)
 
     def upload(self, files: dict[str, Path]) -> dict[str, str]:
@@ -375,8 +382,10 @@ class _Run:
         base = self.o.video_name or f"assetprep-{self.run_id}"
         name = base if attempt == 0 else f"{base}-retry{attempt}"
         with self.step("submit"):
-            if sub.get("state") == "sending":
-                found = self.client.find_videos_by_name(name)
+            # A lost answer (state "sending"), or a lost journal: the default name is derived from the inputs, so a
+            # video with it is this run's own. A name the user chose may be an older video's: only after a send.
+            if sub.get("state") == "sending" or self.o.video_name is None:
+                found = [v for v in self.client.find_videos_by_name(name) if v.status != "deleted"]
                 if found:
                     if len(found) > 1:
                         log.warning("%d videos are named %s; adopting the newest", len(found), name)
@@ -442,32 +451,33 @@ class _Run:
         return out
 
 
-def composite(layer: Path, background: Path, output: Path, *, layout: Layout = "bubble-bottom-right",
-              on_progress: ProgressCallback | None = None) -> Path:  # fmt: skip
-    """Overlay a .webm with alpha (the replica) onto a background clip (looped), into an H.264/AAC .mp4."""
-    info = probe(background)
-    assert info.video is not None
-    w, h = info.video.width, info.video.height
-    seconds = probe(layer).duration or 0.0
-    if seconds <= 0:
-        raise MediaError(f"{layer} has no duration")
-    fg = ffmpeg.input(str(layer), **{"c:v": "libvpx-vp9"})  # the native vp9 decoder drops the alpha plane
-    bg = ffmpeg.input(str(background), stream_loop=-1).video.filter("fps", 30)
-    if layout == "full":
-        sprite, x, y = fg.video.filter("scale", w, h), 0, 0
-    elif layout == "bubble-bottom-right":
-        sprite, x, y = fg.video.filter("scale", w // 2, h // 2), w // 2, h // 2
-    else:  # left-third: the replica large on the left, the background's right two thirds stay clear
-        sprite, x, y = fg.video.filter("scale", w * 2 // 3, h * 2 // 3).filter("crop", w // 3, h * 2 // 3), 0, h // 3
-    video = ffmpeg.overlay(bg, sprite, x=x, y=y, eof_action="endall").filter("format", "yuv420p")
-    with atomic_output(output) as tmp:
-        _process.run_ffmpeg(
-            ffmpeg.output(video, fg.audio, str(tmp), t=f"{seconds:.3f}", **{"c:v": "libx264", "preset": "veryfast",
-                          "crf": 20, "c:a": "aac", "b:a": "160k", "ar": 48000, **mp4_options()}),
-            stage="composite", total=seconds, timeout=300 + 20 * seconds, on_progress=on_progress,
-            what="ffmpeg (composite)",
-        )  # fmt: skip
-    return output
+def _local_inputs(options: PublishOptions) -> tuple[Path, ...]:
+    """Files of the user's that this run reads: an output must never be one of them."""
+    paths = [options.audio] if options.audio else []
+    for spec in (options.background, options.watermark):
+        if spec and not is_url(spec) and Path(spec).exists():
+            paths.append(Path(spec))
+    return tuple(paths)
+
+
+def check_publish_options(options: PublishOptions) -> None:
+    """What can be known before anything is recorded, uploaded or paid for."""
+    if (options.script is None) == (options.audio is None):
+        raise ConfigError("give exactly one of a script or an audio file")
+    if options.script is not None and not options.script.strip():
+        raise ConfigError("the script is empty", hint="give the text the replica speaks")
+    if options.composite_locally and options.background is None:
+        raise ConfigError("--composite-locally needs a --background to composite onto")
+    if options.composite_locally and options.background_via == "tavus":
+        raise ConfigError("--composite-locally records the background locally; drop --background-via tavus")
+    if options.audio is not None and not options.audio.is_file():
+        raise MediaError(f"audio file not found: {options.audio}")
+    if options.watermark and not is_url(options.watermark):
+        mark = Path(options.watermark)
+        if mark.suffix.lower() not in (".png", ".jpg", ".jpeg") or not mark.is_file():
+            raise MediaError(f"watermark must be an existing .png or .jpeg file or an http(s) URL: {mark}")
+    if options.output is not None:
+        check_output_path(options.output, inputs=_local_inputs(options))
 
 
 def publish(
@@ -480,41 +490,33 @@ def publish(
 ) -> PublishResult:
     """Publish one video end to end (resumable: rerun the same options to continue)."""
     settings = settings or PublishSettings()
-    if (options.script is None) == (options.audio is None):
-        raise ConfigError("give exactly one of a script or an audio file")
-    if options.composite_locally and options.background is None:
-        raise ConfigError("--composite-locally needs a --background to composite onto")
-    if options.composite_locally and options.background_via == "tavus":
-        raise ConfigError("--composite-locally records the background locally; drop --background-via tavus")
-    if options.audio is not None and not options.audio.is_file():
-        raise MediaError(f"audio file not found: {options.audio}")
+    check_publish_options(options)
     options = options.model_copy(update={
         "deadline": options.deadline or parse_duration(settings.deadline, what="deadline setting"),
         "poll_interval": options.poll_interval or settings.poll_interval,
     })  # fmt: skip
     client = client or TavusClient()
     run = _Run(options, settings, client, s3_client, on_progress)
+    try:
+        return _publish(run, options, client, on_progress)
+    finally:
+        run.lock.close()
 
+
+def _publish(run: _Run, options: PublishOptions, client: TavusClient,
+             on_progress: ProgressCallback | None) -> PublishResult:  # fmt: skip
     background, background_url = run.background()
     audio = run.audio()
     files = {"audio": audio} if audio else {}
     if background is not None and not options.composite_locally:
         files["background"] = background
+    if options.watermark and not is_url(options.watermark):
+        files["watermark"] = Path(options.watermark)
     if files and run.s3_client is None:
         run.s3_client = make_s3_client(S3Settings())
     urls = run.upload(files)
 
-    fields: dict[str, Any] = {"replica_id": options.replica_id}
-    fields |= {"audio_url": urls["audio"]} if audio else {"script": options.script}
-    if options.composite_locally:
-        fields |= {"fast": True, "transparent_background": True}
-    else:
-        if options.fast:
-            fields["fast"] = True
-        if "background" in urls:
-            fields["background_source_url"] = urls["background"]
-        if background_url:
-            fields["background_url"] = background_url
+    fields = request_fields(options, urls, background_url)
     receiver = CallbackReceiver(options.listen) if options.listen else None
     try:
         if receiver is not None:
@@ -532,7 +534,7 @@ def publish(
         assert background is not None
         run.composite(downloaded, background, final)
     elif final.resolve() != downloaded.resolve():
-        with run.step("output"), atomic_output(final) as tmp:
+        with run.step("output"), atomic_output(final, inputs=_local_inputs(options)) as tmp:
             shutil.copyfile(downloaded, tmp)
     info = probe(final, count_frames=True)
     if info.video is None or not info.duration:
