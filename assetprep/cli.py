@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from . import __version__, normalize, presets, upload
-from ._units import parse_duration
+from ._units import parse_duration, parse_rate
 from .errors import AssetprepError, ConfigError, ProcessError
 from .probe import probe as probe_file
 from .progress import Progress as ProgressReport
@@ -258,6 +258,7 @@ def s3_serve(
         raise KeyboardInterrupt  # SIGTERM must stop weed too, not leave it orphaned
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     server = LocalS3(dir, port=port).start()
     try:
         print(f"S3 endpoint: {server.endpoint_url}   data: {dir}   log: {server.log_path}")
@@ -490,18 +491,6 @@ def replicas_list(api_key: ApiKeyOpt = None, base_url: BaseUrlOpt = None, as_jso
     emit({"data": [r.model_dump(exclude_none=True) for r in replicas]}, as_json, "\n".join(lines))
 
 
-def _rate(text: str | None) -> float | None:
-    if not text:
-        return None
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|min|m|h)\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"--rate-limit must look like 30/min or 5/s, got {text!r}")
-    per = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}[m.group(2)]
-    return float(m.group(1)) / per
-
-
 @sandbox_app.command("serve")
 def sandbox_serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -534,7 +523,7 @@ def sandbox_serve(
     from . import sandbox
 
     fields: dict[str, Any] = {
-        "host": host, "port": port, "speed": speed, "seed": seed, "rate_limit": _rate(rate_limit),
+        "host": host, "port": port, "speed": speed, "seed": seed, "rate_limit": parse_rate(rate_limit),
         "fail_create_rate": fail_create_rate, "drop_connection_after_create": drop_connection_after_create,
         "drop_download_after": drop_download_after, "fail_render_rate": fail_render_rate, "latency": latency,
     }  # fmt: skip
@@ -616,6 +605,105 @@ def publish_cmd(
     emit(result.summary(), as_json, human)
 
 
+@app.command("batch")
+def batch_cmd(
+    manifest: Annotated[Path, typer.Argument(help="CSV, YAML (defaults: + rows:) or JSONL; one video per row.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Videos, results.csv, report.html.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check everything, print the plan, create nothing.")
+    ] = False,
+    jobs: Annotated[int | None, typer.Option(help="Recordings at once (default: cores / 2).")] = None,
+    submit_rate: Annotated[str | None, typer.Option(help="Creates per time for the whole batch: 30/min.")] = None,
+    max_in_flight: Annotated[int, typer.Option(help="Videos submitted and not yet finished, at most.")] = 100,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Make the failed rows again.")] = False,
+    rows: Annotated[str | None, typer.Option(help="Only these rows (as numbered in messages): 3-10,17.")] = None,
+    max_failures: Annotated[int | None, typer.Option(help="Stop submitting new rows after N failures.")] = None,
+    listen: Annotated[str | None, typer.Option(help="One callback receiver for the batch (HOST:PORT).")] = None,
+    allow_private_networks: Annotated[
+        bool, typer.Option("--allow-private-networks", help="Let recordings reach localhost/private addresses.")
+    ] = False,
+    batch_id: Annotated[str | None, typer.Option(help="Name the batch (default: from the manifest's path).")] = None,
+    replica: Annotated[str | None, typer.Option("--replica", help="replica_id for rows without one.")] = None,
+    background_preset: Annotated[
+        str | None, typer.Option(help="Preset of prepared backgrounds (rows may set their own).")
+    ] = None,
+    deadline: Annotated[str | None, typer.Option(help="Stop waiting after: 30m, 2h (rerun to continue).")] = None,
+    poll: Annotated[float | None, typer.Option(help="Poll interval in seconds.")] = None,
+    bucket: Annotated[str | None, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket for prepared files.")] = None,
+    prefix: Annotated[str | None, typer.Option(envvar="ASSETPREP_PREFIX", help="Key prefix.")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Prepare on a Ray cluster: auto or HOST:PORT.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make one video per manifest row: shared preparation, exactly once, results.csv and report.html."""
+    from pydantic import ValidationError
+
+    from .batch import BatchOptions, batch_publish
+    from .manifest import parse_rows
+    from .publish import PublishSettings
+
+    try:
+        settings = PublishSettings()
+        options = BatchOptions(
+            out_dir=out, dry_run=dry_run, jobs=jobs, submit_rate=parse_rate(submit_rate), max_in_flight=max_in_flight,
+            retry_failed=retry_failed, rows=parse_rows(rows) if rows else None, max_failures=max_failures,
+            listen=listen, allow_private_networks=allow_private_networks, batch_id=batch_id,
+            deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
+            bucket=bucket, prefix=prefix, replica_id=replica, ray_address=ray_address,
+            background_preset=background_preset,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise ConfigError(presets.format_validation_error(exc, "batch options")) from None
+    with batch_progress(not as_json) as on_event:
+        result = batch_publish(manifest, options, settings=settings, on_event=on_event)
+    if result.dry_run:
+        plan = result.plan or {}
+        human = (f"plan for {manifest}: {plan['rows']} rows → {plan['videos']} videos; {plan['backgrounds']} "
+                 f"background(s) and {plan['audio_files']} audio file(s) to prepare, {plan['uploads']} upload(s); "
+                 f"replicas {', '.join(plan['replicas'])} exist\n"
+                 + "\n".join(f"  row {s['row']}: {s['script']}" for s in plan["first_scripts"]))  # fmt: skip
+        emit(result.summary(), as_json, human)
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    lines = [f"batch {result.batch_id}: {len(result.rows)} rows ({counts}) in {result.seconds:.1f} s; "
+             f"{result.prepared_now} of {result.preparations} preparation(s) done now ({result.executor})",
+             f"  results: {result.results_csv}", f"  report:  {result.report_html}"]  # fmt: skip
+    failed = [r for r in result.rows if r["status"] == "failed"]
+    lines += [f"  row {r['row']} failed: {r['error']}" for r in failed[:20]]
+    lines += [f"  row {r['row']} {r['status']}{': ' + r['error'] if r['error'] else ''}"
+              for r in result.rows if r["status"] not in ("downloaded", "failed")][:20]  # fmt: skip
+    if result.superseded:
+        lines.append(f"  {len(result.superseded)} row(s) of earlier runs are no longer in the manifest (edited or "
+                     "removed); their videos stay on the account: " + ", ".join(
+                         str(r["video_id"] or r["row_id"]) for r in result.superseded[:10]))  # fmt: skip
+    emit(result.summary(), as_json, "\n".join(lines))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def batch_progress(enabled: bool) -> Iterator[Any]:
+    """A live line with counts per stage on a terminal; a plain line every 10 s otherwise (logs, CI)."""
+    if not enabled:
+        yield None
+        return
+    if stderr.is_terminal:
+        from rich.live import Live
+
+        with Live(console=stderr, refresh_per_second=4, transient=False) as live:
+            yield lambda p: live.update(p.line())
+        return
+    last = [0.0]
+
+    def plain(p: Any) -> None:
+        if time.monotonic() - last[0] >= 10.0:
+            last[0] = time.monotonic()
+            stderr.print(p.line(), markup=False, highlight=False, soft_wrap=True)
+
+    yield plain
+
+
 @app.command("doctor")
 def doctor_cmd(
     bucket: Annotated[str | None, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket to check.")] = None,
@@ -635,8 +723,26 @@ def doctor_cmd(
         raise typer.Exit(1)
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. Not KeyboardInterrupt: typer turns that into a silent exit 130 before main() sees it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # Raised in the main thread wherever it is; every layer cleans up on the way out (children killed, temp files
+    # removed, journals consistent), as for any exception.
+    raise _Interrupted(signum)
+
+
 def main() -> None:
     """Entry point: AssetprepError → one line on stderr, exit 1; usage errors exit 2 (click); no traceback."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
     except AssetprepError as exc:
@@ -646,9 +752,11 @@ def main() -> None:
             raise
         stderr.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        stderr.print("interrupted; no partial output was kept", markup=False)
-        sys.exit(130)
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+        stderr.print("interrupted; no partial output was kept (rerun the same command to continue)", markup=False)
+        sys.exit(128 + signum)
     except Exception as exc:  # a bug: still one line, the traceback behind --debug
         if _state["debug"]:
             raise

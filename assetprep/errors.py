@@ -53,6 +53,10 @@ class ProcessTimeoutError(ProcessError):
     """An external program ran past its deadline and was killed."""
 
 
+class CancelledError(AssetprepError):
+    """The work was stopped on purpose (Ctrl-C, SIGTERM, a batch shutting down)."""
+
+
 class MediaError(AssetprepError):
     """An input file is missing, empty, unreadable or lacks the stream that is needed."""
 

@@ -484,12 +484,18 @@ def normalize_audio(
     )  # fmt: skip
 
 
-def _tavus_audio_warnings(seconds: float) -> list[str]:
+def tavus_audio_problem(seconds: float) -> str | None:
+    """Why Tavus would refuse audio of this length (None when it is within its 3 s to 10 min)."""
     if seconds < TAVUS_AUDIO_MIN_SECONDS:
-        return [f"audio is {seconds:.2f} s long; Tavus rejects audio shorter than 3 s (audio_file_min_duration)"]
+        return f"audio is {seconds:.2f} s long; Tavus rejects audio shorter than 3 s (audio_file_min_duration)"
     if seconds > TAVUS_AUDIO_MAX_SECONDS:
-        return [f"audio is {seconds:.0f} s long; Tavus rejects audio longer than 10 min (audio_file_max_duration)"]
-    return []
+        return f"audio is {seconds:.0f} s long; Tavus rejects audio longer than 10 min (audio_file_max_duration)"
+    return None
+
+
+def _tavus_audio_warnings(seconds: float) -> list[str]:
+    problem = tavus_audio_problem(seconds)
+    return [problem] if problem else []
 
 
 def check_audio(info: MediaInfo, preset: AudioPreset, *, expected_seconds: float | None) -> list[str]:

@@ -34,7 +34,7 @@ from ._urls import redact_url
 from .callbacks import CallbackReceiver
 from .composite import Layout, composite
 from .errors import ConfigError, MediaError, OutcomeUnknownError, OutputCheckError, VideoFailedError
-from .normalize import normalize_audio, normalize_video
+from .normalize import normalize_audio, normalize_video, tavus_audio_problem
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
 from .tavus import TavusClient, Video
@@ -336,6 +336,9 @@ class _Run:
         out = self.dir / "audio.wav"
         with self.step("audio"):
             prepare_audio(self.o.audio, out, on_progress=self.on_progress)
+            if problem := tavus_audio_problem(probe(out).duration or 0.0):
+                out.unlink(missing_ok=True)
+                raise MediaError(f"{self.o.audio}: {problem}", hint="nothing was uploaded or submitted")
         return self._finish_file("audio", out)
 
     def upload(self, files: dict[str, Path]) -> dict[str, str]:

@@ -500,6 +500,7 @@ def _record_exact(
 
     def shots() -> Iterator[bytes]:
         for i in range(frames):
+            _process.check_cancelled(f"recording of {page.url}")
             t = i / fps
             step = _FRAME_JS.format(t=offset + t * 1000, y=round(scroll_at(points, t)))
             answer = cdp.send("Runtime.evaluate", {"expression": step})

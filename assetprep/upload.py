@@ -203,15 +203,16 @@ def upload_file(
     create_bucket: bool = False,
     transfer_config: TransferConfig | None = None,
     on_progress: ProgressCallback | None = None,
+    key: str | None = None,
 ) -> UploadedObject:
-    """Upload a file under its content-addressed key; skip it when the same bytes are already stored there."""
+    """Upload a file under its content-addressed key (or `key`); skip it when the same bytes are already there."""
     try:
         src = check_input_file(path)
     except MediaError as exc:
         raise StorageError(exc.message, hint=exc.hint) from None
     size = src.stat().st_size
     sha = file_sha256(src)
-    key = object_key(prefix, sha, src.name)
+    key = key or object_key(prefix, sha, src.name)
     ctype = content_type_for(src)
     ensure_bucket(client, bucket, create=create_bucket)
     try:

@@ -10,6 +10,7 @@ from typing import Any
 
 from assetprep._server import ThreadedServer
 
+TEST_BUCKET = "assetprep-tests"  # created in the session's SeaweedFS by the s3_client fixture
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 

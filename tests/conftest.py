@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _media import ffmpeg, http_server
+from _media import TEST_BUCKET, ffmpeg, http_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDIA = Path(os.environ.get("ASSETPREP_MEDIA_DIR", ROOT.parent / "shared" / "media"))
@@ -49,6 +49,17 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3):
+    """A boto3 client of the session's SeaweedFS with the bucket TEST_BUCKET created."""
+    from assetprep.upload import S3Settings, ensure_bucket, make_s3_client
+
+    client = make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
+                                       secret_access_key=s3.secret_key))  # fmt: skip
+    ensure_bucket(client, TEST_BUCKET, create=True)
+    return client
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _media import TEST_BUCKET as BUCKET
 from _media import frame_rgb, pixel
 
 from assetprep.errors import OutcomeUnknownError, VideoFailedError
@@ -18,17 +19,6 @@ from assetprep.probe import probe
 from assetprep.publish import PublishOptions, PublishSettings, publish
 from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
 from assetprep.tavus import TavusClient
-from assetprep.upload import S3Settings, ensure_bucket, make_s3_client
-
-BUCKET = "publish-tests"
-
-
-@pytest.fixture(scope="module")
-def s3_client(s3):
-    client = make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
-                                       secret_access_key=s3.secret_key))  # fmt: skip
-    ensure_bucket(client, BUCKET, create=True)
-    return client
 
 
 @pytest.fixture

@@ -1,0 +1,120 @@
+"""One preparation task of a batch: make a prepared file (record a page, normalize a clip or audio) and upload it.
+
+The same function runs in a local thread or in a Ray worker on another machine, so everything it needs travels in
+the task (non-secret settings only: bucket, prefix, endpoint, recording options); S3 credentials come from the
+node's own boto3 chain. It returns only small facts (key, sha256, size): no media goes back to the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import botocore.exceptions
+from pydantic import BaseModel, ConfigDict
+
+from .probe import probe
+from .publish import BackgroundSpec, prepare_audio, prepare_background
+from .upload import S3Settings, make_s3_client, storage_error, upload_file
+
+PrepKind = Literal["background", "audio", "watermark"]
+_NAMES = {"background": "background.mp4", "audio": "audio.wav"}
+
+
+class S3Target(BaseModel):
+    """Where prepared files go; no credentials (each node uses its own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bucket: str
+    prefix: str = "assetprep"
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class PrepTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str  # hash of what is prepared and how: equal tasks are one task
+    kind: PrepKind
+    source: str  # http(s) URL or absolute path on the node that runs it
+    background: BackgroundSpec | None = None
+    s3: S3Target
+    keep_dir: str | None = None  # keep the prepared file here (local runs: compositing, posters); None: temp + delete
+
+    @property
+    def file_name(self) -> str:
+        return _NAMES.get(self.kind) or Path(self.source).name
+
+    @property
+    def s3_key(self) -> str:
+        """Known before the work is done, so a rerun finds a finished upload with one HEAD."""
+        prefix = self.s3.prefix.strip("/")
+        return f"{prefix + '/' if prefix else ''}prep/{self.key[:20]}/{self.file_name}"
+
+
+class PrepResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    s3_key: str
+    sha256: str
+    size: int
+    content_type: str
+    path: str | None  # the kept local file, if any
+    node: str  # where it ran (hostname, or the Ray node id)
+    pid: int
+    seconds: float
+    bytes_sent: int
+    facts: dict[str, Any]
+
+
+def find_uploaded(task: PrepTask, client: Any) -> dict[str, Any] | None:
+    """The stored object's facts when a finished upload of this task is already in the bucket (one HEAD)."""
+    try:
+        head = client.head_object(Bucket=task.s3.bucket, Key=task.s3_key)
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return None
+        raise storage_error(exc, f"checking s3://{task.s3.bucket}/{task.s3_key}", client) from None
+    except Exception as exc:
+        raise storage_error(exc, f"checking s3://{task.s3.bucket}/{task.s3_key}", client) from None
+    sha = head.get("Metadata", {}).get("sha256")
+    if not sha:
+        return None
+    return {"s3_key": task.s3_key, "sha256": sha, "size": int(head["ContentLength"]),
+            "content_type": head.get("ContentType", "")}  # fmt: skip
+
+
+def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) -> PrepResult:
+    """Prepare and upload one task; the prepared file is kept in task.keep_dir or deleted."""
+    started = time.monotonic()
+    client = s3_client or make_s3_client(S3Settings(endpoint_url=task.s3.endpoint_url, region=task.s3.region))
+    work = Path(task.keep_dir) if task.keep_dir else Path(tempfile.mkdtemp(prefix="assetprep-prep-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if task.kind == "watermark":
+            path = Path(task.source)  # uploaded as it is
+        else:
+            path = work / f"{task.key[:20]}-{task.file_name}"
+            if task.kind == "background":
+                assert task.background is not None
+                prepare_background(task.source, path, task.background)
+            else:
+                prepare_audio(Path(task.source), path)
+        info = probe(path) if task.kind != "watermark" else None
+        obj = upload_file(path, bucket=task.s3.bucket, client=client, prefix=task.s3.prefix, key=task.s3_key)
+        return PrepResult(
+            key=task.key, s3_key=obj.key, sha256=obj.sha256, size=obj.size, content_type=obj.content_type,
+            path=str(path) if task.keep_dir else None, node=node or socket.gethostname(), pid=os.getpid(),
+            seconds=time.monotonic() - started, bytes_sent=obj.bytes_sent,
+            facts=info.summary() if info else {},
+        )  # fmt: skip
+    finally:
+        if not task.keep_dir:
+            shutil.rmtree(work, ignore_errors=True)

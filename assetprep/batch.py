@@ -1,0 +1,911 @@
+"""Many videos from one manifest: shared preparation, a staged pipeline, exactly once across crashes, one report.
+
+Stages, each with its own bound: prepare + upload (an executor: local threads or Ray; equal inputs are prepared
+once and shared by every row), presign (driver), submit (one thread: one global rate limit, and a 429 backs off the
+whole stage), wait (one poller: GET for a few videos, the list endpoint's pages for many, or callbacks routed by
+video_id), download (a few threads). Every row's state lives in a SQLite journal written before each step's effect
+(the video_name before the POST), so a rerun after kill -9 adopts instead of creating again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import html
+import io
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import _process
+from ._executor import Executor, make_executor
+from ._files import atomic_output
+from ._journal import BatchJournal, RunLock, open_checked
+from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded
+from ._units import parse_duration
+from .callbacks import CallbackReceiver
+from .composite import composite
+from .errors import (
+    AssetprepError,
+    CancelledError,
+    ConfigError,
+    ManifestError,
+    NotFoundError,
+    OutcomeUnknownError,
+    RateLimitError,
+    TavusError,
+)
+from .manifest import Manifest, Row, is_http_url, load_manifest
+from .normalize import tavus_audio_problem
+from .probe import probe
+from .progress import Progress
+from .publish import BackgroundSpec, PublishOptions, PublishSettings, background_kind, request_fields
+from .tavus import TavusClient, Video
+from .upload import S3Settings, make_s3_client, preflight, presign
+
+log = logging.getLogger("assetprep.batch")
+
+FINAL = ("downloaded", "failed")
+_GET_BELOW = 8  # in-flight videos polled one GET each; from here on, the list endpoint's pages
+_PAGE = 100
+_URL_MARGIN = 3600.0
+CRASH_POINTS = ("batch-after-post", "batch-after-download")
+
+
+def _crash_point(name: str) -> None:
+    # For the exactly-once tests: SIGKILL this process at a precise point (see publish.CRASH_POINTS).
+    if os.environ.get("ASSETPREP_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BatchOptions(BaseModel):
+    """How `assetprep batch` runs; the manifest says what to make."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: Path | None = None  # videos, results.csv, report.html (default: <manifest>-videos/ beside it)
+    dry_run: bool = False
+    jobs: int | None = Field(default=None, ge=1, le=64)  # recordings at once (default cores // 2)
+    submit_rate: float | None = Field(default=None, gt=0)  # creates per second, for the whole batch
+    max_in_flight: int = Field(default=100, ge=1)  # videos submitted and not yet final
+    retry_failed: bool = False
+    rows: set[int] | None = None  # only these row numbers
+    max_failures: int | None = Field(default=None, ge=1)
+    listen: str | None = None  # HOST:PORT of one callback receiver for the whole batch
+    allow_private_networks: bool = False  # manifest URLs are third-party input: the guard is on by default
+    batch_id: str | None = None
+    deadline: float | None = Field(default=None, gt=0)  # seconds for this run; rendering rows stay for a rerun
+    poll_interval: float | None = Field(default=None, gt=0)
+    bucket: str | None = None
+    prefix: str | None = None
+    replica_id: str | None = None  # default for rows without one
+    background_preset: str | None = None
+    ray_address: str | None = None
+    downloads: int = Field(default=4, ge=1, le=32)
+
+
+@dataclass
+class BatchProgress:
+    """A snapshot for progress displays: rows per state, done per minute, ETA."""
+
+    total: int
+    states: dict[str, int]
+    preps_total: int
+    preps_done: int
+    elapsed: float
+    rate: float | None  # finished rows per minute
+    eta: float | None  # seconds
+
+    def line(self) -> str:
+        order = ("pending", "submitting", "submitted", "ready", "downloaded", "failed")
+        counts = ", ".join(f"{k} {self.states[k]}" for k in order if self.states.get(k))
+        tail = f", {self.rate:.1f}/min, ETA {self.eta:.0f} s" if self.rate and self.eta is not None else ""
+        return (f"batch: {self.states.get('downloaded', 0)}/{self.total} done ({counts}); "
+                f"prepared {self.preps_done}/{self.preps_total}; {self.elapsed:.0f} s{tail}")  # fmt: skip
+
+
+class BatchResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str
+    batch_dir: Path
+    out_dir: Path
+    results_csv: Path | None
+    report_html: Path | None
+    counts: dict[str, int]
+    rows: list[dict[str, Any]]
+    superseded: list[dict[str, Any]]  # rows of earlier runs whose manifest row was edited or removed
+    preparations: int  # distinct preparations this batch needs
+    prepared_now: int  # preparations done in this run (the rest were found finished)
+    executor: str
+    seconds: float
+    dry_run: bool = False
+    plan: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.dry_run or (self.counts.get("downloaded", 0) == len(self.rows) and not self.counts.get("failed"))
+
+    def summary(self) -> dict[str, Any]:
+        out = self.model_dump(mode="json")
+        out["ok"] = self.ok
+        return out
+
+
+@dataclass
+class _Prep:
+    task: PrepTask
+    rows: set[str] = field(default_factory=set)
+    state: str = "pending"  # pending | running | uploaded | failed
+    url: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def batch_dir_for(manifest: Path, settings: PublishSettings, batch_id: str | None) -> tuple[str, Path]:
+    """The batch id (from the manifest's path unless given) and its folder beside publish's runs."""
+    bid = batch_id or hashlib.sha256(str(manifest.resolve()).encode()).hexdigest()[:12]
+    return bid, settings.runs_dir.parent / "batches" / bid
+
+
+def _prep_key(kind: str, source: str, extra: dict[str, Any]) -> str:
+    identity = {"kind": kind, "source": source, **extra}
+    if not is_http_url(source):
+        p = Path(source)
+        target = p / "index.html" if p.is_dir() else p
+        if target.is_file():
+            h = hashlib.sha256()
+            with open(target, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            identity["sha256"] = h.hexdigest()
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def plan_preparations(
+    rows: list[Row], *, settings: PublishSettings, options: BatchOptions, s3: S3Target, keep_dir: Path | None
+) -> tuple[dict[str, _Prep], dict[str, dict[str, str]]]:
+    """Distinct preparations (by key) and, per row, which one serves each of its inputs."""
+    preps: dict[str, _Prep] = {}
+    per_row: dict[str, dict[str, str]] = {}
+    for row in rows:
+        mine: dict[str, str] = {}
+        if row.background is not None:
+            kind = background_kind(row.background)
+            spec = BackgroundSpec(
+                preset=row.options.background_preset or options.background_preset or settings.background_preset,
+                seconds=row.options.background_seconds, scroll=row.options.scroll,
+                scroll_depth=row.options.scroll_depth, scroll_return=row.options.scroll_return,
+                block_private_networks=kind == "page" and is_http_url(row.background)
+                and not options.allow_private_networks,
+            )  # fmt: skip
+            mine["background"] = _prep_key("background", row.background, spec.model_dump(mode="json"))
+            task = PrepTask(key=mine["background"], kind="background", source=row.background, background=spec, s3=s3,
+                            keep_dir=str(keep_dir) if keep_dir else None)  # fmt: skip
+            preps.setdefault(task.key, _Prep(task)).rows.add(row.row_id)
+        if row.audio is not None:
+            mine["audio"] = _prep_key("audio", str(row.audio), {"preset": "audio-wav"})
+            task = PrepTask(key=mine["audio"], kind="audio", source=str(row.audio), s3=s3,
+                            keep_dir=str(keep_dir) if keep_dir else None)  # fmt: skip
+            preps.setdefault(task.key, _Prep(task)).rows.add(row.row_id)
+        if row.watermark is not None and not is_http_url(row.watermark):
+            mine["watermark"] = _prep_key("watermark", row.watermark, {})
+            task = PrepTask(key=mine["watermark"], kind="watermark", source=row.watermark, s3=s3)
+            preps.setdefault(task.key, _Prep(task)).rows.add(row.row_id)
+        per_row[row.row_id] = mine
+    return preps, per_row
+
+
+def default_video_name(row: Row, attempt: int) -> str:
+    base = row.video_name or f"assetprep-{row.row_id[:16]}"
+    return base if attempt == 0 else f"{base}-retry{attempt}"
+
+
+class _TokenBucket:
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.tokens = 1.0
+        self.stamp = time.monotonic()
+
+    def wait(self, stop: threading.Event) -> None:
+        if not self.rate:
+            return
+        while not stop.is_set():
+            now = time.monotonic()
+            self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            stop.wait((1 - self.tokens) / self.rate)
+
+
+class _Batch:
+    def __init__(self, manifest: Manifest, rows: list[Row], options: BatchOptions, settings: PublishSettings,
+                 client: TavusClient, s3_client: Any, executor: Executor, journal: BatchJournal, folder: Path,
+                 out_dir: Path, on_event: Any) -> None:  # fmt: skip
+        self.manifest = manifest
+        self.rows = {r.row_id: r for r in rows}
+        self.order = [r.row_id for r in rows]
+        self.o = options
+        self.settings = settings
+        self.client = client
+        self.s3 = s3_client
+        self.executor = executor
+        self.journal = journal
+        self.dir = folder
+        self.out_dir = out_dir
+        self.on_event = on_event
+        self.stop = threading.Event()
+        self.lock = threading.RLock()
+        self.started = time.monotonic()
+        assert options.deadline is not None and options.poll_interval is not None
+        self.end = self.started + options.deadline
+        self.submit_q: queue.Queue[str] = queue.Queue()
+        self.finished: queue.Queue[tuple[str, Future[PrepResult]]] = queue.Queue()
+        self.downloads = ThreadPoolExecutor(options.downloads, thread_name_prefix="assetprep-download")
+        self.download_futures: dict[str, Future[None]] = {}
+        self.receiver: CallbackReceiver | None = None
+        self.prepared_now = 0
+        self.http = httpx.Client(timeout=15.0, follow_redirects=True)
+        self.failures = 0
+        self.results_dirty = True
+        self.results_written = 0.0
+        self.preps: dict[str, _Prep] = {}
+        self.per_row: dict[str, dict[str, str]] = {}
+        self.submitter_thread: threading.Thread | None = None
+
+    # -- journal helpers --
+
+    def state(self, row_id: str) -> dict[str, Any]:
+        return self.journal.row(row_id)
+
+    def fail(self, row_id: str, reason: str) -> None:
+        with self.lock:
+            self.journal.update_row(row_id, state="failed", error=reason)
+            self.failures += 1
+            self.results_dirty = True
+        log.warning("%s failed: %s", self.rows[row_id].where, reason)
+
+    # -- preparation --
+
+    def start_preps(self, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]]) -> None:
+        self.preps = preps
+        self.per_row = per_row
+        needed = {k for rid in self.order if self.state(rid)["state"] == "pending" for k in per_row[rid].values()}
+        for key, prep in preps.items():
+            done = self.journal.prep(key)
+            if done and done["state"] == "uploaded":
+                prep.state, prep.result = "uploaded", done
+                continue
+            if key not in needed:
+                continue
+            if done and done["state"] == "failed" and not self.o.retry_failed:
+                prep.state, prep.error = "failed", done.get("error")
+                continue
+            found = find_uploaded(prep.task, self.s3) if self.s3 is not None else None
+            if found is not None:  # finished by a run that died before journaling it
+                self.journal.put_prep(key, prep.task.kind, "uploaded", **found)
+                prep.state, prep.result = "uploaded", found
+                continue
+            prep.state = "running"
+            future = self.executor.submit(prep.task)
+            future.add_done_callback(lambda f, k=key: self.finished.put((k, f)))
+        for rid in self.order:
+            self.maybe_ready(rid)
+
+    def prep_done(self, key: str, future: Future[PrepResult]) -> None:
+        prep = self.preps[key]
+        try:
+            result = future.result()
+        except CancelledError:
+            return
+        except AssetprepError as exc:
+            prep.state, prep.error = "failed", f"{prep.task.kind}: {exc}"
+        except Exception as exc:  # a worker lost (Ray), a bug: the rows fail with the reason, the batch goes on
+            prep.state, prep.error = "failed", f"{prep.task.kind}: {type(exc).__name__}: {exc}"
+        else:
+            self.prepared_now += 1
+            prep.state = "uploaded"
+            prep.result = result.model_dump(exclude={"key"})
+            self.journal.put_prep(key, prep.task.kind, "uploaded", **prep.result)
+        if prep.state == "failed":
+            self.journal.put_prep(key, prep.task.kind, "failed", error=prep.error)
+        for rid in sorted(prep.rows, key=self.order.index):
+            self.maybe_ready(rid)
+
+    def url_for(self, prep: _Prep) -> str:
+        """A presigned, preflighted URL for a prepared object that outlives this run's deadline."""
+        need = (self.end - time.monotonic()) + _URL_MARGIN
+        now = time.time()
+        if prep.url is None or prep.result.get("expires_at", 0) < now + need:
+            expires = min(7 * 24 * 3600.0, max(need, 6 * 3600.0))
+            url, expires_at = presign(self.s3, prep.task.s3.bucket, prep.result["s3_key"], expires_in=expires)
+            preflight(url, content_type=prep.result.get("content_type") or None, size=prep.result.get("size"),
+                      http=self.http)  # fmt: skip
+            prep.url = url
+            prep.result["expires_at"] = expires_at.timestamp()
+        return prep.url
+
+    def maybe_ready(self, row_id: str) -> None:
+        """Queue a pending row for submission once every preparation it needs is uploaded."""
+        if self.state(row_id)["state"] != "pending":
+            return
+        mine = {kind: self.preps[key] for kind, key in self.per_row[row_id].items()}
+        failed = [p.error for p in mine.values() if p.state == "failed"]
+        if failed:
+            self.fail(row_id, str(failed[0]))
+            return
+        audio = mine.get("audio")
+        if audio is not None and audio.state == "uploaded":
+            duration = float((audio.result.get("facts") or {}).get("duration") or 0.0)
+            if problem := tavus_audio_problem(duration):
+                self.fail(row_id, f"{problem}; not submitted")  # known before paying for a video that would fail
+                return
+        if all(p.state == "uploaded" for p in mine.values()):
+            seconds = max((float(p.result.get("seconds") or 0) for p in mine.values()), default=0.0)
+            where = {k: {"node": p.result.get("node"), "pid": p.result.get("pid")} for k, p in mine.items()
+                     if p.result.get("node")}  # fmt: skip
+            self.journal.update_row(row_id, data={"prepare_s": round(seconds, 3), "prepared_on": where})
+            self.submit_q.put(row_id)
+
+    # -- submit --
+
+    def in_flight(self) -> int:
+        return sum(1 for r in self.journal.rows() if r["state"] in ("submitting", "submitted", "ready")
+                   and r["row_id"] in self.rows)  # fmt: skip
+
+    def submitter(self) -> None:
+        bucket = _TokenBucket(self.o.submit_rate)
+        while not self.stop.is_set():
+            try:
+                row_id = self.submit_q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            while not self.stop.is_set() and self.in_flight() >= self.o.max_in_flight:
+                self.stop.wait(0.2)
+            if self.stop.is_set():
+                return
+            if self.o.max_failures is not None and self.failures >= self.o.max_failures:
+                continue  # stays pending: reported as not started
+            bucket.wait(self.stop)
+            if self.stop.is_set():
+                return
+            try:
+                self.submit(row_id)
+            except RateLimitError as exc:
+                # The client already honoured Retry-After several times: the whole stage pauses, the row waits.
+                log.warning("rate limited for longer than the client retries (%s); pausing submits", exc.message)
+                self.submit_q.put(row_id)
+                self.stop.wait(10.0)
+            except Exception as exc:  # never let the submit stage die silently
+                self.fail(row_id, f"submit: {exc}")
+
+    def submit(self, row_id: str) -> None:
+        row = self.rows[row_id]
+        st = self.state(row_id)
+        if st["state"] != "pending":
+            return
+        urls = {kind: self.url_for(self.preps[key]) for kind, key in self.per_row[row_id].items()}
+        opts = PublishOptions(
+            replica_id=row.options.replica_id, script=row.script, audio=row.audio, background=row.background,
+            fast=row.options.fast, composite_locally=row.options.composite_locally, watermark=row.watermark,
+            callback_url=row.options.callback_url,
+        )  # fmt: skip
+        fields = request_fields(opts, urls, None)
+        if self.receiver is not None and not row.options.callback_url:
+            fields["callback_url"] = self.receiver.url
+        name = default_video_name(row, st["attempt"])
+        # Journaled before the POST: a lost answer or a crash is reconciled by this name, never sent twice.
+        self.journal.update_row(row_id, state="submitting", video_name=name,
+                                data={"submitted_at": time.time()})  # fmt: skip
+        t0 = time.monotonic()
+        try:
+            video = self.client.create_video({**fields, "video_name": name})
+        except OutcomeUnknownError:
+            log.warning("%s: the answer to the create was lost; it is looked up by name", row.where)
+            return
+        except TavusError as exc:
+            if isinstance(exc, RateLimitError):
+                self.journal.update_row(row_id, state="pending")
+                raise
+            if exc.status_code is not None and exc.status_code >= 500:
+                self.journal.update_row(row_id, state="pending")  # never arrived (503) or retried out: try later
+                self.submit_q.put(row_id)
+                self.stop.wait(5.0)
+                return
+            self.fail(row_id, f"create: {exc.message}")
+            return
+        _crash_point("batch-after-post")
+        took = round(time.monotonic() - t0, 3)
+        self.journal.update_row(row_id, state="submitted", video_id=video.video_id,
+                                data={"submit_s": took, "hosted_url": video.hosted_url})  # fmt: skip
+        self.results_dirty = True
+
+    # -- reconcile, wait, download --
+
+    def reconcile(self) -> None:
+        """Rows whose create may have happened (state submitting, or a lost journal): adopt by name, one listing."""
+        rows = [r for r in self.journal.rows() if r["row_id"] in self.rows]
+        unsure = {r["video_name"]: r for r in rows if r["state"] == "submitting"}
+        fresh = {default_video_name(self.rows[r["row_id"]], r["attempt"]): r for r in rows
+                 if r["state"] == "pending" and self.rows[r["row_id"]].video_name is None}  # fmt: skip
+        if not unsure and not fresh:
+            return
+        found: dict[str, Video] = {}
+        for video in self.client.list_videos(page_size=_PAGE):
+            name = video.video_name or ""
+            if (name in unsure or name in fresh) and name not in found and video.status != "deleted":
+                found[name] = video  # newest first: the first one seen is the newest
+        for name, r in {**fresh, **unsure}.items():
+            video = found.get(name)
+            if video is not None:
+                self.journal.update_row(r["row_id"], state="submitted", video_id=video.video_id, video_name=name,
+                                        data={"reconciled": True, "hosted_url": video.hosted_url})  # fmt: skip
+            elif r["state"] == "submitting":
+                self.journal.update_row(r["row_id"], state="pending")  # it never arrived: safe to send
+
+    def waiting(self) -> dict[str, str]:
+        """video_id → row_id of the submitted rows not yet ready."""
+        return {r["video_id"]: r["row_id"] for r in self.journal.rows()
+                if r["state"] == "submitted" and r["row_id"] in self.rows and r["video_id"]}  # fmt: skip
+
+    def poll(self) -> None:
+        ids = self.waiting()
+        unsure = {r["video_name"]: r["row_id"] for r in self.journal.rows()
+                  if r["state"] == "submitting" and r["row_id"] in self.rows}  # fmt: skip
+        if not ids and not unsure:
+            return
+        seen: dict[str, Video] = {}
+        if len(ids) < _GET_BELOW and not unsure:
+            for vid in ids:
+                with contextlib.suppress(NotFoundError):
+                    seen[vid] = self.client.get_video(vid)
+        else:
+            for video in self.client.list_videos(page_size=_PAGE):
+                if video.video_id in ids:
+                    seen[video.video_id] = video
+                elif video.video_name in unsure and video.status != "deleted":
+                    rid = unsure.pop(video.video_name)
+                    self.journal.update_row(rid, state="submitted", video_id=video.video_id,
+                                            data={"reconciled": True, "hosted_url": video.hosted_url})  # fmt: skip
+                    ids[video.video_id] = rid
+                    seen[video.video_id] = video
+                if len(seen) == len(ids) and not unsure:
+                    break  # newest first: our videos are near the top
+            for vid in set(ids) - set(seen):
+                with contextlib.suppress(NotFoundError):
+                    seen[vid] = self.client.get_video(vid)
+        for vid, rid in ids.items():
+            video = seen.get(vid)
+            if video is None:
+                self.fail(rid, f"the API at {self.client.base_url} does not know video {vid} (deleted, or another "
+                               "host/sandbox): rerun with --retry-failed to make it again")  # fmt: skip
+            else:
+                self.route(rid, video)
+
+    def route(self, row_id: str, video: Video) -> None:
+        if video.status == "ready":
+            if self.state(row_id)["state"] == "submitted":
+                submitted = self.state(row_id)["data"].get("submitted_at") or time.time()
+                self.journal.update_row(row_id, state="ready", data={"wait_s": round(time.time() - submitted, 3),
+                                                                      "hosted_url": video.hosted_url})  # fmt: skip
+            self.start_download(row_id, video)
+        elif video.status in ("error", "deleted"):
+            self.fail(row_id, f"video {video.video_id} ended in {video.status}: {video.failure()}")
+
+    def start_download(self, row_id: str, video: Video | None) -> None:
+        if row_id in self.download_futures and not self.download_futures[row_id].done():
+            return
+        self.download_futures[row_id] = self.downloads.submit(self.download, row_id, video)
+
+    def download(self, row_id: str, video: Video | None) -> None:
+        row = self.rows[row_id]
+        t0 = time.monotonic()
+        try:
+            if video is None or not video.download_url:
+                video = self.client.get_video(self.state(row_id)["video_id"], verbose=True)
+
+            def check_stop(_p: Progress) -> None:
+                if self.stop.is_set():
+                    raise CancelledError("download stopped")
+
+            row.output.parent.mkdir(parents=True, exist_ok=True)
+            if row.options.composite_locally:
+                layer = self.dir / "tavus" / f"{row_id}.webm"
+                layer.parent.mkdir(parents=True, exist_ok=True)
+                self.client.download(video, layer, on_progress=check_stop)
+                bg = self.preps[self.per_row[row_id]["background"]].result.get("path")
+                if not bg or not Path(bg).is_file():
+                    raise ConfigError("composite_locally needs the prepared background on this machine",
+                                      hint="run without --ray-address for composited rows")  # fmt: skip
+                composite(layer, Path(bg), row.output, layout=row.options.layout)
+                layer.unlink(missing_ok=True)
+            else:
+                self.client.download(video, row.output, on_progress=check_stop)
+            info = probe(row.output)
+            sha = hashlib.sha256(row.output.read_bytes()).hexdigest()
+            poster = self.poster(row.output, row_id)
+        except CancelledError:
+            return
+        except AssetprepError as exc:
+            self.fail(row_id, f"download: {exc}")
+            return
+        except Exception as exc:
+            self.fail(row_id, f"download: {type(exc).__name__}: {exc}")
+            return
+        self.journal.update_row(row_id, state="downloaded", error=None, data={
+            "output": str(row.output), "sha256": sha, "download_s": round(time.monotonic() - t0, 3),
+            "duration": info.duration, "poster": str(poster) if poster else None, "hosted_url": video.hosted_url,
+        })  # fmt: skip
+        self.results_dirty = True
+        _crash_point("batch-after-download")
+
+    def poster(self, clip: Path, row_id: str) -> Path | None:
+        """A small JPEG of the finished video for the report."""
+        data = poster_jpeg(clip)
+        if not data:
+            return None
+        out = self.dir / "posters" / f"{row_id}.jpg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        return out
+
+    def recheck_downloaded(self) -> None:
+        """A downloaded row whose file is gone or changed (or whose output moved) is downloaded again."""
+        for r in self.journal.rows():
+            if r["row_id"] not in self.rows or r["state"] != "downloaded":
+                continue
+            out = self.rows[r["row_id"]].output
+            ok = out.is_file() and str(out) == r["data"].get("output")
+            if ok and out.stat().st_size and hashlib.sha256(out.read_bytes()).hexdigest() == r["data"].get("sha256"):
+                continue
+            self.journal.update_row(r["row_id"], state="ready")
+
+    # -- progress and results --
+
+    def snapshot(self) -> BatchProgress:
+        rows = [r for r in self.journal.rows() if r["row_id"] in self.rows]
+        states = Counter(r["state"] for r in rows)
+        elapsed = time.monotonic() - self.started
+        done_now = sum(1 for r in rows if r["state"] in FINAL and r["updated"] >= time.time() - elapsed)
+        rate = done_now / elapsed * 60 if elapsed > 1 and done_now else None
+        remaining = len(rows) - states["downloaded"] - states["failed"]
+        preps = list(self.preps.values())
+        return BatchProgress(
+            total=len(rows), states=dict(states), preps_total=len(preps),
+            preps_done=sum(1 for p in preps if p.state in ("uploaded", "failed")), elapsed=elapsed, rate=rate,
+            eta=remaining / rate * 60 if rate else None,
+        )  # fmt: skip
+
+    def result_rows(self) -> list[dict[str, Any]]:
+        out = []
+        states = {r["row_id"]: r for r in self.journal.rows()}
+        for rid in self.order:
+            row, st = self.rows[rid], states[rid]
+            data = st["data"]
+            status = st["state"]
+            error = st["error"] or ""
+            if status == "pending" and self.o.max_failures is not None and self.failures >= self.o.max_failures:
+                error = error or f"not started: --max-failures {self.o.max_failures} reached"
+            out.append({
+                **row.values, "row": row.number, "row_id": rid, "video_name": st["video_name"] or "",
+                "video_id": st["video_id"] or "", "status": status, "hosted_url": data.get("hosted_url") or "",
+                "output": str(row.output) if status == "downloaded" else "", "error": error,
+                "prepare_s": data.get("prepare_s", ""), "submit_s": data.get("submit_s", ""),
+                "wait_s": data.get("wait_s", ""), "download_s": data.get("download_s", ""),
+                "prepared_on": json.dumps(data["prepared_on"]) if data.get("prepared_on") else "",
+                "_poster": data.get("poster"), "_background": self._background_file(rid),
+            })  # fmt: skip
+        return out
+
+    def _background_file(self, row_id: str) -> str | None:
+        key = self.per_row.get(row_id, {}).get("background")
+        return self.preps[key].result.get("path") if key else None
+
+    def write_results(self, *, force: bool = False) -> Path:
+        path = self.out_dir / "results.csv"
+        if not force and (not self.results_dirty or time.monotonic() - self.results_written < 1.0):
+            return path
+        self.results_dirty = False
+        self.results_written = time.monotonic()
+        write_results_csv(path, self.manifest.columns, self.result_rows())
+        return path
+
+
+RESULT_COLUMNS = ("row", "video_name", "video_id", "status", "hosted_url", "output", "error", "prepare_s", "submit_s",
+                  "wait_s", "download_s", "prepared_on")  # fmt: skip
+
+
+def write_results_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """Every input column, then the outcome columns; atomically replaced (a reader never sees half a sheet)."""
+    head = [c for c in columns if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, head, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(r)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+
+
+_NO_PICTURE = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="320" height="180"><rect width="320" height="180" fill="#ddd"/>'
+    b'<text x="160" y="95" font-size="16" text-anchor="middle" fill="#777">no picture</text></svg>'
+)
+
+
+def poster_jpeg(clip: str | os.PathLike[str]) -> bytes | None:
+    """A 320 px wide JPEG of a clip at 1 s (its middle when shorter), or None when it cannot be read."""
+    try:
+        duration = probe(clip).duration or 0.0
+        return _process.run(
+            [_process.find_tool("ffmpeg"), "-hide_banner", "-nostdin", "-loglevel", "error",
+             "-ss", f"{min(1.0, duration / 2):.3f}", "-i", os.fspath(clip), "-frames:v", "1",
+             "-vf", "scale=320:-2", "-q:v", "5", "-f", "mjpeg", "pipe:1"],
+            timeout=60, what="ffmpeg (poster)",
+        ).stdout or None  # fmt: skip
+    except AssetprepError:
+        return None
+
+
+def _image_uri(path: str | None, clip: str | None) -> str:
+    """The row's poster, else a frame of its background (a failed video), else a grey placeholder."""
+    data = Path(path).read_bytes() if path and Path(path).is_file() else None
+    if data is None and clip and Path(clip).is_file():
+        data = poster_jpeg(clip)
+    if data:
+        return "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    return "data:image/svg+xml;base64," + base64.b64encode(_NO_PICTURE).decode()
+
+
+def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
+    """One self-contained HTML file (no external assets): totals and a card per row with a poster frame."""
+    counts = Counter(r["status"] for r in rows)
+    cards = []
+    for r in rows:
+        img = _image_uri(r.get("_poster"), r.get("_background"))
+        links = []
+        if r.get("output"):
+            rel = os.path.relpath(r["output"], path.parent)
+            links.append(f'<a href="{html.escape(rel)}">file</a>')
+        if r.get("hosted_url"):
+            links.append(f'<a href="{html.escape(r["hosted_url"])}">hosted</a>')
+        error = f'<p class="err">{html.escape(r["error"])}</p>' if r.get("error") else ""
+        cards.append(
+            f'<div class="card {html.escape(r["status"])}"><img alt="" src="{img}">'
+            f"<h3>{html.escape(r.get('video_name') or 'row ' + str(r['row']))}</h3>"
+            f"<p>row {r['row']} · <b>{html.escape(r['status'])}</b> · {html.escape(r.get('video_id') or '')}</p>"
+            f"{error}<p>{' · '.join(links)}</p></div>"
+        )
+    totals = " · ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
+body{{font-family:sans-serif;margin:24px;background:#fafafa}}.grid{{display:flex;flex-wrap:wrap;gap:16px}}
+.card{{width:320px;background:#fff;border:1px solid #ddd;border-radius:6px;overflow:hidden}}
+.card img{{width:320px;display:block}}.card h3,.card p{{margin:6px 10px;font-size:14px;word-break:break-all}}
+.failed{{border-color:#c33}}.err{{color:#c33}}</style></head><body>
+<h1>{html.escape(title)}</h1><p class="totals">{len(rows)} rows · {html.escape(totals)} · {when}</p>
+<div class="grid">{"".join(cards)}</div></body></html>"""
+    with atomic_output(path) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
+    return path
+
+
+def _check_replicas(client: TavusClient, rows: list[Row]) -> list[str]:
+    problems = []
+    for rid in sorted({r.options.replica_id for r in rows}):
+        try:
+            replica = client.get_replica(rid)
+        except NotFoundError:
+            where = ", ".join(r.where for r in rows if r.options.replica_id == rid)[:200]
+            problems.append(f"replica_id {rid!r} ({where}): not found at {client.base_url}")
+            continue
+        if replica.status == "error":
+            problems.append(f"replica_id {rid!r} is in an error state: {replica.error_message or ''}".rstrip(": "))
+    return problems
+
+
+def _plan(manifest: Manifest, rows: list[Row], preps: dict[str, _Prep]) -> dict[str, Any]:
+    kinds = Counter(p.task.kind for p in preps.values())
+    return {
+        "rows": len(rows), "backgrounds": kinds.get("background", 0), "audio_files": kinds.get("audio", 0),
+        "watermarks": kinds.get("watermark", 0), "uploads": len(preps), "videos": len(rows),
+        "replicas": sorted({r.options.replica_id for r in rows}),
+        "first_scripts": [{"row": r.number, "script": (r.script or f"(audio {r.audio})")[:300]} for r in rows[:3]],
+        "outputs": [str(r.output) for r in rows[:3]],
+    }  # fmt: skip
+
+
+def batch_publish(
+    manifest: str | os.PathLike[str],
+    options: BatchOptions | None = None,
+    *,
+    client: TavusClient | None = None,
+    s3_client: Any = None,
+    settings: PublishSettings | None = None,
+    executor: Executor | None = None,
+    on_event: Any = None,
+) -> BatchResult:
+    """Make one video per manifest row (resumable: rerun the same command to continue). `on_event` gets a
+    BatchProgress about once a second. Rows that fail are reported in the result; they do not raise."""
+    options = options or BatchOptions()
+    settings = settings or PublishSettings()
+    started = time.monotonic()
+    path = Path(manifest)
+    defaults: dict[str, Any] = {}
+    replica = options.replica_id or settings.replica_id
+    if replica:
+        defaults["replica_id"] = replica
+    loaded = load_manifest(path, defaults=defaults, out_dir=options.out_dir)
+    rows = [r for r in loaded.rows if options.rows is None or r.number in options.rows]
+    if options.rows is not None and not rows:
+        raise ManifestError(f"--rows selects none of the {len(loaded.rows)} rows of {path}")
+    out_dir = (options.out_dir or loaded.path.parent / f"{loaded.path.stem}-videos").resolve()
+    options = options.model_copy(update={
+        "deadline": options.deadline or parse_duration(settings.deadline, what="deadline setting"),
+        "poll_interval": options.poll_interval or settings.poll_interval,
+    })  # fmt: skip
+    bucket = options.bucket or settings.bucket
+    needs_upload = any(r.background or r.audio or (r.watermark and not is_http_url(r.watermark)) for r in rows)
+    if needs_upload and not bucket:
+        raise ConfigError("no bucket for the prepared files", hint="pass --bucket or set ASSETPREP_BUCKET")
+    s3_settings = S3Settings()
+    endpoint = s3_client.meta.endpoint_url if s3_client is not None else (
+        os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))  # fmt: skip
+    target = S3Target(bucket=bucket or "-", prefix=options.prefix or settings.prefix, endpoint_url=endpoint,
+                      region=os.environ.get("AWS_REGION") or None)  # fmt: skip
+    batch_id, folder = batch_dir_for(loaded.path, settings, options.batch_id)
+    keep = None if options.ray_address else folder / "prep"
+    preps, per_row = plan_preparations(rows, settings=settings, options=options, s3=target, keep_dir=keep)
+    client = client or TavusClient()
+
+    if options.dry_run:
+        problems = _check_replicas(client, rows)
+        if problems:
+            raise ManifestError(f"{path}: {len(problems)} problem(s)", problems=problems)
+        plan = _plan(loaded, rows, preps)
+        return BatchResult(batch_id=batch_id, batch_dir=folder, out_dir=out_dir, results_csv=None, report_html=None,
+                           counts={}, rows=[], superseded=[], preparations=len(preps), prepared_now=0,
+                           executor="ray" if options.ray_address else "local", seconds=time.monotonic() - started,
+                           dry_run=True, plan=plan)  # fmt: skip
+
+    lock = RunLock(folder, what="batch")
+    journal: BatchJournal | None = None
+    run: _Batch | None = None
+    try:
+        journal = open_checked(folder / "journal.sqlite", client.base_url,
+                               fresh_flag=f"--batch-id NEW (or delete {folder})")  # fmt: skip
+        journal.set_meta("manifest", str(loaded.path))
+        journal.add_rows([(r.row_id, r.number) for r in rows])
+        if needs_upload and s3_client is None:
+            s3_client = make_s3_client(s3_settings)
+        executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
+        run = _Batch(loaded, rows, options, settings, client, s3_client, executor, journal, folder, out_dir, on_event)
+        _run(run, preps, per_row)
+        _shutdown(run)
+        results = run.result_rows()
+        superseded = [] if options.rows is not None else [
+            {"row_id": r["row_id"], "row": r["row_number"], "video_id": r["video_id"], "state": r["state"],
+             "video_name": r["video_name"]} for r in journal.rows() if r["row_id"] not in run.rows
+        ]  # fmt: skip
+    except BaseException:
+        _process.cancel_all()  # Ctrl-C, SIGTERM, a bug: recordings and encodes in worker threads stop now
+        raise
+    finally:
+        if run is not None:
+            _shutdown(run)
+        if journal is not None:
+            journal.close()
+        lock.close()
+        _process.reset_cancel()
+    report = write_report(out_dir / "report.html", f"assetprep batch {loaded.path.name}", results)
+    counts = Counter(r["status"] for r in results)
+    public_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
+    return BatchResult(
+        batch_id=batch_id, batch_dir=folder, out_dir=out_dir, results_csv=out_dir / "results.csv",
+        report_html=report, counts=dict(counts), rows=public_rows, superseded=superseded, preparations=len(preps),
+        prepared_now=run.prepared_now, executor=run.executor.name, seconds=time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]]) -> None:
+    o = run.o
+    if o.retry_failed:
+        for r in run.journal.rows():
+            if r["row_id"] in run.rows and r["state"] == "failed":
+                attempt = r["attempt"] + (1 if r["video_id"] or r["video_name"] else 0)
+                run.journal.update_row(r["row_id"], state="pending", error=None, video_id=None, attempt=attempt)
+    run.recheck_downloaded()
+    run.reconcile()
+    if o.listen:
+        run.receiver = CallbackReceiver(o.listen)
+    run.submitter_thread = threading.Thread(target=run.submitter, name="assetprep-submit", daemon=True)
+    run.start_preps(preps, per_row)
+    run.submitter_thread.start()
+    for r in run.journal.rows():  # ready but not downloaded (a crash between the two)
+        if r["row_id"] in run.rows and r["state"] == "ready":
+            run.start_download(r["row_id"], None)
+    assert o.poll_interval is not None
+    sweep = max(30.0, o.poll_interval * 6) if run.receiver else o.poll_interval
+    next_poll = time.monotonic()
+    next_event = 0.0
+    while True:
+        while True:
+            try:
+                key, future = run.finished.get_nowait()
+            except queue.Empty:
+                break
+            run.prep_done(key, future)
+        now = time.monotonic()
+        if run.receiver is not None:
+            waiting = run.waiting()
+            for event in run.receiver.drain():
+                rid = waiting.get(event["video_id"])
+                if rid is not None:
+                    with contextlib.suppress(NotFoundError):
+                        run.route(rid, run.client.get_video(event["video_id"]))
+        if now >= next_poll:
+            run.poll()
+            next_poll = time.monotonic() + sweep
+        run.write_results()
+        if run.on_event is not None and now >= next_event:
+            run.on_event(run.snapshot())
+            next_event = now + 1.0
+        if _finished(run):
+            break
+        if time.monotonic() > run.end:
+            log.warning("the batch deadline passed; rows still rendering are picked up by the next run")
+            break
+        time.sleep(min(0.2, o.poll_interval))
+    if run.on_event is not None:
+        run.on_event(run.snapshot())
+
+
+def _finished(run: _Batch) -> bool:
+    states = [r["state"] for r in run.journal.rows() if r["row_id"] in run.rows]
+    if any(s in ("submitting", "submitted", "ready") for s in states):
+        return False
+    if any(not f.done() for f in run.download_futures.values()):
+        return False
+    pending = [s for s in states if s == "pending"]
+    if not pending:
+        return True
+    blocked = run.o.max_failures is not None and run.failures >= run.o.max_failures
+    preparing = any(p.state == "running" for p in run.preps.values()) or not run.finished.empty()
+    return blocked and not preparing and run.submit_q.empty()
+
+
+def _shutdown(run: _Batch) -> None:
+    if run.stop.is_set():
+        return
+    run.stop.set()
+    _process.cancel_all()  # preparations still running (deadline, Ctrl-C) stop at their next frame or child
+    run.executor.close(cancel=True)
+    if run.submitter_thread is not None:
+        run.submitter_thread.join(
+            timeout=40
+        )  # one POST at most (its timeout is 30 s); it was journaled before it was sent
+    run.downloads.shutdown(wait=True, cancel_futures=True)
+    if run.receiver is not None:
+        run.receiver.close()
+    run.http.close()
+    with contextlib.suppress(Exception):
+        run.write_results(force=True)

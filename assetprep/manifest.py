@@ -1,0 +1,400 @@
+"""Batch manifests: CSV / YAML / JSONL rows → validated, rendered publish options, with every problem row-numbered.
+
+Columns named like publish's options are options; every other column is a template variable. `script` (and the
+text of `script_file`), `video_name`, `output` and `background` are Jinja2 templates rendered in the sandboxed
+environment with StrictUndefined, so a manifest from a third party cannot reach Python internals and a misspelt
+variable is an error, not an empty string. Everything is checked before anything runs; problems are reported together.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import jinja2.sandbox
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ManifestError
+
+# Options a column may set; the rest of the columns are template variables.
+OPTION_COLUMNS = (
+    "replica_id", "script", "script_file", "audio", "background", "background_seconds", "background_preset",
+    "scroll", "scroll_depth", "scroll_return", "fast", "composite_locally", "layout", "video_name", "output",
+    "callback_url", "watermark",
+)  # fmt: skip
+TEMPLATED = ("script", "video_name", "output", "background")
+_PAGE_SUFFIXES = (".html", ".htm")
+_CLIP_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg")
+_MAX_SCRIPT = 20000  # characters; far past what one video should say (Tavus advises splitting over 5 minutes)
+
+
+def slug(value: Any) -> str:
+    """`Acme Café, Inc.` → `acme-cafe-inc`: safe in file names and video names."""
+    text = unicodedata.normalize("NFKD", str(value)).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+_ENV = jinja2.sandbox.SandboxedEnvironment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+)
+_ENV.filters["slug"] = slug
+
+
+class RowOptions(BaseModel):
+    """The typed options of one row after defaults are applied (strings from CSV are coerced)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replica_id: str = Field(min_length=1)
+    background_seconds: float = Field(default=10.0, gt=0, le=120)
+    background_preset: str | None = None
+    scroll: Literal["none", "smooth", "human"] = "human"
+    scroll_depth: Literal["middle", "bottom"] | int = "middle"
+    scroll_return: Literal["return", "halt"] = "return"
+    fast: bool = False
+    composite_locally: bool = False
+    layout: Literal["bubble-bottom-right", "left-third", "full"] = "bubble-bottom-right"
+    callback_url: str | None = None
+
+
+class Row(BaseModel):
+    """One manifest row, rendered and checked: what batch needs to make its video."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int  # spreadsheet row (CSV: header = 1), JSONL line, or YAML rows[] index + 1
+    where: str  # how messages name it: "row 3", "line 3", "rows[2]"
+    row_id: str  # hash of the rendered content: the row's identity across reruns
+    values: dict[str, str]  # every input column as given (for results.csv)
+    options: RowOptions
+    script: str | None = None
+    audio: Path | None = None
+    background: str | None = None  # an http(s) URL or an absolute local path
+    watermark: str | None = None
+    video_name: str | None = None
+    output: Path
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    columns: list[str]  # input columns in their order (variables and options)
+    rows: list[Row]
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_http_url(text: str) -> bool:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", text)
+    return bool(m) and m.group(1).lower() in ("http", "https")
+
+
+def _url_problem(text: str) -> str | None:
+    """Why `text` is not a usable http(s) URL (None when it is)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        return f"malformed URL {text!r}: {exc}"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or " " in text:
+        return f"not an http(s) URL: {text!r}"
+    return None
+
+
+# --- reading ---------------------------------------------------------------------------------------------------------
+
+
+def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[str, Any], list[str]]:
+    """(rows as (number, where, values), YAML defaults, problems) of a manifest file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path} is not UTF-8 text (byte {exc.start})", hint="save it as UTF-8") from None
+    suffix = path.suffix.lower()
+    problems: list[str] = []
+    rows: list[tuple[int, str, dict[str, Any]]] = []
+    defaults: dict[str, Any] = {}
+    if suffix == ".csv":
+        reader = csv.reader(io.StringIO(text, newline=""))
+        try:
+            records = list(reader)
+        except csv.Error as exc:
+            raise ManifestError(f"{path}: not valid CSV: {exc}") from None
+        if not records or not any(h.strip() for h in records[0]):
+            raise ManifestError(f"{path} has no header row", hint="the first row names the columns")
+        header = [h.strip() for h in records[0]]
+        for name in {h for h in header if header.count(h) > 1}:
+            problems.append(f"row 1: column {name!r} appears twice")
+        for i, record in enumerate(records[1:], start=2):
+            if not any(cell.strip() for cell in record):
+                continue  # blank lines at the end of a spreadsheet export
+            if len(record) > len(header):
+                problems.append(f"row {i}: {len(record)} cells but only {len(header)} columns")
+            values = {h: c for h, c in zip(header, record, strict=False) if h and c.strip() != ""}
+            rows.append((i, f"row {i}", values))
+    elif suffix in (".jsonl", ".ndjson"):
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                problems.append(f"line {i}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(value, dict):
+                problems.append(f"line {i}: must be a JSON object")
+                continue
+            rows.append((i, f"line {i}", {k: v for k, v in value.items() if v is not None and v != ""}))
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+            raise ManifestError(f"{path}: expected a mapping with a 'rows:' list (and optional 'defaults:')")
+        unknown = sorted(set(doc) - {"defaults", "rows"})
+        if unknown:
+            problems.append(f"top level: unknown key(s) {', '.join(map(str, unknown))} (expected defaults, rows)")
+        defaults = doc.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            problems.append("defaults: must be a mapping")
+            defaults = {}
+        for i, value in enumerate(doc["rows"]):
+            if not isinstance(value, dict):
+                problems.append(f"rows[{i}]: must be a mapping")
+                continue
+            rows.append((i + 1, f"rows[{i}]", {str(k): v for k, v in value.items() if v is not None and v != ""}))
+    else:
+        raise ManifestError(f"{path}: unknown manifest type {suffix or '(none)'}", hint="use .csv, .yaml or .jsonl")
+    if not rows and not problems:
+        raise ManifestError(f"{path} has no rows")
+    return rows, defaults, problems
+
+
+# --- rendering and checking ------------------------------------------------------------------------------------------
+
+
+def _render(template: str, variables: dict[str, Any], where: str, column: str, problems: list[str]) -> str | None:
+    try:
+        return _ENV.from_string(template).render(variables)
+    except jinja2.exceptions.UndefinedError as exc:
+        known = ", ".join(sorted(variables)) or "none"
+        problems.append(f"{where}, column {column}: template variable missing: {exc.message} (columns: {known})")
+    except jinja2.exceptions.SecurityError as exc:
+        problems.append(f"{where}, column {column}: template not allowed: {exc}")
+    except jinja2.exceptions.TemplateSyntaxError as exc:
+        problems.append(f"{where}, column {column}: template syntax error: {exc.message}")
+    except Exception as exc:  # a template can raise anything a filter raises (e.g. a division by zero)
+        problems.append(f"{where}, column {column}: template failed: {type(exc).__name__}: {exc}")
+    return None
+
+
+def _local(base: Path, text: str) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def load_manifest(
+    path: str | Path,
+    *,
+    defaults: dict[str, Any] | None = None,
+    out_dir: Path | None = None,
+) -> Manifest:
+    """Parse, render and check a manifest; raise ManifestError listing every problem (row and column) at once.
+
+    `defaults` (options of the command line and settings) apply under the YAML `defaults:` and the row's own cells.
+    Relative paths resolve against the manifest's folder; default outputs go to `out_dir`.
+    """
+    path = Path(path).resolve()
+    base = path.parent
+    out_dir = (out_dir or base / f"{path.stem}-videos").resolve()
+    raw_rows, file_defaults, problems = _read_raw(path)
+    columns: list[str] = []
+    for _, _, values in raw_rows:
+        columns += [c for c in values if c not in columns]
+    for column in columns + list(file_defaults):
+        if column in OPTION_COLUMNS or not column:
+            continue
+        close = difflib.get_close_matches(column, OPTION_COLUMNS, n=1, cutoff=0.8)
+        if close:
+            problems.append(f"column {column!r}: unknown option; did you mean {close[0]!r}?")
+
+    rows: list[Row] = []
+    seen_ids: dict[str, str] = {}
+    outputs: dict[Path, str] = {}
+    names: dict[str, str] = {}
+    script_files: dict[Path, str | None] = {}
+    shas: dict[Path, str] = {}
+    for number, where, given in raw_rows:
+        merged = {**(defaults or {}), **file_defaults, **given}
+        variables = {k: v for k, v in merged.items() if k not in OPTION_COLUMNS}
+        before = len(problems)
+        rendered: dict[str, str | None] = {}
+        for column in TEMPLATED:
+            value = merged.get(column)
+            rendered[column] = None if value is None else _render(str(value), variables, where, column, problems)
+        script = rendered["script"]
+        if merged.get("script_file") is not None:
+            sf = _local(base, str(merged["script_file"]))
+            if sf not in script_files:
+                try:
+                    script_files[sf] = sf.read_text(encoding="utf-8")
+                except FileNotFoundError:
+                    script_files[sf] = None
+                    problems.append(f"{where}, column script_file: file not found: {sf}")
+                except UnicodeDecodeError:
+                    script_files[sf] = None
+                    problems.append(f"{where}, column script_file: {sf} is not UTF-8 text")
+                except OSError as exc:
+                    script_files[sf] = None
+                    problems.append(f"{where}, column script_file: cannot read {sf}: {exc.strerror}")
+            text = script_files[sf]
+            if script is not None:
+                problems.append(f"{where}: give script or script_file, not both")
+            elif text is not None:
+                script = _render(text, variables, where, "script_file", problems)
+        audio = _local(base, str(merged["audio"])) if merged.get("audio") is not None else None
+        if (script is not None or merged.get("script") is not None or merged.get("script_file") is not None) == (
+            audio is not None
+        ):
+            problems.append(f"{where}: give exactly one of script (or script_file) and audio")
+        if script is not None and not script.strip() and audio is None:
+            problems.append(f"{where}, column script: the rendered script is empty")
+        if script is not None and len(script) > _MAX_SCRIPT:
+            problems.append(f"{where}, column script: {len(script)} characters (at most {_MAX_SCRIPT}; split it)")
+        if audio is not None and not audio.is_file():
+            problems.append(f"{where}, column audio: file not found: {audio}")
+
+        background = rendered["background"]
+        if background is not None:
+            if is_http_url(background) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", background):
+                if problem := _url_problem(background):
+                    problems.append(f"{where}, column background: {problem}")
+            else:
+                local = _local(base, background)
+                is_page = local.suffix.lower() in _PAGE_SUFFIXES or local.is_dir()
+                if not local.exists():
+                    problems.append(f"{where}, column background: file not found: {local}")
+                elif not is_page and local.suffix.lower() not in _CLIP_SUFFIXES:
+                    problems.append(f"{where}, column background: {local} is not a page, folder or video file")
+                background = str(local)
+        watermark = merged.get("watermark")
+        if watermark is not None:
+            watermark = str(watermark)
+            if is_http_url(watermark):
+                if problem := _url_problem(watermark):
+                    problems.append(f"{where}, column watermark: {problem}")
+            else:
+                mark = _local(base, watermark)
+                if mark.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                    problems.append(f"{where}, column watermark: must be a .png or .jpeg file or URL: {mark}")
+                elif not mark.is_file():
+                    problems.append(f"{where}, column watermark: file not found: {mark}")
+                watermark = str(mark)
+        if merged.get("callback_url") is not None and (problem := _url_problem(str(merged["callback_url"]))):
+            problems.append(f"{where}, column callback_url: {problem}")
+
+        typed = {k: merged[k] for k in RowOptions.model_fields if k in merged}
+        try:
+            options = RowOptions.model_validate(typed)
+        except ValidationError as exc:
+            for err in exc.errors():
+                column = ".".join(str(p) for p in err["loc"][:1]) or "?"
+                given_value = typed.get(column)
+                if err["type"] == "missing":
+                    problems.append(f"{where}: no {column} (give a column, --replica or the replica_id setting)")
+                    continue
+                problems.append(f"{where}, column {column}: {err['msg']}"
+                                + (f" (got {given_value!r})" if given_value is not None else ""))  # fmt: skip
+            continue
+        if options.composite_locally and background is None:
+            problems.append(f"{where}: composite_locally needs a background")
+        if len(problems) > before:
+            continue
+
+        video_name = rendered["video_name"]
+        identity: dict[str, Any] = {
+            "options": options.model_dump(mode="json"), "script": script, "video_name": video_name,
+            "background": background, "watermark": watermark,
+        }  # fmt: skip
+        for key, local_path in (("audio", audio), ("background", background), ("watermark", watermark)):
+            if local_path is None or is_http_url(str(local_path)):
+                continue
+            p = Path(local_path)
+            if p.is_file():
+                shas.setdefault(p, _file_sha(p))
+                identity[f"{key}_sha256"] = shas[p]
+        row_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        if row_id in seen_ids:
+            problems.append(f"{where}: the same video as {seen_ids[row_id]} (identical content); remove one")
+            continue
+        seen_ids[row_id] = where
+        if video_name is not None:
+            if not video_name.strip():
+                problems.append(f"{where}, column video_name: renders empty")
+            elif video_name in names:
+                problems.append(f"{where}, column video_name: {video_name!r} is used by {names[video_name]} too")
+            names[video_name] = where
+        if rendered["output"] is not None:
+            output = (
+                (out_dir / rendered["output"])
+                if not Path(rendered["output"]).is_absolute()
+                else Path(rendered["output"])
+            )
+        else:
+            stem = slug(video_name) if video_name else f"{number:04d}-{row_id[:8]}"
+            output = out_dir / f"{stem}.mp4"
+        output = output.resolve()
+        if output.suffix.lower() != ".mp4":
+            problems.append(f"{where}, column output: must end in .mp4: {output}")
+        if output in outputs:
+            problems.append(f"{where}, column output: {output} is written by {outputs[output]} too")
+        outputs[output] = where
+        inputs = [Path(p).resolve() for p in (audio, background, watermark) if p and not is_http_url(str(p))]
+        if output in inputs:
+            problems.append(f"{where}, column output: {output} is one of the row's inputs")
+        rows.append(Row(
+            number=number, where=where, row_id=row_id, values={k: str(v) for k, v in given.items()},
+            options=options, script=script, audio=audio, background=background, watermark=watermark,
+            video_name=video_name, output=output,
+        ))  # fmt: skip
+    if problems:
+        raise ManifestError(
+            f"{path}: {len(problems)} problem(s); nothing was started",
+            problems=problems,
+            hint=None,
+        )
+    return Manifest(path=path, columns=columns, rows=rows)
+
+
+def parse_rows(text: str) -> set[int]:
+    """`3-10,17` → {3..10, 17} (row numbers as messages show them)."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise ManifestError(f"--rows must look like 3-10,17, got {text!r}")
+        out |= set(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return out

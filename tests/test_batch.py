@@ -1,0 +1,363 @@
+"""assetprep batch: manifests, shared preparation, exactly once across kill -9, failures per row, the report.
+
+Real SeaweedFS, the sandbox over HTTP, real Chromium on pages served from 127.0.0.1, real ffmpeg.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _media import TEST_BUCKET, frame_rgb, pixel
+
+from assetprep._journal import RunLock
+from assetprep.batch import BatchOptions, batch_dir_for, batch_publish
+from assetprep.errors import JournalError, ManifestError
+from assetprep.manifest import load_manifest
+from assetprep.probe import probe
+from assetprep.publish import PublishSettings
+from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
+from assetprep.tavus import TavusClient
+
+PAGES = Path(__file__).parent / "pages"
+BROKEN_REPLICA = "re8e740a42"  # the sandbox's replica in an error state: its videos end in error
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def creates(sb: LocalSandbox) -> list[dict]:
+    return [c for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos" and c["status"] == 200]
+
+
+def api_calls(sb: LocalSandbox) -> list[dict]:
+    return [c for c in sb.calls() if c["path"].startswith("/v2/")]
+
+
+def account(sb: LocalSandbox) -> list:
+    with TavusClient(api_key=sb.api_key, base_url=sb.base_url) as c:
+        return list(c.list_videos())
+
+
+def is_red(p):
+    return p[0] > 180 and p[1] < 70 and p[2] < 70
+
+
+def is_blue(p):
+    return p[2] > 180 and p[0] < 70 and p[1] < 90
+
+
+@pytest.fixture
+def world(s3, s3_client, tmp_path):
+    """start(**sandbox options) → (sandbox, run(manifest, **BatchOptions) -> result, env for the CLI)."""
+    servers: list[LocalSandbox] = []
+
+    def start(**options):
+        sb = LocalSandbox(tmp_path / f"sandbox{len(servers)}", **{"speed": 20, **options}).start()
+        servers.append(sb)
+        settings = PublishSettings(runs_dir=tmp_path / "state" / "runs", bucket=TEST_BUCKET)
+
+        def run(manifest, **fields):
+            client = TavusClient(api_key=sb.api_key, base_url=sb.base_url, timeout=20)
+            opts = BatchOptions(**{"poll_interval": 0.2, "deadline": 300, "replica_id": DEFAULT_REPLICA,
+                                   "allow_private_networks": True, **fields})  # fmt: skip
+            return batch_publish(manifest, opts, client=client, s3_client=s3_client, settings=settings)
+
+        env = {**os.environ, **s3.env(), **sb.env(), "ASSETPREP_BUCKET": TEST_BUCKET,
+               "ASSETPREP_RUNS_DIR": str(tmp_path / "state" / "runs")}  # fmt: skip
+        return sb, run, env
+
+    yield start
+    for sb in servers:
+        sb.stop()
+
+
+def cli(env, *args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "assetprep", "batch", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+# --- manifests and validation ----------------------------------------------------------------------------------------
+
+
+def test_validation_reports_every_problem_with_its_row_and_starts_nothing(tmp_path, sandbox):
+    write(tmp_path / "a.wav", "not audio, but it exists")
+    manifest = write(tmp_path / "bad.csv", (
+        "first_name,scirpt,script,audio,background,output,video_name\n"
+        "Ann,x,Hi {{ first_name }},,https://example.com,same.mp4,one\n"          # 2: scirpt column (header)
+        "Bob,x,Hi {{ frist_name }},,,,two\n"                                     # 3: undefined variable
+        "Cid,x,Hi,a.wav,,,three\n"                                               # 4: script and audio
+        "Dee,x,,,,,four\n"                                                       # 5: neither
+        "Eve,x,,missing.wav,,,five\n"                                            # 6: missing file
+        "Fay,x,Hi,,ftp://example.com/x,,six\n"                                   # 7: not an http(s) URL
+        "Gus,x,Hi,,,same.mp4,seven\n"                                            # 8: same output as row 2
+        "Hal,x,Hi,,,,one\n"                                                      # 9: video_name of row 2
+        "Ivy,x,{{ ''.__class__.__mro__[1].__subclasses__() }},,,,nine\n"         # 10: sandbox escape
+    ))  # fmt: skip
+    with pytest.raises(ManifestError) as err:
+        load_manifest(manifest, defaults={"replica_id": DEFAULT_REPLICA})
+    problems = "\n".join(err.value.problems)
+    assert "column 'scirpt': unknown option; did you mean 'script'?" in problems
+    assert "row 3, column script: template variable missing: 'frist_name' is undefined" in problems
+    assert "row 4: give exactly one of script (or script_file) and audio" in problems
+    assert "row 5: give exactly one of script (or script_file) and audio" in problems
+    assert f"row 6, column audio: file not found: {tmp_path / 'missing.wav'}" in problems
+    assert "row 7, column background: not an http(s) URL: 'ftp://example.com/x'" in problems
+    assert "row 8, column output:" in problems and "is written by row 2 too" in problems
+    assert "row 9, column video_name: 'one' is used by row 2 too" in problems
+    assert "row 10, column script: template not allowed" in problems
+    assert len(err.value.problems) == 9
+
+    # The CLI: every problem listed, exit 1, no traceback, nothing created on the API or on disk.
+    env = {**os.environ, **sandbox.env(), "ASSETPREP_RUNS_DIR": str(tmp_path / "state" / "runs")}
+    before = len(api_calls(sandbox))
+    proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA, "--bucket", TEST_BUCKET)
+    assert proc.returncode == 1
+    assert "9 problem(s); nothing was started" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n  row ") + proc.stderr.count("\n  column ") == 9
+    assert len(api_calls(sandbox)) == before
+    assert not (tmp_path / "state").exists() and not (tmp_path / "bad-videos").exists()
+
+
+def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
+    (tmp_path / "audio").mkdir()
+    script = write(tmp_path / "pitch.txt", "Hello {{ first_name }} from {{ company }}!")
+    write(tmp_path / "m.csv", "\ufefffirst_name,company,script_file,output\nAnna,Acme Café,pitch.txt,"
+                              "out/{{ company | slug }}.mp4\n\n")  # fmt: skip
+    write(tmp_path / "m.yaml", "defaults:\n  script_file: pitch.txt\n  replica_id: r79e1c033f\n"
+                               "  background_seconds: 4\nrows:\n  - {first_name: Anna, company: Acme Café,"
+                               " output: 'out/{{ company | slug }}.mp4'}\n")  # fmt: skip
+    write(tmp_path / "m.jsonl", json.dumps({"first_name": "Anna", "company": "Acme Café", "script_file": "pitch.txt",
+                                            "output": "out/{{ company | slug }}.mp4"}) + "\n")  # fmt: skip
+    rows = {}
+    for name in ("m.csv", "m.yaml", "m.jsonl"):
+        m = load_manifest(tmp_path / name, defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+        assert len(m.rows) == 1
+        rows[name] = m.rows[0]
+        assert rows[name].script == "Hello Anna from Acme Café!"
+        assert rows[name].output == tmp_path / "out" / "acme-cafe.mp4"
+    assert (rows["m.csv"].where, rows["m.yaml"].where, rows["m.jsonl"].where) == ("row 2", "rows[0]", "line 1")
+    assert rows["m.yaml"].options.replica_id == "r79e1c033f" and rows["m.yaml"].options.background_seconds == 4
+    assert rows["m.csv"].row_id == rows["m.jsonl"].row_id != rows["m.yaml"].row_id  # different replica and length
+    assert script.exists()
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------------------
+
+
+def leads_manifest(folder: Path, count: int, *, site: str | None = None) -> Path:
+    """`count` personalized rows over the red and blue pages (local files, or URLs on `site`)."""
+    path = folder / "leads.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["first_name", "company", "background", "script"])
+        for i in range(count):
+            page = "red.html" if i % 2 == 0 else "blue.html"
+            out.writerow([f"Lead{i}", f"Company {i}", f"{site}/{page}" if site else str(PAGES / page),
+                          "Hi {{ first_name }}, I looked at {{ company }}."])  # fmt: skip
+    return path
+
+
+def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world, tmp_path):
+    sb, run, _ = world()
+    manifest = leads_manifest(tmp_path, 12)
+    result = run(manifest, background_preset="background-720p")
+    assert result.ok, result.rows
+    assert (result.preparations, result.prepared_now) == (2, 2)  # 12 rows, 2 distinct pages: 2 recordings
+    assert len(creates(sb)) == 12 and len(account(sb)) == 12
+    rows = read_results(result.results_csv)
+    assert [r["row"] for r in rows] == [str(n) for n in range(2, 14)]
+    assert len({r["video_id"] for r in rows}) == 12 and all(r["status"] == "downloaded" for r in rows)
+    assert all(r["first_name"] == f"Lead{i}" and "?" not in r["hosted_url"] for i, r in enumerate(rows))
+    for i, r in enumerate(rows[:2]):  # each video sits on its own lead's page
+        info = probe(r["output"])
+        assert info.video and info.video.width == 1280 and info.duration and info.duration > 1
+        corner = pixel(frame_rgb(r["output"], 5, 1280, 720), 1280, 20, 20)
+        assert (is_red if i % 2 == 0 else is_blue)(corner), corner
+    scripts = [v.data["script"] for v in account(sb)]
+    assert sorted(scripts) == sorted(f"Hi Lead{i}, I looked at Company {i}." for i in range(12))
+    report = result.report_html.read_text()
+    assert report.count('class="card downloaded"') == 12 and "http" not in report.split("<body>")[0]
+
+    before = len(api_calls(sb))
+    again = run(manifest, background_preset="background-720p")
+    assert again.ok and again.prepared_now == 0 and len(creates(sb)) == 12
+    assert len(api_calls(sb)) == before  # the rerun checks the files, not the API
+    assert read_results(again.results_csv) == rows
+
+    # An edited row is a new row; the old one is reported as superseded, not silently dropped.
+    write(manifest, manifest.read_text().replace("Lead3,", "Leo3,"))
+    edited = run(manifest, background_preset="background-720p")
+    assert edited.ok and len(creates(sb)) == 13
+    assert [s["row"] for s in edited.superseded] == [5]
+
+
+def test_kill9_at_three_moments_then_rerun_makes_each_video_once(world, tmp_path):
+    sb, _, env = world()
+    manifest = leads_manifest(tmp_path, 4)
+    base = [str(manifest), "--replica", DEFAULT_REPLICA, "--allow-private-networks", "--poll", "0.2",
+            "--background-preset", "background-720p", "--max-in-flight", "2"]  # fmt: skip
+    state = tmp_path / "state"
+    # 1) right after the first POST (its answer never journaled); 2) after the first download; 3) mid-wait.
+    for point in ("batch-after-post", "batch-after-download"):
+        proc = cli({**env, "ASSETPREP_CRASH_AT": point}, *base)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = subprocess.Popen([sys.executable, "-m", "assetprep", "batch", *base], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    journal = next(state.glob("batches/*/journal.sqlite"))
+    end = time.monotonic() + 120
+    import sqlite3
+
+    while time.monotonic() < end:  # until one more video is submitted by this run
+        with sqlite3.connect(journal) as db:
+            submitted = db.execute("SELECT COUNT(*) FROM rows WHERE state = 'submitted'").fetchone()[0]
+        if submitted:
+            break
+        time.sleep(0.1)
+    killed.kill()
+    killed.wait(timeout=30)
+    proc = cli(env, *base)
+    assert proc.returncode == 0, proc.stderr
+    assert len(creates(sb)) == 4 and len(account(sb)) == 4  # exactly one video per row
+    rows = read_results(tmp_path / "leads-videos" / "results.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"downloaded"}
+    assert len({r["video_id"] for r in rows}) == 4
+    for r in rows:
+        assert probe(r["output"]).video is not None
+    leftovers = [p for p in (tmp_path / "leads-videos").iterdir() if p.name.endswith(".part")]
+    assert leftovers == []
+
+
+def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site, tmp_path):
+    sb, run, _ = world()
+    write(tmp_path / "corrupt.wav", "RIFF, but not really a wave file" * 10)
+    speech = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(speech), "Hello there. This sentence is long enough for Tavus, which "
+                    "wants at least three seconds of speech in every audio file."], check=True, timeout=60)  # fmt: skip
+    short = tmp_path / "short.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=1", str(short)], check=True, timeout=60)
+    manifest = write(tmp_path / "mixed.jsonl", "\n".join(json.dumps(r) for r in [
+        {"name": "good", "script": "Hi {{ name }}", "background": str(PAGES / "red.html")},
+        {"name": "404", "script": "Hi {{ name }}", "background": f"{site}/no-such-page.html"},
+        {"name": "corrupt", "audio": "corrupt.wav"},
+        {"name": "broken", "script": "Hi {{ name }}", "replica_id": BROKEN_REPLICA},
+        {"name": "audio", "audio": "speech.wav"},
+        {"name": "short", "audio": "short.wav"},
+    ]) + "\n")  # fmt: skip
+    result = run(manifest, background_preset="background-720p")
+    assert not result.ok
+    by_name = {r["name"]: r for r in result.rows}
+    assert by_name["good"]["status"] == by_name["audio"]["status"] == "downloaded"
+    assert by_name["404"]["status"] == "failed" and "answered HTTP 404" in by_name["404"]["error"]
+    assert by_name["corrupt"]["status"] == "failed" and "corrupt.wav" in by_name["corrupt"]["error"]
+    assert by_name["broken"]["status"] == "failed" and "replica_in_error_state" in by_name["broken"]["error"]
+    assert by_name["short"]["status"] == "failed" and "shorter than 3 s" in by_name["short"]["error"]
+    assert len(creates(sb)) == 3  # good, audio, broken: the three that failed before submit cost nothing
+
+    # The report in a real browser: one card per row, every image loaded (posters or background frames).
+    from playwright.sync_api import sync_playwright
+
+    from assetprep.record import find_chromium
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=find_chromium(pw), timeout=30000)
+        page = browser.new_page()
+        page.goto(result.report_html.as_uri(), timeout=30000)
+        widths = page.eval_on_selector_all(".card img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        texts = page.eval_on_selector_all(".card", "cards => cards.map(c => c.innerText)")
+        shot = page.screenshot(full_page=True)
+        browser.close()
+    assert len(widths) == 6 and all(w > 0 for w in widths), widths
+    assert sum("failed" in t for t in texts) == 4 and len(shot) > 10_000
+    assert "answered HTTP 404" in result.report_html.read_text()
+
+    # --retry-failed submits only the failed rows again (the broken replica fails again, under a new name).
+    again = run(manifest, background_preset="background-720p", retry_failed=True)
+    names = [c.video_name for c in account(sb)]
+    assert again.counts == {"downloaded": 2, "failed": 4}
+    assert sum(n.endswith("-retry1") for n in names) == 1 and len(creates(sb)) == 4
+
+
+def test_guard_blocks_manifest_urls_to_loopback_by_default(world, site, tmp_path):
+    sb, run, _ = world()
+    manifest = write(tmp_path / "g.csv", f"background,script\n{site}/red.html,Hi\n")
+    result = run(manifest, allow_private_networks=False, background_preset="background-720p")
+    assert result.rows[0]["status"] == "failed"
+    assert "blocked request to a private address" in result.rows[0]["error"]
+    assert creates(sb) == []
+    allowed = run(manifest, allow_private_networks=True, retry_failed=True, background_preset="background-720p")
+    assert allowed.ok and len(creates(sb)) == 1
+
+
+def test_a_429_storm_backs_off_the_whole_submit_stage(world, tmp_path):
+    sb, run, _ = world(rate_limit=3.0)  # 3 requests/s for the whole API
+    rows = "\n".join(f"Lead{i},Hi lead {i}" for i in range(8))
+    manifest = write(tmp_path / "storm.csv", f"first_name,script\n{rows}\n")
+    result = run(manifest, poll_interval=0.05)
+    assert result.ok, result.rows
+    statuses = Counter(c["status"] for c in sb.calls() if c["path"].startswith("/v2/"))
+    assert statuses[429] > 0  # the storm happened
+    assert len(creates(sb)) == 8 and len(account(sb)) == 8
+
+
+def test_one_process_per_batch_and_per_run(world, tmp_path):
+    _, run, env = world()
+    manifest = leads_manifest(tmp_path, 2)
+    settings = PublishSettings(runs_dir=tmp_path / "state" / "runs")
+    _, folder = batch_dir_for(manifest, settings, None)
+    with RunLock(folder, what="batch"):
+        proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA)
+        assert proc.returncode == 1 and f"(PID {os.getpid()})" in proc.stderr and "Traceback" not in proc.stderr
+        with pytest.raises(JournalError, match=f"PID {os.getpid()}"):
+            run(manifest)
+    # A lock left by a dead process (its PID in the file, no flock held) is taken over.
+    (folder / "lock").write_text("999999\n")
+    assert run(manifest, background_preset="background-720p").ok
+
+    # The journal remembers its API host: another sandbox is refused in one line, with what to do.
+    other, run_other, _ = world()
+    with pytest.raises(JournalError, match=r"belongs to the API at http://127\.0\.0\.1:") as err:
+        run_other(manifest)
+    assert "--batch-id" in str(err.value)
+    assert creates(other) == []
+
+
+def test_sigterm_stops_recordings_and_their_children_without_leftovers(world, tmp_path):
+    sb, _, env = world()
+    manifest = leads_manifest(tmp_path, 2)
+    text = manifest.read_text().splitlines()
+    write(manifest, "\n".join([text[0] + ",background_seconds"] + [line + ",60" for line in text[1:]]) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "assetprep", "batch", str(manifest), "--replica", DEFAULT_REPLICA,
+                             "--allow-private-networks", "--poll", "0.2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    prep = tmp_path / "state" / "batches"
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not list(prep.glob("*/prep/.*.part")):
+        time.sleep(0.1)  # a recording is being written
+    assert list(prep.glob("*/prep/.*.part")), "no recording started"
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - started < 30
+    assert "interrupted" in err and "Traceback" not in err
+    time.sleep(1.0)
+    alive = [c for c in children if Path(f"/proc/{c}").exists()]
+    assert alive == [], f"children left running: {alive}"
+    assert list(prep.glob("*/prep/.*.part")) == []
+    assert creates(sb) == []
