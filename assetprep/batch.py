@@ -212,8 +212,9 @@ def plan_preparations(
     return preps, per_row
 
 
-def default_video_name(row: Row, attempt: int) -> str:
-    base = row.video_name or f"assetprep-{row.row_id[:16]}"
+def default_video_name(row: Row, attempt: int, batch_id: str) -> str:
+    """The row's video_name: the manifest's, else one from the batch and the row's content (unique, stable)."""
+    base = row.video_name or f"assetprep-{batch_id}-{row.row_id[:12]}"
     return base if attempt == 0 else f"{base}-retry{attempt}"
 
 
@@ -250,6 +251,7 @@ class _Batch:
         self.executor = executor
         self.journal = journal
         self.dir = folder
+        self.batch_id = folder.name
         self.out_dir = out_dir
         self.on_event = on_event
         self.stop = threading.Event()
@@ -411,7 +413,7 @@ class _Batch:
         fields = request_fields(opts, urls, None)
         if self.receiver is not None and not row.options.callback_url:
             fields["callback_url"] = self.receiver.url
-        name = default_video_name(row, st["attempt"])
+        name = default_video_name(row, st["attempt"], self.batch_id)
         # Journaled before the POST: a lost answer or a crash is reconciled by this name, never sent twice.
         self.journal.update_row(row_id, state="submitting", video_name=name,
                                 data={"submitted_at": time.time()})  # fmt: skip
@@ -444,7 +446,7 @@ class _Batch:
         """Rows whose create may have happened (state submitting, or a lost journal): adopt by name, one listing."""
         rows = [r for r in self.journal.rows() if r["row_id"] in self.rows]
         unsure = {r["video_name"]: r for r in rows if r["state"] == "submitting"}
-        fresh = {default_video_name(self.rows[r["row_id"]], r["attempt"]): r for r in rows
+        fresh = {default_video_name(self.rows[r["row_id"]], r["attempt"], self.batch_id): r for r in rows
                  if r["state"] == "pending" and self.rows[r["row_id"]].video_name is None}  # fmt: skip
         if not unsure and not fresh:
             return

@@ -707,12 +707,15 @@ def batch_progress(enabled: bool) -> Iterator[Any]:
 @app.command("doctor")
 def doctor_cmd(
     bucket: Annotated[str | None, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket to check.")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Also check every node of this Ray cluster (auto or HOST:PORT).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check ffmpeg, Chromium, S3 and the Tavus API key; say what to fix."""
-    from .doctor import run_checks
+    """Check ffmpeg, Chromium, S3 and the Tavus API key (and each Ray node); say what to fix."""
+    from .doctor import ray_checks, run_checks
 
-    checks = run_checks(bucket)
+    checks = run_checks(bucket) + (ray_checks(ray_address, bucket) if ray_address else [])
     lines = [f"{'ok  ' if c.ok else 'FAIL'} {c.name:<10} {c.detail}" for c in checks]
     lines = [
         line + (f"\n     {'tip' if c.ok else 'fix'}: {c.fix}" if c.fix else "")

@@ -40,6 +40,9 @@ class SandboxConfig(BaseModel):
     fail_render_rate: float = Field(default=0.0, ge=0, le=1)
     latency: float = Field(default=0.0, ge=0)
     callback_attempts: int = Field(default=4, ge=1)
+    # Load tests (scripts/bench_batch.py): render the first video only and copy it for every later one, without
+    # fetching their inputs, so the sandbox's own ffmpeg work does not hide the client's speed.
+    render_once: bool = False
 
     def model_post_init(self, _context: object) -> None:
         if not self.public_url:

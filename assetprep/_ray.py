@@ -1,0 +1,184 @@
+"""Batch preparation on a Ray cluster (the `ray` extra): each preparation is one Ray task.
+
+Workers record/normalize and upload straight to S3 under the task's key with their own node's credentials, and
+return only small facts; no media passes through the driver or the object store. The driver keeps the journal,
+the API key and everything that talks to Tavus. A task whose worker dies (OOM, kill -9, a lost node) is retried
+by Ray (`max_retries`); a retried task writes the same key, so there is never a second copy under another key.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent.futures import Future
+from typing import Any
+
+from ._prepare import PrepResult, PrepTask
+from .errors import AssetprepError, ConfigError
+
+# CPUs a task asks for. A 720p30 recording keeps about one core busy (Chromium drawing + x264 veryfast: ~1 core-s
+# per video-s, scripts/bench_record.py); audio normalization is one short single-threaded ffmpeg.
+CPUS = {"background": 1.0, "audio": 0.25, "watermark": 0.05}
+MAX_RETRIES = 3  # for system failures (worker or node died); errors of the input are not retried
+CONNECT_TIMEOUT = 5.0
+
+
+class RayTaskFailed(AssetprepError):
+    """A preparation failed on a Ray worker (the message names the node)."""
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray-address needs Ray", hint="pip install 'assetprep[ray]'") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A wrong address must fail in seconds: ray.init itself keeps retrying for a long time."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}",
+            hint="start it with 'ray start --head' (see README: Running on a cluster) or fix --ray-address",
+        ) from None
+
+
+def connect(address: str) -> Any:
+    """ray, initialised against an existing cluster (never starts a local one)."""
+    ray = _import_ray()
+    _check_reachable(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot connect to the Ray cluster at {address}: {exc}",
+                hint="check --ray-address (or RAY_ADDRESS) and that the head node runs",
+            ) from None
+    return ray
+
+
+def _node_tools(kind: str) -> list[str]:
+    """What this node lacks for a preparation of `kind` (checked before the work, named in the error)."""
+    from . import _process
+    from .errors import ToolMissingError
+
+    missing = []
+    for tool in ("ffmpeg", "ffprobe"):
+        try:
+            _process.find_tool(tool)
+        except ToolMissingError:
+            missing.append(f"{tool} (apt-get install -y ffmpeg)")
+    if kind == "background":
+        from playwright.sync_api import sync_playwright
+
+        from .record import find_chromium
+
+        with sync_playwright() as pw:
+            try:
+                find_chromium(pw)
+            except ToolMissingError:
+                missing.append("a headless Chromium (apt-get install -y chromium-headless-shell, or set CHROMIUM)")
+    return missing
+
+
+def _prepare_on_node(data: dict[str, Any]) -> dict[str, Any]:
+    """The Ray task: runs on a worker; errors of the input come back as {"error": ...} (not retried)."""
+    import ray
+
+    from ._prepare import run_prep
+
+    task = PrepTask.model_validate(data)
+    node = ray.get_runtime_context().get_node_id()
+    where = f"node {node[:12]} ({socket.gethostname()})"
+    missing = _node_tools(task.kind)
+    if missing:
+        return {"error": f"{where} lacks {', '.join(missing)}"}
+    try:
+        return run_prep(task, node=node).model_dump()
+    except AssetprepError as exc:
+        return {"error": f"{exc} [on {where}]"}
+
+
+class RayExecutor:
+    """Submits PrepTasks as Ray tasks; results come back as concurrent futures of PrepResult."""
+
+    name = "ray"
+
+    def __init__(self, address: str) -> None:
+        self.ray = connect(address)
+        self._remote = self.ray.remote(_prepare_on_node)
+        self._refs: list[Any] = []
+
+    def submit(self, task: PrepTask) -> Future[PrepResult]:
+        ref = self._remote.options(num_cpus=CPUS[task.kind], max_retries=MAX_RETRIES).remote(task.model_dump())
+        self._refs.append(ref)
+        out: Future[PrepResult] = Future()
+
+        def done(f: Future[Any]) -> None:
+            try:
+                data = f.result()
+            except Exception as exc:  # the task died MAX_RETRIES + 1 times, or the cluster went away
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                out.set_exception(RayTaskFailed(f"the Ray task preparing {task.kind} failed: "
+                                                f"{type(exc).__name__}: {first[:300]}"))  # fmt: skip
+                return
+            if "error" in data:
+                out.set_exception(RayTaskFailed(str(data["error"])))
+            else:
+                out.set_result(PrepResult.model_validate(data))
+
+        ref.future().add_done_callback(done)
+        return out
+
+    def close(self, *, cancel: bool = False) -> None:
+        if cancel:
+            for ref in self._refs:
+                try:
+                    self.ray.cancel(ref, force=True)
+                except Exception:  # already finished, or the cluster is gone
+                    continue
+        self.ray.shutdown()
+
+
+def _check_node(bucket: str | None, endpoint_url: str | None) -> dict[str, Any]:
+    """Runs on one node: tools and S3 as that node sees them."""
+    import ray
+
+    from .upload import S3Settings, make_s3_client, storage_error
+
+    out: dict[str, Any] = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                           "missing": _node_tools("background"), "s3": None}  # fmt: skip
+    if bucket:
+        client = make_s3_client(S3Settings(endpoint_url=endpoint_url))
+        try:
+            client.head_bucket(Bucket=bucket)
+            out["s3"] = "ok"
+        except Exception as exc:
+            out["s3"] = storage_error(exc, f"checking bucket '{bucket}'", client).message
+    return out
+
+
+def check_cluster(address: str, *, bucket: str | None, endpoint_url: str | None, timeout: float = 120) -> list[dict]:
+    """One check task pinned to every alive node: what each lacks (tools) and whether it reaches the bucket."""
+    ray = connect(address)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        remote = ray.remote(_check_node)
+        refs = [remote.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(bucket, endpoint_url) for n in nodes]  # fmt: skip
+        return list(ray.get(refs, timeout=timeout))
+    finally:
+        ray.shutdown()

@@ -1,0 +1,239 @@
+"""A real two-node Ray cluster on 127.0.0.1, run by tests/test_ray.py inside `unshare -n` (only loopback exists).
+
+Starts SeaweedFS, the sandbox and two `ray start --block` nodes as children, runs the phases below and writes what
+it measured to WORK/facts.json; every server is stopped by PID at the end. Phases:
+  local   the manifest with the local executor (prefix local/), for comparison
+  ray     the same manifest on the cluster (prefix ray/), one Ray worker SIGKILLed while it records
+  driver  the driver SIGKILLed with tasks in flight, then the same command again
+  wrong   --ray-address pointing at nothing
+  doctor  a third node without ffmpeg: doctor names it, and a task pinned to it names node and tool
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from assetprep import _process
+from assetprep.s3local import LocalS3
+from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
+from assetprep.sandbox.server import free_port
+from assetprep.tavus import TavusClient
+from assetprep.upload import S3Settings, ensure_bucket, make_s3_client
+
+PAGES = Path(__file__).parent / "pages"
+BIN = Path(sys.executable).parent
+BUCKET = "ray-tests"
+
+
+def log(msg: str) -> None:
+    print(f"[scenario {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ray_node(work: Path, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000", "--block",
+              "--disable-usage-stats"]  # fmt: skip
+    return _process.spawn([BIN / "ray", "start", *args, *common], log_path=work / f"ray-{name}.log", env=env)
+
+
+def wait_nodes(address: str, count: int, timeout: float = 90) -> list[str]:
+    end = time.monotonic() + timeout
+    code = (f"import ray,json; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False); "
+            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))")  # fmt: skip
+    while time.monotonic() < end:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            nodes = json.loads(out.stdout.strip().splitlines()[-1])
+            if len(nodes) >= count:
+                return nodes
+        time.sleep(1)
+    raise RuntimeError(f"the cluster at {address} did not reach {count} nodes")
+
+
+def batch(env: dict[str, str], work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "assetprep",
+        "batch",
+        str(work / "leads.csv"),
+        "--replica",
+        DEFAULT_REPLICA,
+        "--allow-private-networks",
+        "--poll",
+        "0.2",
+        "--background-preset",
+        "background-720p",
+        "--json",
+        *args,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def result_of(proc: subprocess.CompletedProcess[str]) -> dict | None:
+    """The --json result (an indented object at the end of stdout; anything Ray printed comes before it)."""
+    if proc.returncode != 0:
+        return None
+    out = proc.stdout
+    start = 0 if out.startswith("{") else out.rfind("\n{") + 1
+    try:
+        return json.loads(out[start:])
+    except ValueError:
+        return {"unparsed_stdout": out[-2000:]}
+
+
+def journal_facts(state: Path, batch_id: str) -> dict:
+    with sqlite3.connect(state / "batches" / batch_id / "journal.sqlite") as db:
+        rows = [json.loads(d) for (d,) in db.execute("SELECT data FROM rows")]
+        preps = [(k, s, json.loads(d)) for k, s, d in db.execute("SELECT key, state, data FROM preps")]
+    return {"prepared_on": [r.get("prepared_on") for r in rows],
+            "preps": {k: {"state": s, "sha256": d.get("sha256"), "s3_key": d.get("s3_key"), "node": d.get("node"),
+                          "pid": d.get("pid")} for k, s, d in preps}}  # fmt: skip
+
+
+def kill_one_recording_worker(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first Ray worker seen running a recording (its task title) once its ffmpeg has started."""
+    while not stop.is_set() and not killed:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "ray::_prepare_on_node" not in cmd:
+                continue
+            children = subprocess.run(["pgrep", "-P", proc.name], capture_output=True, text=True).stdout.split()
+            names = [Path(f"/proc/{c}/comm").read_text().strip() for c in children if Path(f"/proc/{c}").exists()]
+            if "ffmpeg" in names:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+                return
+        time.sleep(0.05)
+
+
+def main(work: Path) -> None:
+    facts: dict = {}
+    servers = []
+    nodes: list[subprocess.Popen[bytes]] = []
+    try:
+        s3 = LocalS3(work / "s3").start()
+        servers.append(s3)
+        sb = LocalSandbox(work / "sandbox", speed=20).start()
+        servers.append(sb)
+        ensure_bucket(make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
+                                                secret_access_key=s3.secret_key)), BUCKET, create=True)  # fmt: skip
+        lines = ["first_name,background,script"]
+        for i in range(6):  # 6 rows over 3 pages
+            page = ("red.html", "blue.html", "clock.html")[i % 3]
+            lines.append(f"Lead{i},{PAGES / page},Hi {{{{ first_name }}}} number {i}.")
+        (work / "leads.csv").write_text("\n".join(lines) + "\n")
+        state = work / "state"
+        base_env = {**os.environ, **s3.env(), "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+        env = {**base_env, **sb.env(), "ASSETPREP_BUCKET": BUCKET, "ASSETPREP_RUNS_DIR": str(state / "runs")}
+
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        nodes.append(ray_node(work, "head", ["--head", f"--port={port}", "--include-dashboard=false"], base_env))
+        time.sleep(2)
+        nodes.append(ray_node(work, "worker", [f"--address={address}"], base_env))
+        facts["cluster_nodes"] = wait_nodes(address, 2)
+        log(f"cluster up: {len(facts['cluster_nodes'])} nodes")
+
+        t = time.monotonic()
+        local = batch(env, work, "--batch-id", "local", "--prefix", "local", "--out", str(work / "out-local"))
+        facts["local"] = {"rc": local.returncode, "stderr": local.stderr[-2000:], "seconds": time.monotonic() - t,
+                          "result": result_of(local),
+                          **journal_facts(state, "local")}  # fmt: skip
+        log(f"local run: rc {local.returncode}")
+
+        stop, killed = threading.Event(), []
+        killer = threading.Thread(target=kill_one_recording_worker, args=(stop, killed), daemon=True)
+        killer.start()
+        t = time.monotonic()
+        ray = batch(env, work, "--batch-id", "ray", "--prefix", "ray", "--out", str(work / "out-ray"),
+                    "--ray-address", address)  # fmt: skip
+        stop.set()
+        facts["ray"] = {"rc": ray.returncode, "stderr": ray.stderr[-2000:], "seconds": time.monotonic() - t,
+                        "result": result_of(ray), "killed_workers": killed,
+                        **journal_facts(state, "ray")}  # fmt: skip
+        s3c = make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
+                                        secret_access_key=s3.secret_key))  # fmt: skip
+        listing = s3c.list_objects_v2(Bucket=BUCKET, Prefix="ray/").get("Contents", [])
+        facts["ray"]["objects"] = sorted(o["Key"] for o in listing)
+        log(f"ray run: rc {ray.returncode}, killed {killed}")
+
+        # The driver killed with tasks in flight, then the same command again.
+        cmd = [sys.executable, "-m", "assetprep", "batch", str(work / "leads.csv"), "--replica", DEFAULT_REPLICA,
+               "--allow-private-networks", "--poll", "0.2", "--background-preset", "background-720p", "--batch-id",
+               "driver", "--prefix", "driver", "--out", str(work / "out-driver"), "--ray-address", address]  # fmt: skip
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 120
+        journal = state / "batches" / "driver" / "journal.sqlite"
+        while time.monotonic() < end:
+            if journal.exists():
+                with sqlite3.connect(journal) as db:
+                    done = db.execute("SELECT COUNT(*) FROM preps WHERE state = 'uploaded'").fetchone()[0]
+                if done >= 1:
+                    break
+            time.sleep(0.1)
+        first.kill()
+        first.wait(timeout=30)
+        t = time.monotonic()
+        again = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=300)
+        facts["driver"] = {"rc": again.returncode, "stderr": again.stderr[-2000:], "seconds": time.monotonic() - t,
+                           "result": result_of(again),
+                           **journal_facts(state, "driver")}  # fmt: skip
+        log(f"driver rerun: rc {again.returncode}")
+
+        with TavusClient(api_key=sb.api_key, base_url=sb.base_url) as client:
+            names = [v.video_name or "" for v in client.list_videos()]
+        facts["videos_per_batch"] = {b: sum(n.startswith(f"assetprep-{b}-") for n in names)
+                                     for b in ("local", "ray", "driver")}  # fmt: skip
+        facts["posts"] = len([c for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos"])
+
+        t = time.monotonic()
+        wrong = batch(env, work, "--batch-id", "wrong", "--ray-address", f"127.0.0.1:{free_port()}", timeout=60)
+        facts["wrong"] = {"rc": wrong.returncode, "stderr": wrong.stderr, "seconds": time.monotonic() - t}
+
+        # A node without ffmpeg joins: doctor names it, and a task that lands there names node and tool.
+        nodes.append(ray_node(work, "noffmpeg", [f"--address={address}"], {**base_env, "FFMPEG": "/nonexistent"}))
+        all_nodes = wait_nodes(address, 3)
+        bad = next(n for n in all_nodes if n not in facts["cluster_nodes"])
+        doctor = subprocess.run([sys.executable, "-m", "assetprep", "doctor", "--ray-address", address, "--json"],
+                                env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        facts["doctor"] = {"rc": doctor.returncode, "checks": json.loads(doctor.stdout)["checks"], "bad_node": bad}
+        pinned = subprocess.run([sys.executable, "-c", PINNED % (address, BUCKET, s3.endpoint_url, bad)], env=env,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        facts["pinned"] = {"rc": pinned.returncode, "stdout": pinned.stdout, "stderr": pinned.stderr[-2000:]}
+    finally:
+        for node in reversed(nodes):  # workers first, the head last; SIGTERM drains a --block node
+            _process.stop(node, timeout=30)
+        for server in reversed(servers):
+            server.stop()
+        (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
+
+
+PINNED = """
+import json, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from assetprep._ray import _prepare_on_node
+from assetprep._prepare import PrepTask, S3Target
+ray.init(address=%r, logging_level="ERROR", log_to_driver=False)
+task = PrepTask(key="0" * 64, kind="audio", source="/nonexistent.wav", s3=S3Target(bucket=%r, endpoint_url=%r))
+ref = ray.remote(_prepare_on_node).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(%r, soft=False))
+print(json.dumps(ray.get(ref.remote(task.model_dump()), timeout=60)))
+"""
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,88 @@
+"""assetprep batch --ray-address on a real two-node Ray cluster on 127.0.0.1 (inside `unshare -n`: only loopback).
+
+The cluster, SeaweedFS and the sandbox are started and stopped by tests/ray_scenario.py; this test asserts on what
+it measured: where tasks ran, the fault cases, and equality with the local executor.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCENARIO = Path(__file__).parent / "ray_scenario.py"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (assetprep[ray])"),
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for unshare -n"),
+]
+
+
+@pytest.fixture(scope="module")
+def facts(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ray")
+    script = f"ip link set lo up && exec {sys.executable} {SCENARIO} {work}"
+    proc = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=840)
+    path = work / "facts.json"
+    assert path.exists(), proc.stderr[-3000:]
+    data = json.loads(path.read_text())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return data
+
+
+def test_recordings_run_in_ray_workers_and_match_the_local_executor(facts):
+    local, ray = facts["local"], facts["ray"]
+    assert local["rc"] == 0, local["stderr"]
+    assert ray["rc"] == 0, ray["stderr"]
+    assert ray["result"]["executor"] == "ray" and ray["result"]["counts"] == {"downloaded": 6}
+    cluster = set(facts["cluster_nodes"])
+    places = [p for p in ray["prepared_on"] if p]
+    assert len(places) == 6
+    for place in places:
+        assert place["background"]["node"] in cluster  # a Ray node id, not this host's name
+    pids = {p["background"]["pid"] for p in places}
+    local_pids = {p["background"]["pid"] for p in local["prepared_on"] if p}
+    assert pids.isdisjoint(local_pids)  # not the driver's process
+    # Deterministic recordings: the same bytes from a Ray worker as from the local executor.
+    local_shas = sorted(p["sha256"] for p in local["preps"].values())
+    ray_shas = sorted(p["sha256"] for p in ray["preps"].values())
+    assert len(ray_shas) == 3 and ray_shas == local_shas
+
+
+def test_a_killed_worker_is_retried_without_a_second_copy(facts):
+    ray = facts["ray"]
+    assert len(ray["killed_workers"]) == 1  # one recording worker was SIGKILLed mid-recording
+    assert ray["result"]["counts"] == {"downloaded": 6}
+    prep_objects = [k for k in ray["objects"] if "/prep/" in k]
+    assert len(prep_objects) == 3  # three pages, three objects: the retry wrote the same key
+    assert facts["videos_per_batch"]["ray"] == 6
+
+
+def test_a_killed_driver_reschedules_only_what_is_missing(facts):
+    driver = facts["driver"]
+    assert driver["rc"] == 0, driver["stderr"]
+    assert driver["result"]["counts"] == {"downloaded": 6}
+    assert driver["result"]["prepared_now"] < 3  # what the killed run finished was found, not redone
+    assert facts["videos_per_batch"] == {"local": 6, "ray": 6, "driver": 6}
+    assert facts["posts"] == 18  # exactly one create per row in every batch
+
+
+def test_a_wrong_address_fails_in_seconds_and_a_node_without_ffmpeg_is_named(facts):
+    wrong = facts["wrong"]
+    assert wrong["rc"] == 1 and wrong["seconds"] < 20
+    assert "cannot reach the Ray cluster at 127.0.0.1:" in wrong["stderr"] and "Traceback" not in wrong["stderr"]
+    doctor = facts["doctor"]
+    nodes = [c for c in doctor["checks"] if c["name"].startswith("ray node")]
+    assert len(nodes) == 3 and doctor["rc"] == 1
+    bad = [c for c in nodes if not c["ok"]]
+    assert len(bad) == 1 and bad[0]["name"] == f"ray node {doctor['bad_node'][:12]}" and "ffmpeg" in bad[0]["detail"]
+    assert all("bucket reachable" in c["detail"] for c in nodes if c["ok"])
+    pinned = json.loads(facts["pinned"]["stdout"].strip().splitlines()[-1])
+    assert pinned["error"].startswith(f"node {doctor['bad_node'][:12]}") and "lacks ffmpeg" in pinned["error"]
