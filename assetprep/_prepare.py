@@ -84,11 +84,12 @@ def find_uploaded(task: PrepTask, client: Any) -> dict[str, Any] | None:
         raise storage_error(exc, f"checking s3://{task.s3.bucket}/{task.s3_key}", client) from None
     except Exception as exc:
         raise storage_error(exc, f"checking s3://{task.s3.bucket}/{task.s3_key}", client) from None
-    sha = head.get("Metadata", {}).get("sha256")
-    if not sha:
-        return None
-    return {"s3_key": task.s3_key, "sha256": sha, "size": int(head["ContentLength"]),
-            "content_type": head.get("ContentType", "")}  # fmt: skip
+    meta = head.get("Metadata", {})
+    facts = {"duration": float(meta["duration"])} if meta.get("duration") else {}
+    if not meta.get("sha256") or (task.kind == "audio" and not facts):
+        return None  # not ours, or without the duration the audio checks need: prepare it again
+    return {"s3_key": task.s3_key, "sha256": meta["sha256"], "size": int(head["ContentLength"]),
+            "content_type": head.get("ContentType", ""), "facts": facts}  # fmt: skip
 
 
 def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) -> PrepResult:
@@ -108,7 +109,10 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
             else:
                 prepare_audio(Path(task.source), path)
         info = probe(path) if task.kind != "watermark" else None
-        obj = upload_file(path, bucket=task.s3.bucket, client=client, prefix=task.s3.prefix, key=task.s3_key)
+        # The duration travels with the object: a run that finds it by HEAD (lost journal) still checks audio length.
+        meta = {"duration": f"{info.duration:.6f}"} if info and info.duration else None
+        obj = upload_file(path, bucket=task.s3.bucket, client=client, prefix=task.s3.prefix, key=task.s3_key,
+                          metadata=meta)  # fmt: skip
         return PrepResult(
             key=task.key, s3_key=obj.key, sha256=obj.sha256, size=obj.size, content_type=obj.content_type,
             path=str(path) if task.keep_dir else None, node=node or socket.gethostname(), pid=os.getpid(),

@@ -204,8 +204,12 @@ def upload_file(
     transfer_config: TransferConfig | None = None,
     on_progress: ProgressCallback | None = None,
     key: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> UploadedObject:
-    """Upload a file under its content-addressed key (or `key`); skip it when the same bytes are already there."""
+    """Upload a file under its content-addressed key (or `key`); skip it when the same bytes are already there.
+
+    `metadata` is stored with the object next to its sha256 (x-amz-meta-*), for facts a later HEAD must find.
+    """
     try:
         src = check_input_file(path)
     except MediaError as exc:
@@ -240,7 +244,7 @@ def upload_file(
     extra = {
         "ContentType": ctype,
         "ContentDisposition": _content_disposition(src.name),
-        "Metadata": {"sha256": sha},
+        "Metadata": {**(metadata or {}), "sha256": sha},
         "ChecksumAlgorithm": "SHA256",  # the server verifies every part against it
     }
     try:

@@ -48,11 +48,12 @@ def make_inputs(folder: Path, rows: int) -> Path:
                        check=True, timeout=60)  # fmt: skip
     with open(folder / "leads.csv", "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["first_name", "company", "background", "script", "audio"])
+        out.writerow(["first_name", "company", "background", "script", "audio", "video_name"])
         for i in range(rows):
             audio = f"voice{i % 3}.wav" if i % 4 == 3 else ""
             script = "" if audio else "Hi {{ first_name }}, I had a look at {{ company }} today."
-            out.writerow([f"Lead{i}", f"Company {i}", f"page{i % 5}.html", script, audio])
+            name = "Narration for {{ first_name }}" if audio else ""  # audio rows differ by name only
+            out.writerow([f"Lead{i}", f"Company {i}", f"page{i % 5}.html", script, audio, name])
     return folder / "leads.csv"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,6 +206,27 @@ def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world
     edited = run(manifest, background_preset="background-720p")
     assert edited.ok and len(creates(sb)) == 13
     assert [s["row"] for s in edited.superseded] == [5]
+
+
+def test_a_lost_journal_finds_uploads_by_head_and_still_checks_audio_length(world, gen, tmp_path):
+    """Prepared files outlive a journal: a rerun finds them by HEAD without preparing again, adopts the videos by
+    their default names, and a second batch over the same inputs still knows each audio file's duration (stored
+    with the object), so its audio rows are submitted, not failed as 0 s long."""
+    sb, run, _ = world()
+    speech = gen("speech.wav", "-f", "lavfi", "-i", "sine=f=300:d=4")
+    shutil.copy(speech, tmp_path / "speech.wav")
+    manifest = write(tmp_path / "audio.csv", "first_name,script,audio\nAda,,speech.wav\nBo,Hi {{ first_name }}.,\n")
+    first = run(manifest)
+    assert first.ok, first.rows
+    assert (first.preparations, first.prepared_now) == (1, 1)
+    shutil.rmtree(tmp_path / "state")  # the journal is gone; S3 and the account are not
+    again = run(manifest)
+    assert again.ok and again.prepared_now == 0, again.rows  # found by one HEAD
+    assert len(creates(sb)) == 2  # both videos adopted by their default names, none made twice
+    other = run(manifest, batch_id="campaign-2", out_dir=tmp_path / "out2")  # new names, the same prepared audio
+    assert other.ok and other.prepared_now == 0, other.rows
+    assert len(creates(sb)) == 4
+    assert {r["status"] for r in read_results(other.results_csv)} == {"downloaded"}
 
 
 def test_kill9_at_three_moments_then_rerun_makes_each_video_once(world, tmp_path):

@@ -22,6 +22,7 @@ from assetprep.errors import (
 )
 from assetprep.probe import probe
 from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
+from assetprep.sandbox.config import ERROR_SENTENCE
 from assetprep.tavus import TavusClient
 from assetprep.upload import S3Settings, make_s3_client, upload_and_presign
 
@@ -229,7 +230,7 @@ def test_render_failure_and_callbacks(own_sandbox):
         sb, client = own_sandbox(fail_render_rate=1.0)
         url = f"http://127.0.0.1:{server.server_port}/hook/secret-token"
         video = client.create_video(replica_id=DEFAULT_REPLICA, script="this render fails", callback_url=url)
-        with pytest.raises(VideoFailedError, match="video_error"):
+        with pytest.raises(VideoFailedError, match="An error occurred while generating this request"):
             client.wait(video.video_id, 60, poll_interval=0.2)
         deadline = time.monotonic() + 15
         while len(received) < 2 and time.monotonic() < deadline:
@@ -239,7 +240,8 @@ def test_render_failure_and_callbacks(own_sandbox):
     assert len(received) == 2 and received[0] == {**received[1], "updated_at": received[0]["updated_at"]}
     record = received[1]
     assert record["video_id"] == video.video_id and record["status"] == "error"
-    assert record["status_details"] == "video_error" and "error_details" in record
+    assert record["status_details"] == ERROR_SENTENCE  # the words of Tavus's callback example
+    assert record["error_details"] == "render failed (injected by sandbox --fail-render-rate)"
     assert {"created_at", "data", "download_url", "generation_progress", "hosted_url", "replica_id",
             "stream_url", "updated_at", "video_name"} <= set(record)  # fmt: skip
     assert len(record["created_at"]) == 26  # 2024-08-28 15:27:40.824457

@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import html
 import json
+import logging
 import mimetypes
 import random
 import re
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -29,10 +31,11 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import InvalidRequestError
 from ..tavus import validate_request
-from .config import REPLICAS, SandboxConfig, http_time
+from .config import MAX_BODY_BYTES, REPLICAS, SCRIPT_MAX_CHARS, SandboxConfig, http_time
 from .store import Store
 from .worker import Lifecycle
 
+log = logging.getLogger("assetprep.sandbox")
 Handler = Callable[[Request], Awaitable[Response]]
 _LIST_FIELDS = ("video_id", "video_name", "status", "data", "download_url", "hosted_url", "stream_url",
                 "status_details", "background_url", "background_source_url", "still_image_thumbnail_url",
@@ -43,6 +46,68 @@ _VERBOSE_ONLY = ("still_image_thumbnail_url", "gif_thumbnail_url")
 
 def _error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+class _Refused(Exception):
+    """A request answered with Tavus's error shape, raised from the helpers below."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+async def _json_body(request: Request, default: Any) -> Any:
+    """The parsed body: at most MAX_BODY_BYTES (413), valid JSON (400), and text that can be stored and answered.
+
+    A lone surrogate (`"\\ud800"`) is valid JSON but not Unicode: stored, it would break every later answer that
+    contains it, so it is refused before anything is stored.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _Refused(f"Request body too large (the sandbox accepts at most {MAX_BODY_BYTES} bytes)", 413)
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _Refused(f"Request body too large (the sandbox accepts at most {MAX_BODY_BYTES} bytes)", 413)
+    if not raw.strip():
+        return default
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise _Refused("Invalid JSON body") from None
+    stack = [body]
+    while stack:  # iterative: the depth was bounded by the parser, the width is not
+        item = stack.pop()
+        texts = [item] if isinstance(item, str) else list(item) if isinstance(item, dict) else []
+        stack.extend(item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Refused("Invalid JSON body: a string contains a lone surrogate (not valid Unicode)") from None
+    return body
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    """(limit, page) of a list request; 0-indexed pages, limit capped at 100."""
+    try:
+        limit = int(request.query_params.get("limit", 10))
+        page = int(request.query_params.get("page", 0))
+    except ValueError:
+        raise _Refused("limit and page must be integers") from None
+    if limit < 1 or page < 0:
+        raise _Refused("limit must be >= 1 and page >= 0")
+    return min(limit, 100), page
+
+
+def _by_method(**handlers: Handler) -> Handler:
+    """One route per path, so a 405 names every method the path has (RFC 9110's Allow)."""
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return dispatch
 
 
 def public(record: dict[str, Any], *, verbose: bool = True) -> dict[str, Any]:
@@ -108,20 +173,40 @@ class Sandbox:
                 response = JSONResponse({"error": "Too many requests"}, status_code=429,
                                         headers={"Retry-After": str(max(1, round(wait + 0.5)))})  # fmt: skip
             else:
-                response = await handler(request)
-            video_id = request.path_params.get("video_id") or getattr(response, "video_id", None)
-            self.store.log_call(request.method, request.url.path, response.status_code, video_id)
+                response = await self.answer(handler, request)
             return response
 
         return wrapped
 
+    async def answer(self, handler: Handler, request: Request) -> Response:
+        """The handler's response; refusals in Tavus's shape and a JSON 500 for a bug (the connection stays usable)."""
+        try:
+            return await handler(request)
+        except _Refused as exc:
+            return _error(exc.message, exc.status)
+        except Exception:
+            log.exception("sandbox bug answering %s %s", request.method, request.url.path)
+            return _error("Internal sandbox error", 500)
+
+    def public_route(self, handler: Handler) -> Handler:
+        """Hosted pages and files: no API key or rate limit, but guarded like the API."""
+
+        async def wrapped(request: Request) -> Response:
+            return await self.answer(handler, request)
+
+        return wrapped
+
+    def log_call(self, scope: Scope, status: int) -> None:
+        video_id = scope.get("video_id") or scope.get("path_params", {}).get("video_id")
+        if video_id is not None and not re.fullmatch(r"[0-9a-f]{10}", video_id):
+            video_id = None  # never store what a client typed into a path
+        path = scope["path"].encode("utf-8", "replace").decode()
+        self.store.log_call(scope["method"], path, status, video_id)
+
     # -- videos --
 
     async def create(self, request: Request) -> Response:
-        try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError:
-            return _error("Invalid JSON body")
+        body = await _json_body(request, None)
         if not isinstance(body, dict):
             return _error("Request body must be a JSON object")
         try:
@@ -130,6 +215,11 @@ class Sandbox:
             return _error(exc.message.removeprefix("invalid video request: "))
         if req.replica_id not in REPLICAS:
             return _error("Invalid replica_id")
+        if req.script is not None and len(req.script) > SCRIPT_MAX_CHARS:
+            return _error(
+                f"script is too long: {len(req.script)} characters (the sandbox accepts at most "
+                f"{SCRIPT_MAX_CHARS}, about ten minutes of speech); split it into several videos"
+            )
         if self.rng.random() < self.config.fail_create_rate:
             return JSONResponse({"error": "Service temporarily unavailable"}, status_code=503,
                                 headers={"Retry-After": "1"})  # fmt: skip
@@ -154,10 +244,12 @@ class Sandbox:
         else:
             keys = ("video_id", "video_name", "status", "hosted_url", "created_at")
             response = JSONResponse({k: record[k] for k in keys})
-        response.video_id = vid  # type: ignore[attr-defined]
+        request.scope["video_id"] = vid  # for the call log
         return response
 
     def _video(self, request: Request) -> dict[str, Any] | None:
+        if not re.fullmatch(r"[0-9a-f]{10}", request.path_params["video_id"]):
+            return None
         got = self.store.get(request.path_params["video_id"])
         return got[0] if got else None
 
@@ -168,14 +260,8 @@ class Sandbox:
         return JSONResponse(public(record, verbose=request.query_params.get("verbose") == "true"))
 
     async def list_videos(self, request: Request) -> Response:
-        try:
-            limit = int(request.query_params.get("limit", 10))
-            page = int(request.query_params.get("page", 0))
-        except ValueError:
-            return _error("limit and page must be integers")
-        if limit < 1 or page < 0:
-            return _error("limit must be >= 1 and page >= 0")
-        records, total = self.store.page(min(limit, 100), page)
+        limit, page = _paging(request)
+        records, total = self.store.page(limit, page)
         return JSONResponse({"data": [public(r) for r in records], "total_count": total})
 
     async def delete_video(self, request: Request) -> Response:
@@ -192,10 +278,8 @@ class Sandbox:
     async def rename_video(self, request: Request) -> Response:
         if self._video(request) is None:
             return _error("Invalid video_id")
-        try:
-            name = json.loads(await request.body() or b"{}").get("video_name")
-        except (ValueError, AttributeError):
-            name = None
+        body = await _json_body(request, {})
+        name = body.get("video_name") if isinstance(body, dict) else None
         if not isinstance(name, str) or not name.strip():
             return _error("video_name is required")
         self.store.update(request.path_params["video_id"], video_name=name, updated_at=http_time())
@@ -216,11 +300,17 @@ class Sandbox:
         return out
 
     async def list_replicas(self, request: Request) -> Response:
-        limit = int(request.query_params.get("limit", 10) or 10)
-        page = int(request.query_params.get("page", 0) or 0)
-        ids = sorted(REPLICAS)
-        return JSONResponse({"data": [self._replica(r) for r in ids[page * limit : (page + 1) * limit]],
-                             "total_count": len(ids)})  # fmt: skip
+        limit, page = _paging(request)
+        query = request.query_params
+        kind = query.get("replica_type")
+        if kind is not None and kind not in ("user", "system"):
+            return _error("replica_type must be user or system")
+        wanted = {r.strip() for r in query["replica_ids"].split(",") if r.strip()} if "replica_ids" in query else None
+        replicas = [self._replica(r) for r in sorted(REPLICAS)]
+        replicas = [r for r in replicas if (kind is None or r["replica_type"] == kind)
+                    and (wanted is None or r["replica_id"] in wanted)
+                    and query.get("model_name") in (None, r["model_name"])]  # fmt: skip
+        return JSONResponse({"data": replicas[page * limit : (page + 1) * limit], "total_count": len(replicas)})
 
     async def get_replica(self, request: Request) -> Response:
         rid = request.path_params["replica_id"]
@@ -276,6 +366,36 @@ class Sandbox:
         return JSONResponse({"calls": self.store.calls()})
 
 
+class _CallLog:
+    """ASGI middleware: every request is in /_sandbox/calls whatever its outcome (404, 405, 413, 500 included).
+
+    Logged when the response starts, so a client that reads the log right after its answer finds its call.
+    """
+
+    def __init__(self, app: Any, sandbox: Sandbox) -> None:
+        self.app, self.sandbox = app, sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def logged_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                self.sandbox.log_call(scope, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        except BaseException:
+            if not started:
+                self.sandbox.log_call(scope, 500)
+            raise
+
+
 async def _read(path: Any, start: int, end: int, drop_at: int | None) -> AsyncIterator[bytes]:
     sent = 0
     with open(path, "rb") as f:
@@ -312,18 +432,20 @@ def create_app(config: SandboxConfig) -> Starlette:
             sb.store.close()
 
     routes = [
-        Route("/v2/videos", sb.api(sb.create), methods=["POST"]),
-        Route("/v2/videos", sb.api(sb.list_videos), methods=["GET"]),
-        Route("/v2/videos/{video_id}", sb.api(sb.get_video), methods=["GET"]),
-        Route("/v2/videos/{video_id}", sb.api(sb.delete_video), methods=["DELETE"]),
+        Route("/v2/videos", sb.api(_by_method(POST=sb.create, GET=sb.list_videos)), methods=["GET", "POST"]),
+        Route(
+            "/v2/videos/{video_id}",
+            sb.api(_by_method(GET=sb.get_video, DELETE=sb.delete_video)),
+            methods=["GET", "DELETE"],
+        ),
         Route("/v2/videos/{video_id}/name", sb.api(sb.rename_video), methods=["PATCH"]),
         Route("/v2/replicas", sb.api(sb.list_replicas), methods=["GET"]),
         Route("/v2/replicas/{replica_id}", sb.api(sb.get_replica), methods=["GET"]),
-        Route("/v/{video_id}", sb.hosted, methods=["GET"]),
-        Route("/files/{video_id}/{name:path}", sb.files, methods=["GET"]),
+        Route("/v/{video_id}", sb.public_route(sb.hosted), methods=["GET"]),
+        Route("/files/{video_id}/{name:path}", sb.public_route(sb.files), methods=["GET"]),
         Route("/_sandbox/calls", sb.api(sb.calls, limited=False), methods=["GET"]),
         Route("/_sandbox/health", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_CallLog, sandbox=sb)])
     app.state.sandbox = sb
     return app

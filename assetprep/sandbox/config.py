@@ -17,6 +17,17 @@ REPLICAS: dict[str, dict[str, str]] = {
 }
 DEFAULT_REPLICA = "r90bbd427f71"
 
+# status_details: Tavus's codes where it documents codes (video_queued, replica_in_training, video_success, the error
+# types such as audio_file_min_duration); elsewhere the sentences of its callback examples. Never null.
+GENERATING = "Your request is being processed."
+SUCCESS_SENTENCE = "Your request has processed successfully!"
+ERROR_SENTENCE = "An error occurred while generating this request. Please check your inputs or try your request again."
+
+# Sandbox limits (README: Sandbox): request bodies and scripts above these are refused at once (413 / 400). A script
+# of 10,000 characters is about ten minutes of speech, Tavus's limit for audio_url.
+MAX_BODY_BYTES = 1 << 20
+SCRIPT_MAX_CHARS = 10_000
+
 
 class SandboxConfig(BaseModel):
     """How the sandbox runs; every fault knob is off by default and deterministic through `seed`."""

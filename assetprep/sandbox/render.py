@@ -22,6 +22,7 @@ from ..normalize import mp4_options
 from ..probe import probe
 from ..progress import ProgressCallback
 from ..tavus import AUDIO_EXTENSIONS
+from .config import ERROR_SENTENCE
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 AUDIO_MIN_S, AUDIO_MAX_S, AUDIO_MAX_BYTES = 3.0, 600.0, 750 * 1024 * 1024
@@ -91,11 +92,11 @@ def check_background_input(path: Path) -> None:
     try:
         info = probe(path)
     except AssetprepError as exc:
-        raise RenderFailure("video_error", f"background_source_url is not a readable video: {exc.message}") from None
+        raise RenderFailure(ERROR_SENTENCE, f"background_source_url is not a readable video: {exc.message}") from None
     if info.video is None:
-        raise RenderFailure("video_error", "background_source_url has no video stream")
+        raise RenderFailure(ERROR_SENTENCE, "background_source_url has no video stream")
     if info.video.codec != "h264":
-        raise RenderFailure("video_error", f"background_source_url must be H.264, got {info.video.codec}")
+        raise RenderFailure(ERROR_SENTENCE, f"background_source_url must be H.264, got {info.video.codec}")
 
 
 def speak(script: str, work: Path, *, timeout: float = 120.0) -> Path:
@@ -114,9 +115,13 @@ def speak(script: str, work: Path, *, timeout: float = 120.0) -> Path:
     return out
 
 
+MAX_CAPTIONS = 300  # one drawtext each; ffmpeg-python compiles the chain recursively (~400 is its limit)
+
+
 def caption_chunks(script: str, duration: float, *, words_per_chunk: int = 7) -> list[tuple[float, float, str]]:
-    """(start, end, text) captions, timed in proportion to their length."""
+    """(start, end, text) captions, timed in proportion to their length; long scripts get longer captions."""
     words = script.split()
+    words_per_chunk = max(words_per_chunk, -(-len(words) // MAX_CAPTIONS))
     chunks = [" ".join(words[i : i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)]
     total = sum(len(c) + 1 for c in chunks) or 1
     out, t = [], 0.0
@@ -147,6 +152,15 @@ class RenderJob:
 
 def render(job: RenderJob, out: Path, work: Path, *, on_progress: ProgressCallback | None, timeout: float) -> Path:
     """Render the placeholder video: .mp4 (H.264/AAC), or .webm VP9 with alpha for transparent."""
+    _process.run_ffmpeg(
+        render_graph(job, out, work), stage="render", total=job.duration, timeout=timeout, on_progress=on_progress,
+        what="sandbox render",
+    )  # fmt: skip
+    return out
+
+
+def render_graph(job: RenderJob, out: Path, work: Path) -> Any:
+    """The ffmpeg graph of `render` (caption text files are written to `work`)."""
     font = _font()
     audio = ffmpeg.input(str(job.audio)).audio
     split = audio.filter_multi_output("asplit", 2)
@@ -189,11 +203,7 @@ def render(job: RenderJob, out: Path, work: Path, *, on_progress: ProgressCallba
     else:
         opts = {"c:v": "libx264", "preset": "veryfast", "crf": 23, "pix_fmt": "yuv420p", "profile:v": "high",
                 "c:a": "aac", "b:a": "128k", "ar": 48000, **mp4_options()}  # fmt: skip
-    _process.run_ffmpeg(
-        ffmpeg.output(layer, sound, str(out), **common, **opts),
-        stage="render", total=job.duration, timeout=timeout, on_progress=on_progress, what="sandbox render",
-    )  # fmt: skip
-    return out
+    return ffmpeg.output(layer, sound, str(out), **common, **opts)
 
 
 def extras(video: Path, folder: Path, *, timeout: float = 120.0) -> None:

@@ -69,7 +69,10 @@ class Store:
             self._db.execute("DELETE FROM videos WHERE video_id = ?", (video_id,))
 
     def page(self, limit: int, page: int) -> tuple[list[dict[str, Any]], int]:
-        """Newest first, like a dashboard; plus the total count."""
+        """Newest first, like a dashboard; plus the total count (a page past SQLite's integers is simply empty)."""
+        if page * limit >= 2**63:
+            with self._lock:
+                return [], self._db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
         with self._lock:
             total = self._db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
             rows = self._db.execute(

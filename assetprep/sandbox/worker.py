@@ -19,7 +19,15 @@ from typing import Any
 import httpx
 
 from .._urls import redact_url
-from .config import REPLICAS, SandboxConfig, callback_time, http_time
+from .config import (
+    ERROR_SENTENCE,
+    GENERATING,
+    REPLICAS,
+    SUCCESS_SENTENCE,
+    SandboxConfig,
+    callback_time,
+    http_time,
+)
 from .render import (
     AUDIO_MAX_BYTES,
     RenderFailure,
@@ -81,7 +89,7 @@ class Lifecycle:
                 pass
             except Exception:  # a bug must not kill the worker; the video ends in error
                 log.exception("video %s failed in the sandbox", vid)
-                self._finish(vid, status="error", status_details="video_error", error_details="sandbox internal error")
+                self._finish(vid, status="error", status_details=ERROR_SENTENCE, error_details=None)
 
     def _pause(self, seconds: float, vid: str) -> None:
         end = time.monotonic() + seconds
@@ -118,7 +126,7 @@ class Lifecycle:
         self._pause(self.config.queue_seconds / speed, vid)
         started = time.monotonic()
         min_seconds = self.config.generate_seconds / speed
-        self._set(vid, status="generating", generation_progress="0/100", status_details=None)
+        self._set(vid, status="generating", generation_progress="0/100", status_details=GENERATING)
         work = self.config.data_dir / "work" / vid
         out_dir = self.config.data_dir / "files" / vid
         shutil.rmtree(work, ignore_errors=True)
@@ -145,7 +153,7 @@ class Lifecycle:
                 report(0.1)
                 if req.get("_fail_render"):
                     self._pause(min_seconds / 2, vid)
-                    raise RenderFailure("video_error", "render failed (injected by sandbox --fail-render-rate)")
+                    raise RenderFailure(ERROR_SENTENCE, "render failed (injected by sandbox --fail-render-rate)")
                 render_video(job, out, work, timeout=300 + 10 * job.duration,
                              on_progress=lambda p: report(0.1 + 0.8 * (p.fraction or 0.0)))  # fmt: skip
                 if not job.fast:
@@ -192,7 +200,7 @@ class Lifecycle:
         fast = bool(req.get("fast"))
         if req.get("background_source_url") and not fast:
             background = fetch(req["background_source_url"], work / "background_in", what="background_source_url",
-                               status_details="video_error", max_bytes=BACKGROUND_MAX_BYTES)  # fmt: skip
+                               status_details=ERROR_SENTENCE, max_bytes=BACKGROUND_MAX_BYTES)  # fmt: skip
             check_background_input(background)
         elif req.get("background_url") and not fast:
             background = self._record(req, work, min(duration, RECORD_MAX_SECONDS))
@@ -207,7 +215,7 @@ class Lifecycle:
         try:
             from ..record import RecordOptions, record
         except ImportError:
-            raise RenderFailure("video_error", "this sandbox cannot record background_url (recorder missing)") from None
+            raise RenderFailure(ERROR_SENTENCE, "the sandbox cannot record background_url (no recorder)") from None
         props = req.get("properties") or {}
         scroll = "none" if props.get("background_scroll") is False else props.get("background_scroll_type", "human")
         options = RecordOptions(
@@ -218,7 +226,7 @@ class Lifecycle:
         try:
             return record(req["background_url"], work / "background.mp4", options).output
         except AssetprepError as exc:
-            raise RenderFailure("video_error", f"background_url could not be recorded: {exc.message}") from None
+            raise RenderFailure(ERROR_SENTENCE, f"background_url could not be recorded: {exc.message}") from None
 
     def _finish(self, vid: str, **fields: Any) -> None:
         got = self.store.get(vid)
@@ -250,6 +258,8 @@ def callback_payload(record: dict[str, Any]) -> dict[str, Any]:
     out = {k: record.get(k) for k in keys}
     out["created_at"] = callback_time(record["_created"])
     out["updated_at"] = callback_time(time.time())
+    if out["status_details"] == "video_success":  # the callback example's words for it
+        out["status_details"] = SUCCESS_SENTENCE
     if record.get("status") == "error":
         out["error_details"] = record.get("error_details")
     return out
