@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import random
 import signal
@@ -166,12 +167,15 @@ def main() -> None:
             # A clean run of the same batch (fresh state), for wall time and requests without the kills.
             clean_state = d / "clean"
             before_clean = len([c for c in sb.calls() if c["path"].startswith("/v2/")])
-            clean = run_batch([*cmd[:-1], str(d / "out-clean"), "--batch-id", "clean"],
+            # Its own S3 prefix: every background is recorded again (the same prefix would find them by HEAD).
+            clean = run_batch([*cmd[:-1], str(d / "out-clean"), "--batch-id", "clean", "--prefix", "bench-clean"],
                               {**env, "ASSETPREP_RUNS_DIR": str(clean_state / "runs")}, clean_state)  # fmt: skip
             assert clean["rc"] == 0, clean["stderr"][-2000:]
             clean_calls = len([c for c in sb.calls() if c["path"].startswith("/v2/")]) - before_clean
-            recordings = len(list((clean_state / "batches").glob("*/prep/*-background.mp4")))
-            bg_sizes = [p.stat().st_size for p in (clean_state / "batches").glob("*/prep/*-background.mp4")]
+            with sqlite3.connect(next(clean_state.glob("batches/*/journal.sqlite"))) as db:
+                made = [json.loads(data) for (data,) in db.execute("SELECT data FROM preps WHERE kind = 'background'")]
+            recordings = len([m for m in made if m.get("seconds")])  # prepared in this run, not found by HEAD
+            bg_sizes = [int(m["size"]) for m in made]
 
             ray = None
             if args.ray_address:
