@@ -42,6 +42,7 @@ _LIST_FIELDS = ("video_id", "video_name", "status", "data", "download_url", "hos
                 "gif_thumbnail_url", "error_details", "created_at", "updated_at", "generation_progress",
                 "replica_id")  # fmt: skip
 _VERBOSE_ONLY = ("still_image_thumbnail_url", "gif_thumbnail_url")
+_ENDPOINT_IDS = re.compile(r"(/(?:videos|replicas|v|files)/)[^/]+")
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -363,7 +364,14 @@ class Sandbox:
                                  media_type=media_type)  # fmt: skip
 
     async def calls(self, request: Request) -> Response:
-        return JSONResponse({"calls": self.store.calls()})
+        """Every request, oldest first, and per endpoint (ids replaced by placeholders) the count of each status."""
+        calls = self.store.calls()
+        counts: dict[str, dict[str, int]] = {}
+        for c in calls:
+            endpoint = f"{c['method']} {_ENDPOINT_IDS.sub(lambda m: m.group(1) + '{id}', c['path'])}"
+            per_status = counts.setdefault(endpoint, {})
+            per_status[str(c["status"])] = per_status.get(str(c["status"]), 0) + 1
+        return JSONResponse({"calls": calls, "counts": counts})
 
 
 class _CallLog:

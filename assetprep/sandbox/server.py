@@ -89,3 +89,9 @@ class LocalSandbox(ManagedServer):
         resp = httpx.get(f"{self.base_url}/_sandbox/calls", headers={"x-api-key": self.api_key}, timeout=10.0)
         resp.raise_for_status()
         return list(resp.json()["calls"])
+
+    def call_counts(self) -> dict[str, dict[str, int]]:
+        """Per endpoint (`GET /v2/videos/{id}`), how many requests ended in each status."""
+        resp = httpx.get(f"{self.base_url}/_sandbox/calls", headers={"x-api-key": self.api_key}, timeout=10.0)
+        resp.raise_for_status()
+        return dict(resp.json()["counts"])
