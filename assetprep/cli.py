@@ -568,6 +568,11 @@ def publish_cmd(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Final video path.")] = None,
     run_id: Annotated[str | None, typer.Option(help="Name the run (default: derived from the inputs).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Submit again after an error.")] = False,
+    watermark: Annotated[str | None, typer.Option(help="A .png/.jpg file or URL, sent as watermark_image_url.")] = None,
+    block_private_networks: Annotated[
+        bool,
+        typer.Option("--block-private-networks", help="Record pages through the guard: no loopback/private hosts."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Prepare, upload, submit, wait and download one Tavus video. Rerun the same command to resume."""
@@ -593,6 +598,7 @@ def publish_cmd(
             callback_url=callback_url, listen=listen,
             deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
             bucket=bucket, prefix=prefix, output=output, run_id=run_id, retry_failed=retry_failed,
+            watermark=watermark, block_private_networks=block_private_networks,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "publish options")) from None

@@ -19,7 +19,10 @@ import itertools
 import math
 import os
 import shutil
+import signal
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -240,6 +243,71 @@ _OS_HEADLESS_SHELL = ("chromium-headless-shell", "/usr/lib/chromium/chromium-hea
 _DETERMINISTIC = "--deterministic-mode"
 
 
+def _process_tree(marker: str) -> list[int]:
+    """PIDs of the browser launched with `marker` among its switches, and of all its descendants (zygote, renderers)."""
+    parents: dict[int, int] = {}
+    roots = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            if marker.encode() in (entry / "cmdline").read_bytes():
+                roots.append(int(entry.name))
+    found, todo = set(roots), list(roots)
+    while todo:
+        pid = todo.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
+class _Watchdog:
+    """A bound on every browser call.
+
+    Playwright's evaluate and CDP calls have no timeout, and a page whose script never yields (an endless loop)
+    blocks them forever; the recorder's own deadline is only looked at between frames. A step that overruns gets
+    the browser's processes killed, which makes the blocked call fail, and is reported as what it was doing.
+    """
+
+    def __init__(self, marker: str, url: str) -> None:
+        self.marker, self.url = marker, url
+        self.fired: str | None = None
+        self._step: tuple[str, float, float] | None = None  # (where, budget s, expiry on the monotonic clock)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="assetprep-browser-watchdog", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=2)
+
+    @contextlib.contextmanager
+    def step(self, where: str, seconds: float) -> Iterator[None]:
+        self._step = (where, seconds, time.monotonic() + seconds)
+        try:
+            yield
+        except Exception:
+            if self.fired:
+                raise RecordError(self.fired, hint="its script never ends (an endless loop?): fix the page, "
+                                  "record another one, or raise --timeout if it is only slow") from None  # fmt: skip
+            raise
+        finally:
+            self._step = None
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            step = self._step
+            if step is not None and time.monotonic() > step[2] and not self.fired:
+                self.fired = f"{self.url}: the page's script did not yield for {step[1]:g} s {step[0]}"
+                for pid in _process_tree(self.marker):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+
+
 def find_chromium(playwright: Any) -> str | None:
     """None: Playwright's own browser is installed. Else the path of the OS Chromium (CHROMIUM env wins).
 
@@ -363,9 +431,14 @@ def _record_url(
         pw = stack.enter_context(sync_playwright())
         exact = options.mode == "exact"
         executable = find_chromium(pw)
+        # A switch Chromium ignores, so the watchdog can find this browser's processes (and only them).
+        marker = f"--assetprep-recording={uuid.uuid4().hex}"
+        dog = _Watchdog(marker, url)
+        stack.callback(dog.close)
+        bound = options.timeout  # per browser step (loading and waiting also have Playwright's timeout inside)
         try:
             browser = pw.chromium.launch(executable_path=executable, headless=True, proxy=proxy,
-                                         args=([_DETERMINISTIC] if exact else []) + options.browser_args,
+                                         args=([_DETERMINISTIC] if exact else []) + options.browser_args + [marker],
                                          chromium_sandbox=os.geteuid() != 0, timeout=30000)  # fmt: skip
         except PlaywrightError as exc:
             raise RecordError(
@@ -386,7 +459,8 @@ def _record_url(
             page.on("dialog", lambda d: d.dismiss())  # alert/confirm must not stall the recording
             failure: PlaywrightError | None = None
             try:
-                response = page.goto(url, wait_until="load", timeout=timeout_ms)
+                with dog.step("while loading", bound + 5):
+                    response = page.goto(url, wait_until="load", timeout=timeout_ms)
             except PlaywrightError as exc:
                 response, failure = None, exc
             # The guard refused the page itself: an https CONNECT fails the navigation, plain http gets its 403.
@@ -400,11 +474,12 @@ def _record_url(
                 raise RecordError(
                     f"{url} answered HTTP {response.status}", hint="fix the URL or pass --allow-http-errors"
                 )
-            _wait_ready(page, options, timeout_ms, url)
-            page.add_style_tag(content=css)
-            if js:
-                page.evaluate(f"() => {{ {js}\n}}")
-            page_height, view_h = (int(v) for v in page.evaluate(_MEASURE_JS))
+            with dog.step("while getting ready", bound + options.timeout):
+                _wait_ready(page, options, timeout_ms, url)
+                page.add_style_tag(content=css)
+                if js:
+                    page.evaluate(f"() => {{ {js}\n}}")
+                page_height, view_h = (int(v) for v in page.evaluate(_MEASURE_JS))
             # Fast mode pans one screenshot, which Chromium cannot make taller than _MAX_FULLPAGE device pixels.
             depth = _MAX_DEPTH if exact else int(_MAX_FULLPAGE / options.scale) - view_h
             max_scroll = max(0, min(page_height - view_h, depth))
@@ -416,12 +491,12 @@ def _record_url(
             points = scroll_keyframes(options, max_scroll, (frames - 1) / fps)
             if exact:
                 capture, capture_fps = _record_exact(
-                    page, cdp, tmp, preset, frames, points, options, on_progress, deadline
+                    page, cdp, tmp, preset, frames, points, options, on_progress, deadline, dog
                 )
             else:
                 capture, capture_fps = (
                     "fullpage",
-                    _record_fast(page, tmp, preset, frames, points, options, on_progress, deadline),
+                    _record_fast(page, tmp, preset, frames, points, options, on_progress, deadline, dog),
                 )
         finally:
             browser.close()
@@ -475,14 +550,19 @@ def _encoder(preset: VideoPreset, out: Path, source: Any, x264_preset: X264Prese
 
 def _record_exact(
     page: Any, cdp: Any, tmp: Path, preset: VideoPreset, frames: int, points: list[tuple[float, float]],
-    options: RecordOptions, on_progress: ProgressCallback | None, deadline: float,
+    options: RecordOptions, on_progress: ProgressCallback | None, deadline: float, dog: _Watchdog,
 ) -> tuple[Capture, float]:  # fmt: skip
-    offset = page.evaluate("() => window.__assetprep.now()")  # virtual time spent getting ready
+    bound = options.timeout
+    with dog.step("before the first frame", bound):
+        offset = page.evaluate("() => window.__assetprep.now()")  # virtual time spent getting ready
     fps = preset.fps
     jpeg = {"format": "jpeg", "quality": options.jpeg_quality, "optimizeForSpeed": True}
     try:
-        cdp.send("HeadlessExperimental.enable")
+        with dog.step("before the first frame", bound):
+            cdp.send("HeadlessExperimental.enable")
         capture: Capture = "beginframe"
+    except RecordError:
+        raise
     except Exception:  # a full Chromium has no such domain: its compositor runs by itself
         capture = "screenshot"
 
@@ -503,11 +583,13 @@ def _record_exact(
             _process.check_cancelled(f"recording of {page.url}")
             t = i / fps
             step = _FRAME_JS.format(t=offset + t * 1000, y=round(scroll_at(points, t)))
-            answer = cdp.send("Runtime.evaluate", {"expression": step})
-            if "exceptionDetails" in answer:
-                raise RecordError(f"{page.url}: the virtual clock failed at frame {i}: "
-                                  f"{answer['exceptionDetails'].get('text', 'script error')}")  # fmt: skip
-            yield grab()
+            with dog.step(f"at frame {i}", min(bound, max(1.0, deadline - time.monotonic()))):
+                answer = cdp.send("Runtime.evaluate", {"expression": step})
+                if "exceptionDetails" in answer:
+                    raise RecordError(f"{page.url}: the virtual clock failed at frame {i}: "
+                                      f"{answer['exceptionDetails'].get('text', 'script error')}")  # fmt: skip
+                frame = grab()
+            yield frame
             if on_progress is not None and (i % 5 == 4 or i == frames - 1):
                 done = time.monotonic() - t0
                 on_progress(Progress(stage="record", done=i + 1, total=frames, unit="frames",
@@ -524,27 +606,29 @@ def _record_exact(
 
 def _record_fast(
     page: Any, tmp: Path, preset: VideoPreset, frames: int, points: list[tuple[float, float]],
-    options: RecordOptions, on_progress: ProgressCallback | None, deadline: float,
+    options: RecordOptions, on_progress: ProgressCallback | None, deadline: float, dog: _Watchdog,
 ) -> float:  # fmt: skip
     # Fixed and sticky elements would be painted once per screen in a tall capture: pin them to the top instead.
     # Sticky ones go back into the flow (relative); fixed ones are pinned where they are at scroll 0, same size.
-    page.evaluate("""() => { window.scrollTo(0, 0);
-      for (const el of document.querySelectorAll('*')) {
-        const p = getComputedStyle(el).position;
-        if (p === 'sticky') el.style.setProperty('position', 'relative', 'important');
-        if (p !== 'fixed') continue;
-        const r = el.getBoundingClientRect();
-        for (const [k, v] of [['position', 'absolute'], ['top', r.top + 'px'], ['left', r.left + 'px'],
-                              ['width', r.width + 'px'], ['height', r.height + 'px'], ['bottom', 'auto'],
-                              ['right', 'auto']]) el.style.setProperty(k, v, 'important');
-      } }""")
+    with dog.step("before the screenshot", options.timeout + 5):
+        page.evaluate("""() => { window.scrollTo(0, 0);
+          for (const el of document.querySelectorAll('*')) {
+            const p = getComputedStyle(el).position;
+            if (p === 'sticky') el.style.setProperty('position', 'relative', 'important');
+            if (p !== 'fixed') continue;
+            const r = el.getBoundingClientRect();
+            for (const [k, v] of [['position', 'absolute'], ['top', r.top + 'px'], ['left', r.left + 'px'],
+                                  ['width', r.width + 'px'], ['height', r.height + 'px'], ['bottom', 'auto'],
+                                  ['right', 'auto']]) el.style.setProperty(k, v, 'important');
+          } }""")
     t0 = time.monotonic()
     vw, vh = page.viewport_size["width"], page.viewport_size["height"]
     height = vh + math.ceil(max(y for _, y in points))  # the plan stays within _MAX_FULLPAGE (see depth)
     shot = tmp.with_suffix(".png")
     try:
-        page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": vw, "height": height}, full_page=True,
-                        timeout=options.timeout * 1000)  # fmt: skip
+        with dog.step("while taking the screenshot", options.timeout + 5):
+            page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": vw, "height": height}, full_page=True,
+                            timeout=options.timeout * 1000)  # fmt: skip
         if on_progress is not None:
             on_progress(Progress(stage="record", done=1, total=2, unit="shots"))
         scale = options.scale

@@ -111,6 +111,18 @@ def test_website_background_local_and_via_tavus(world, site, tmp_path):
     assert "background" in local.timings and "background" not in via.timings and "upload" not in via.timings
 
 
+def test_block_private_networks_keeps_an_internal_page_out(world, site, s3_client, tmp_path):
+    sb, _, env = world()
+    out = tmp_path / "v.mp4"
+    run = subprocess.run([sys.executable, "-m", "assetprep", "publish", "--replica", DEFAULT_REPLICA, "--script", "Hi.", "--background",
+                          f"{site}/red.html", "--background-seconds", "1", "--block-private-networks", "-o", str(out),
+                          "--poll", "0.2", "--prefix", "guarded"], env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 1 and "blocked request to a private address" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and not out.exists()
+    assert posts(sb) == [] and s3_client.list_objects_v2(Bucket=BUCKET, Prefix="guarded/").get("KeyCount") == 0
+
+
 def test_composite_locally_puts_the_replica_layer_on_the_background(world, red_clip, tmp_path):
     sb, run, _ = world()
     result = run(script="Fast mode, but with my background.", background=str(red_clip), composite_locally=True,

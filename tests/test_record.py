@@ -6,6 +6,7 @@ import itertools
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,56 @@ def test_bad_pages_fail_clearly_without_output(site, tmp_path, path, options, ne
     out = tmp_path / "bad.mp4"
     with pytest.raises(RecordError, match=needle):
         record(f"{site}{path}", out, opts(duration=1, fps=5, **options))
+    assert list(tmp_path.iterdir()) == []
+
+
+def chromium_descendants() -> list[str]:
+    """Chromium processes below this test process (a killed or leaked browser would still be here or a zombie)."""
+    import os
+
+    mine, parents, names = {os.getpid()}, {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            names[int(entry.name)] = stat[stat.index("(") + 1 : stat.rindex(")")]
+    changed = True
+    while changed:
+        grown = mine | {p for p, parent in parents.items() if parent in mine}
+        changed, mine = grown != mine, grown
+    return [names[p] for p in mine if "chrom" in names.get(p, "") or "headless" in names.get(p, "")]
+
+
+@pytest.mark.parametrize(
+    ("page", "mode", "extra"),
+    [
+        ("loop.html", "exact", {}),  # a timer loops at 0.5 s of virtual time: while advancing the clock
+        ("raf-loop.html", "exact", {}),  # the tenth animation frame never returns
+        ("loop.html", "fast", {"wait_for": "networkidle"}),  # loops while the page is being made ready
+    ],
+)
+def test_a_page_whose_script_never_yields_ends_within_the_timeout(site, tmp_path, page, mode, extra):
+    started = time.monotonic()
+    with pytest.raises(RecordError, match=r"the page's script did not yield for \d+ s (at frame \d+|before|while)"):
+        record(f"{site}/{page}", tmp_path / "r.mp4", opts(duration=2, fps=10, timeout=3, mode=mode, **extra))
+    assert time.monotonic() - started < 2 * 3 + 15  # at most two timeouts, a browser start and its teardown
+    assert list(tmp_path.iterdir()) == []  # no output, no .part
+    end = time.monotonic() + 10
+    while chromium_descendants() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert chromium_descendants() == []  # the stuck renderer and its browser are gone
+
+
+def test_cli_record_of_a_looping_page_exits_in_one_line(tmp_path):
+    out = tmp_path / "r.mp4"
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "assetprep", "record", str(PAGES / "loop.html"), "-o", str(out),
+                          "--duration", "1", "--timeout", "3"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 1 and time.monotonic() - started < 25
+    assert "did not yield for 3 s" in run.stderr and "Traceback" not in run.stderr
     assert list(tmp_path.iterdir()) == []
 
 
