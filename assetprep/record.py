@@ -418,8 +418,11 @@ def _record_url(
     deadline = time.monotonic() + options.timeout + options.duration * 20 + 60
 
     with atomic_output(output) as tmp, contextlib.ExitStack() as stack:
-        proxy, blocked = None, []
+        proxy, blocked, guard_args = None, [], []
         if options.block_private_networks:
+            # WebRTC sends UDP (STUN/TURN, host candidates) around any HTTP proxy: Chromium's policy for
+            # "no UDP that is not proxied" leaves WebRTC nothing but the proxy, i.e. nothing.
+            guard_args = ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp"]
             # Every request of the browser, loopback included, goes through the guard; our own local page server
             # (a .html file or folder being recorded) is the one private address it lets through.
             own = urlsplit(trusted) if trusted else None
@@ -436,9 +439,9 @@ def _record_url(
         dog = _Watchdog(marker, url)
         stack.callback(dog.close)
         bound = options.timeout  # per browser step (loading and waiting also have Playwright's timeout inside)
+        args = ([_DETERMINISTIC] if exact else []) + guard_args + options.browser_args + [marker]
         try:
-            browser = pw.chromium.launch(executable_path=executable, headless=True, proxy=proxy,
-                                         args=([_DETERMINISTIC] if exact else []) + options.browser_args + [marker],
+            browser = pw.chromium.launch(executable_path=executable, headless=True, proxy=proxy, args=args,
                                          chromium_sandbox=os.geteuid() != 0, timeout=30000)  # fmt: skip
         except PlaywrightError as exc:
             raise RecordError(

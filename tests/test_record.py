@@ -318,3 +318,43 @@ def test_guard_blocks_a_redirect_to_a_private_address(redirector, site, tmp_path
 
 def is_yellow(p):
     return p[0] > 180 and p[1] > 180 and p[2] < 60
+
+
+def test_webrtc_sends_no_udp_past_the_guard(tmp_path):
+    """STUN/TURN at 127.0.0.1 over UDP: without the guard the listener sees Chromium's binding requests, with it
+    none (Chromium's disable_non_proxied_udp policy)."""
+    import socket
+    import threading
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.2)
+        port = sock.getsockname()[1]
+        seen: list[tuple[str, int]] = []
+        stop = threading.Event()
+
+        def listen() -> None:
+            while not stop.is_set():
+                try:
+                    seen.append(sock.recvfrom(2048)[1])
+                except TimeoutError:
+                    continue
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        page = tmp_path / "rtc.html"
+        page.write_text(f"""<!doctype html><body style="background:#0a0"><script>
+          const pc = new RTCPeerConnection({{iceServers: [{{urls: 'stun:127.0.0.1:{port}'}},
+            {{urls: 'turn:127.0.0.1:{port}?transport=udp', username: 'u', credential: 'p'}}]}});
+          pc.createDataChannel('x'); pc.createOffer().then(o => pc.setLocalDescription(o));
+        </script></body>""")
+        counts = []
+        for guarded in (False, True):
+            seen.clear()
+            record(page, tmp_path / f"{guarded}.mp4", opts(duration=2, fps=10, block_private_networks=guarded))
+            time.sleep(2)  # ICE retransmits for seconds; anything sent arrives in this window
+            counts.append(len(seen))
+        stop.set()
+        listener.join(timeout=5)
+    assert counts[0] >= 1, "unguarded WebRTC sent nothing: the test would prove nothing"
+    assert counts[1] == 0
