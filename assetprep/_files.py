@@ -10,10 +10,18 @@ from pathlib import Path
 
 from .errors import OutputError
 
+MP4_SUFFIXES = (".mp4", ".m4v", ".mov")  # what an MP4 file may be named without misleading a player
 
-def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[Path, ...] = ()) -> Path:
-    """The output path, after checking its folder exists and is writable and it is not one of the inputs."""
+
+def check_output_path(
+    path: str | os.PathLike[str], *, inputs: tuple[Path, ...] = (), suffixes: tuple[str, ...] = ()
+) -> Path:
+    """The output path, after checking its folder exists and is writable, its name fits what is written
+    (`suffixes`), and it is not one of the inputs (the same file by another name included: symlink, hard link)."""
     out = Path(path)
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise OutputError(f"output {out} must end in {' or '.join(suffixes)}: that is the file written",
+                          hint=f"name it {out.with_suffix(suffixes[0]).name}")  # fmt: skip
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"output folder does not exist: {folder}", hint="create it first or choose another -o path")
@@ -22,8 +30,8 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[Path, ...] 
     if out.is_dir():
         raise OutputError(f"output path is a folder: {out}", hint="give a file name such as out.mp4")
     for src in inputs:
-        if src.exists() and out.exists() and out.resolve() == src.resolve():
-            raise OutputError(f"output would overwrite the input: {out}", hint="write to another file")
+        if src.exists() and out.exists() and os.path.samefile(out, src):
+            raise OutputError(f"output would overwrite the input: {out} is {src}", hint="write to another file")
     return out
 
 
@@ -49,9 +57,11 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], *, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
+def atomic_output(
+    path: str | os.PathLike[str], *, inputs: tuple[Path, ...] = (), suffixes: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """Yield a temp path beside `path`; on normal exit it becomes `path`, on any exception it is removed."""
-    final = check_output_path(path, inputs=inputs)
+    final = check_output_path(path, inputs=inputs, suffixes=suffixes)
     tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
     try:
         tmp.touch(exist_ok=False)  # permission bits do not tell the whole story (root, read-only mounts)

@@ -19,7 +19,7 @@ import ffmpeg
 from pydantic import BaseModel, ConfigDict
 
 from . import _process
-from ._files import atomic_output
+from ._files import MP4_SUFFIXES, atomic_output
 from .errors import ConfigError, MediaError, OutputCheckError
 from .presets import AudioPreset, LoudnessTarget, VideoPreset, load_audio_preset, load_video_preset
 from .probe import _STILL_CODECS, MediaInfo, VideoStream, is_faststart, probe
@@ -254,7 +254,7 @@ def normalize_video(
             # Audio ends with the video: generated silence is endless, and a longer track would freeze the last frame.
             out_opts["t"] = f"{out_seconds:.6f}"
 
-    with atomic_output(output, inputs=(Path(src),)) as tmp:
+    with atomic_output(output, inputs=(Path(src),), suffixes=MP4_SUFFIXES) as tmp:
         stream = ffmpeg.output(*streams, str(tmp), **out_opts)
         _process.run_ffmpeg(
             stream,

@@ -32,7 +32,7 @@ import ffmpeg
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import _process
-from ._files import atomic_output
+from ._files import MP4_SUFFIXES, atomic_output, check_output_path
 from ._netguard import BLOCKED_HEADER, guard_proxy
 from ._server import ThreadedServer
 from .errors import ConfigError, OutputCheckError, RecordError, ToolMissingError
@@ -393,13 +393,15 @@ def record(
         raise RecordError(f"no such page or folder: {path}", hint="give an http(s) URL, a .html file or a folder")
     if path.is_dir() and not (path / "index.html").exists():
         raise RecordError(f"folder {path} has no index.html", hint="name the page file instead")
+    page = path / "index.html" if path.is_dir() else path
+    check_output_path(output, inputs=(page,), suffixes=MP4_SUFFIXES)  # before a local server or a browser starts
     with serve_local(path) as url:
-        return _record_url(url, output, options, on_progress, trusted=url)
+        return _record_url(url, output, options, on_progress, trusted=url, inputs=(page,))
 
 
 def _record_url(
     url: str, output: str | os.PathLike[str], options: RecordOptions, on_progress: ProgressCallback | None,
-    trusted: str | None = None,
+    trusted: str | None = None, inputs: tuple[Path, ...] = (),
 ) -> RecordResult:  # fmt: skip
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
@@ -417,7 +419,7 @@ def _record_url(
     timeout_ms = options.timeout * 1000
     deadline = time.monotonic() + options.timeout + options.duration * 20 + 60
 
-    with atomic_output(output) as tmp, contextlib.ExitStack() as stack:
+    with atomic_output(output, inputs=inputs, suffixes=MP4_SUFFIXES) as tmp, contextlib.ExitStack() as stack:
         proxy, blocked, guard_args = None, [], []
         if options.block_private_networks:
             # WebRTC sends UDP (STUN/TURN, host candidates) around any HTTP proxy: Chromium's policy for

@@ -154,14 +154,14 @@ def test_dropped_create_is_reconciled_on_rerun(world, tmp_path):
 
 def test_failed_video_needs_retry_failed(world, tmp_path):
     sb, run, _ = world(fail_render_rate=0.5, seed=9)  # the seed fails the first render, passes the second
-    with pytest.raises(VideoFailedError, match="video_error"):
+    with pytest.raises(VideoFailedError, match="An error occurred while generating this request"):
         run(script="Fails once.", output=tmp_path / "f.mp4")
     with pytest.raises(VideoFailedError, match="--retry-failed"):
         run(script="Fails once.", output=tmp_path / "f.mp4")
     result = run(script="Fails once.", output=tmp_path / "f.mp4", retry_failed=True)
     assert result.video_name.endswith("-retry1") and len(posts(sb)) == 2
     journal = json.loads((result.run_dir / "journal.json").read_text())
-    assert journal["submit"]["history"][0]["failure"].startswith("video_error")
+    assert journal["submit"]["history"][0]["failure"].startswith("An error occurred while generating")
 
 
 def _cli_publish(env, out: Path, *extra: str) -> subprocess.Popen:

@@ -358,3 +358,22 @@ def test_webrtc_sends_no_udp_past_the_guard(tmp_path):
         listener.join(timeout=5)
     assert counts[0] >= 1, "unguarded WebRTC sent nothing: the test would prove nothing"
     assert counts[1] == 0
+
+
+def test_record_never_writes_over_its_page_or_under_a_misleading_name(tmp_path):
+    import hashlib
+    import os
+
+    page = tmp_path / "page é.html"
+    shutil.copy(PAGES / "short.html", page)
+    before = hashlib.sha256(page.read_bytes()).hexdigest()
+    os.symlink(page, tmp_path / "link.mp4")
+    os.link(page, tmp_path / "hard.mp4")
+    cases = [(page, "must end in .mp4"), (tmp_path / "link.mp4", "would overwrite the input"),
+             (tmp_path / "hard.mp4", "would overwrite the input"), (tmp_path / "r.webm", "must end in .mp4")]  # fmt: skip
+    for out, needle in cases:
+        run = subprocess.run([sys.executable, "-m", "assetprep", "record", str(page), "-o", str(out), "--duration",
+                              "0.5"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.returncode == 1 and needle in run.stderr and "Traceback" not in run.stderr, (out, run.stderr)
+    assert hashlib.sha256(page.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.mp4", "link.mp4", "page é.html"]
