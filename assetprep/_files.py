@@ -56,13 +56,40 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def sweep_stale_parts(final: Path) -> list[Path]:
+    """Remove the temp files of `final` left by dead processes (kill -9, power loss); a live writer's stay."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for part in final.parent.glob(f".{glob_escape(final.name)}.*-*.part"):
+            pid = part.name[len(final.name) + 2 :].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                part.unlink(missing_ok=True)
+                removed.append(part)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_output(
     path: str | os.PathLike[str], *, inputs: tuple[Path, ...] = (), suffixes: tuple[str, ...] = ()
 ) -> Iterator[Path]:
     """Yield a temp path beside `path`; on normal exit it becomes `path`, on any exception it is removed."""
     final = check_output_path(path, inputs=inputs, suffixes=suffixes)
-    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+    sweep_stale_parts(final)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     try:
         tmp.touch(exist_ok=False)  # permission bits do not tell the whole story (root, read-only mounts)
     except OSError as exc:

@@ -7,9 +7,11 @@ kills the child on Ctrl-C or any error (no orphans) and raises errors that carry
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -58,6 +60,23 @@ def cancelled() -> bool:
 def check_cancelled(what: str) -> None:
     if _cancel.is_set():
         raise CancelledError(f"{what} was cancelled")
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()  # looked up here, not in the forked child
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel SIGKILLs it when assetprep dies, even by kill -9 (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def find_tool(name: str) -> str:
@@ -146,7 +165,8 @@ def run(
     check_cancelled(what or name)
     try:
         stdin = subprocess.PIPE if stdin_chunks is not None else subprocess.DEVNULL
-        proc = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_die_with_parent)  # fmt: skip
     except OSError as exc:
         raise ToolMissingError(f"cannot start {name}: {exc.strerror}", hint=_INSTALL_HINTS.get(name)) from exc
     with _live_lock:

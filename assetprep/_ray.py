@@ -8,9 +8,14 @@ by Ray (`max_retries`); a retried task writes the same key, so there is never a 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from ._prepare import PrepResult, PrepTask
@@ -182,3 +187,73 @@ def check_cluster(address: str, *, bucket: str | None, endpoint_url: str | None,
         return list(ray.get(refs, timeout=timeout))
     finally:
         ray.shutdown()
+
+
+class LocalRayCluster:
+    """A Ray cluster of `nodes` nodes on 127.0.0.1 as managed children (tests, benchmarks), stopped by PID.
+
+    Ray binds the machine's interface as well unless it runs in a network namespace with only loopback
+    (`unshare -n`): use it there. `add_node(env)` starts one more node, e.g. with FFMPEG pointing nowhere.
+    """
+
+    def __init__(self, folder: Path, *, nodes: int = 2, cpus_per_node: int = 1,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.folder, self.count, self.cpus = folder, nodes, cpus_per_node
+        self.env = env or {}  # for every node: e.g. the S3 credentials its workers use
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.address = ""
+
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None) -> None:
+        from . import _process
+
+        common = ["--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--object-store-memory=200000000",
+                  "--block", "--disable-usage-stats"]  # fmt: skip
+        ray_bin = Path(sys.executable).parent / "ray"
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env, **(env or {})}
+        log = self.folder / f"ray-{name}.log"
+        self.procs.append(_process.spawn([ray_bin, "start", *args, *common], log_path=log, env=env))
+
+    def start(self, timeout: float = 120) -> LocalRayCluster:
+        from .sandbox.server import free_port
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self._start("head", ["--head", f"--port={port}", "--include-dashboard=false"], None)
+        for i in range(1, self.count):
+            self._start(f"worker{i}", [f"--address={self.address}"], None)
+        self.wait_nodes(self.count, timeout)
+        return self
+
+    def add_node(self, env: dict[str, str], timeout: float = 120) -> str:
+        """Start one more node with `env`; its node id."""
+        before = set(self.wait_nodes(len(self.procs), timeout))
+        self._start(f"worker{len(self.procs)}", [f"--address={self.address}"], env)
+        return next(n for n in self.wait_nodes(len(self.procs), timeout) if n not in before)
+
+    def wait_nodes(self, count: int, timeout: float = 120) -> list[str]:
+        """The alive node ids once there are `count` of them (asked from a fresh process: no driver state here)."""
+        code = (f"import ray,json; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
+                "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))")  # fmt: skip
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            if out.returncode == 0:
+                alive = json.loads(out.stdout.strip().splitlines()[-1])
+                if len(alive) >= count:
+                    return list(alive)
+            time.sleep(1)
+        raise ConfigError(f"the local Ray cluster at {self.address} did not reach {count} nodes; see {self.folder}")
+
+    def stop(self) -> None:
+        from . import _process
+
+        for proc in reversed(self.procs):  # workers first, the head last; SIGTERM drains a --block node
+            _process.stop(proc, timeout=30)
+        self.procs.clear()
+
+    def __enter__(self) -> LocalRayCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from assetprep import _process
+from assetprep._ray import LocalRayCluster
 from assetprep.s3local import LocalS3
 from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
 from assetprep.sandbox.server import free_port
@@ -37,26 +37,6 @@ BUCKET = "ray-tests"
 
 def log(msg: str) -> None:
     print(f"[scenario {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def ray_node(work: Path, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000", "--block",
-              "--disable-usage-stats"]  # fmt: skip
-    return _process.spawn([BIN / "ray", "start", *args, *common], log_path=work / f"ray-{name}.log", env=env)
-
-
-def wait_nodes(address: str, count: int, timeout: float = 90) -> list[str]:
-    end = time.monotonic() + timeout
-    code = (f"import ray,json; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False); "
-            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))")  # fmt: skip
-    while time.monotonic() < end:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        if out.returncode == 0:
-            nodes = json.loads(out.stdout.strip().splitlines()[-1])
-            if len(nodes) >= count:
-                return nodes
-        time.sleep(1)
-    raise RuntimeError(f"the cluster at {address} did not reach {count} nodes")
 
 
 def batch(env: dict[str, str], work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -124,7 +104,7 @@ def kill_one_recording_worker(stop: threading.Event, killed: list[int]) -> None:
 def main(work: Path) -> None:
     facts: dict = {}
     servers = []
-    nodes: list[subprocess.Popen[bytes]] = []
+    cluster: LocalRayCluster | None = None
     try:
         s3 = LocalS3(work / "s3").start()
         servers.append(s3)
@@ -141,12 +121,9 @@ def main(work: Path) -> None:
         base_env = {**os.environ, **s3.env(), "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
         env = {**base_env, **sb.env(), "ASSETPREP_BUCKET": BUCKET, "ASSETPREP_RUNS_DIR": str(state / "runs")}
 
-        port = free_port()
-        address = f"127.0.0.1:{port}"
-        nodes.append(ray_node(work, "head", ["--head", f"--port={port}", "--include-dashboard=false"], base_env))
-        time.sleep(2)
-        nodes.append(ray_node(work, "worker", [f"--address={address}"], base_env))
-        facts["cluster_nodes"] = wait_nodes(address, 2)
+        cluster = LocalRayCluster(work / "ray", nodes=2, env=base_env).start()
+        address = cluster.address
+        facts["cluster_nodes"] = cluster.wait_nodes(2)
         log(f"cluster up: {len(facts['cluster_nodes'])} nodes")
 
         t = time.monotonic()
@@ -206,9 +183,7 @@ def main(work: Path) -> None:
         facts["wrong"] = {"rc": wrong.returncode, "stderr": wrong.stderr, "seconds": time.monotonic() - t}
 
         # A node without ffmpeg joins: doctor names it, and a task that lands there names node and tool.
-        nodes.append(ray_node(work, "noffmpeg", [f"--address={address}"], {**base_env, "FFMPEG": "/nonexistent"}))
-        all_nodes = wait_nodes(address, 3)
-        bad = next(n for n in all_nodes if n not in facts["cluster_nodes"])
+        bad = cluster.add_node({"FFMPEG": "/nonexistent"})
         doctor = subprocess.run([sys.executable, "-m", "assetprep", "doctor", "--ray-address", address, "--json"],
                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         facts["doctor"] = {"rc": doctor.returncode, "checks": json.loads(doctor.stdout)["checks"], "bad_node": bad}
@@ -216,8 +191,8 @@ def main(work: Path) -> None:
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         facts["pinned"] = {"rc": pinned.returncode, "stdout": pinned.stdout, "stderr": pinned.stderr[-2000:]}
     finally:
-        for node in reversed(nodes):  # workers first, the head last; SIGTERM drains a --block node
-            _process.stop(node, timeout=30)
+        if cluster is not None:
+            cluster.stop()
         for server in reversed(servers):
             server.stop()
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))

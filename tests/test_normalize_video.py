@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -223,6 +226,63 @@ def test_interrupt_kills_child_and_leaves_no_file(gen, tmp_path):
     children = [pid for c in Path(f"/proc/{os.getpid()}/task").glob("*/children") for pid in c.read_text().split()]
     names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in children if Path(f"/proc/{pid}").exists()]
     assert "ffmpeg" not in names
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _ffmpeg_pids() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "ffmpeg":
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_normalize_takes_its_ffmpeg_along_and_the_next_run_sweeps_its_part(gen, tmp_path, sig):
+    src = gen("long.mp4", "-f", "lavfi", "-i", "testsrc2=s=1920x1080:r=30:d=60", "-pix_fmt", "yuv444p",
+              "-c:v", "libx264", "-preset", "ultrafast")  # fmt: skip
+    out = tmp_path / "o.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "assetprep", "normalize", "video", str(src), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    end = time.monotonic() + 60
+    encoder: list[int] = []
+    while time.monotonic() < end and not encoder:  # until its ffmpeg runs and has written something
+        encoder = [c for c in _children_of(proc.pid) if c in _ffmpeg_pids()]
+        parts = list(tmp_path.glob(".o.mp4.*.part"))
+        if not (parts and parts[0].stat().st_size > 0):
+            encoder = []
+        time.sleep(0.1)
+    assert encoder, "ffmpeg never started: the test would prove nothing"
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    end = time.monotonic() + 10
+    while set(encoder) & _ffmpeg_pids() and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not set(encoder) & _ffmpeg_pids()  # the encoder died with its parent
+    left = list(tmp_path.glob(".o.mp4.*.part"))
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + sig and left == []  # handled like Ctrl-C: cleaned up at once
+    else:
+        assert len(left) == 1  # kill -9 leaves no chance to clean up ...
+        again = subprocess.run([sys.executable, "-m", "assetprep", "normalize", "video", str(src), "-o",
+                                str(tmp_path / "o.mp4"), "--duration", "1"], capture_output=True, timeout=120)  # fmt: skip
+        assert again.returncode == 0
+        assert list(tmp_path.glob(".o.mp4.*.part")) == []  # ... the next run to the same output sweeps it
 
 
 def test_no_video_stream(gen, tmp_path):
