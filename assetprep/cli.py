@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from . import __version__, normalize, presets, upload
 from ._units import parse_duration, parse_rate
+from ._urls import redact_url
 from .errors import AssetprepError, ConfigError, ProcessError
 from .probe import probe as probe_file
 from .progress import Progress as ProgressReport
@@ -114,7 +115,10 @@ def step_progress(enabled: bool = True) -> Iterator[ProgressCallback]:
             raise
 
 
-def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
+def emit(result: dict[str, Any], as_json: bool, human: str, warnings: list[str] | None = None) -> None:
+    """The result on stdout (JSON or words); warnings on stderr, so a pipe gets only the result."""
+    for warning in warnings or []:
+        stderr.print(f"warning: {warning}", markup=False)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -136,7 +140,6 @@ def _describe(result: normalize.NormalizeResult) -> str:
             f"  loudness: {result.loudness['integrated']:.1f} LUFS, peak {result.loudness['true_peak']:.1f} dBTP"
         )
     parts.append(f"  duration: {facts['duration']:.3f} s, {facts['size']} bytes")
-    parts += [f"  warning: {w}" for w in result.warnings]
     return "\n".join(parts)
 
 
@@ -161,7 +164,7 @@ def normalize_video_cmd(
             input, output, preset=preset, fit=fit, fps=fps, duration=duration, loop_to=loop_to,  # type: ignore[arg-type]
             keep_audio=keep_audio, force_encode=force_encode, on_progress=on_progress,
         )  # fmt: skip
-    emit(result.summary(), as_json, _describe(result))
+    emit(result.summary(), as_json, _describe(result), result.warnings)
 
 
 @normalize_app.command("audio")
@@ -180,7 +183,7 @@ def normalize_audio_cmd(
         result = normalize.normalize_audio(
             input, output, preset=preset, loudness=target, force_encode=force_encode, on_progress=on_progress
         )
-    emit(result.summary(), as_json, _describe(result))
+    emit(result.summary(), as_json, _describe(result), result.warnings)
 
 
 @app.command("probe")
@@ -334,8 +337,7 @@ def record_cmd(
         result = record(source, output, options, on_progress=on_progress)
     human = (f"{result.output}  ({result.frames} frames @ {result.fps} fps, {result.mode} mode, "
              f"{result.seconds:.1f} s, capture {result.capture_fps:.1f} fps)")  # fmt: skip
-    human += "".join(f"\n  warning: {w}" for w in result.warnings)
-    emit(result.summary(), as_json, human)
+    emit(result.summary(), as_json, human, result.warnings)
 
 
 # --------------------------------------------------------------------------------------------- Tavus videos
@@ -374,8 +376,18 @@ def _video_line(v: Any) -> str:
     return f"{v.video_id}  {v.status}{extra}{detail}  {v.video_name or ''}  {v.hosted_url or ''}".rstrip()
 
 
-def _record(v: Any) -> dict[str, Any]:
-    return dict(v.model_dump(exclude_none=True))
+SignedOpt = Annotated[
+    bool,
+    typer.Option("--signed-urls", help="Print signed URLs whole (they grant access until they expire)."),
+]
+
+
+def _record(v: Any, signed: bool = False) -> dict[str, Any]:
+    """A video as JSON; the query strings of its URLs (signatures) are cut unless asked for."""
+    data = dict(v.model_dump(exclude_none=True))
+    if not signed:
+        data = {k: redact_url(x) if k.endswith("_url") and isinstance(x, str) else x for k, x in data.items()}
+    return data
 
 
 @videos_app.command("create")
@@ -411,21 +423,23 @@ def videos_create(
 
 @videos_app.command("get")
 def videos_get(video_id: VideoIdArg, api_key: ApiKeyOpt = None, base_url: BaseUrlOpt = None,
-               as_json: JsonOpt = False) -> None:  # fmt: skip
+               as_json: JsonOpt = False, signed_urls: SignedOpt = False) -> None:  # fmt: skip
     """Show one video's record (verbose: with thumbnails)."""
     with _client(api_key, base_url) as client:
         video = client.get_video(video_id, verbose=True)
-    lines = [_video_line(video)] + [f"  {k}: {getattr(video, k)}" for k in
-             ("download_url", "stream_url", "still_image_thumbnail_url") if getattr(video, k)]  # fmt: skip
-    emit(_record(video), as_json, "\n".join(lines))
+    record = _record(video, signed_urls)
+    lines = [_video_line(video)] + [f"  {k}: {record[k]}" for k in
+             ("download_url", "stream_url", "still_image_thumbnail_url") if record.get(k)]  # fmt: skip
+    emit(record, as_json, "\n".join(lines))
 
 
 @videos_app.command("list")
-def videos_list(api_key: ApiKeyOpt = None, base_url: BaseUrlOpt = None, as_json: JsonOpt = False) -> None:
+def videos_list(api_key: ApiKeyOpt = None, base_url: BaseUrlOpt = None, as_json: JsonOpt = False,
+                signed_urls: SignedOpt = False) -> None:  # fmt: skip
     """Every video of the account (all pages)."""
     with _client(api_key, base_url) as client:
         videos = list(client.list_videos())
-    emit({"data": [_record(v) for v in videos], "total_count": len(videos)}, as_json,
+    emit({"data": [_record(v, signed_urls) for v in videos], "total_count": len(videos)}, as_json,
          "\n".join(_video_line(v) for v in videos) or "no videos")  # fmt: skip
 
 

@@ -435,7 +435,13 @@ def normalize_audio(
                 src, target=target, channels=ap.channels, timeout=timeout, on_progress=scaled, total=seconds
             )
             if measured["input_i"] == -math.inf or measured["input_i"] < -70:
-                warnings.append("the audio is silent; loudness normalization was skipped")
+                # Integrated loudness needs 0.4 s blocks: a short clip has none even when loud; its peak tells.
+                audible = measured["input_tp"] > -60
+                warnings.append(
+                    "the audio is too short to measure its loudness (under 0.4 s); loudness normalization was skipped"
+                    if audible
+                    else "the audio is silent; loudness normalization was skipped"
+                )
             else:
                 stream = stream.filter(
                     "loudnorm", I=target.integrated, TP=target.true_peak, LRA=target.lra,

@@ -18,6 +18,7 @@ import http.server
 import itertools
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -26,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import ffmpeg
 from pydantic import BaseModel, ConfigDict, Field
@@ -332,14 +333,40 @@ def find_chromium(playwright: Any) -> str | None:
 
 @contextlib.contextmanager
 def serve_local(path: Path) -> Iterator[str]:
-    """Serve a local .html file or folder on 127.0.0.1 for the duration; yields the page URL."""
+    """Serve a local .html file or folder on 127.0.0.1 for the duration; yields the page URL.
+
+    The page's folder may hold more than the page (a home folder, a project with .env): only web assets are
+    served (by extension), never dotfiles or dot-folders, never a directory listing. Root-relative links
+    (`/css/site.css`) keep working: the folder is the server's root.
+    """
     folder, page = (path, "") if path.is_dir() else (path.parent, path.name)
-    handler = functools.partial(_QuietHandler, directory=str(folder))
+    handler = functools.partial(_PageHandler, directory=str(folder))
     with ThreadedServer(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
         yield f"http://127.0.0.1:{server.server_port}/{quote(page)}"
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+_WEB_ASSETS = {
+    ".html", ".htm", ".xhtml", ".css", ".js", ".mjs", ".json", ".map", ".wasm", ".svg", ".png", ".jpg", ".jpeg",
+    ".gif", ".webp", ".avif", ".ico", ".bmp", ".woff", ".woff2", ".ttf", ".otf", ".mp4", ".webm", ".ogg", ".mp3",
+    ".wav", ".m4a", ".vtt", ".txt", ".xml", ".csv",
+}  # fmt: skip
+
+
+class _PageHandler(http.server.SimpleHTTPRequestHandler):
+    def send_head(self) -> Any:
+        parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
+        target = Path(self.translate_path(self.path))
+        if target.is_dir():
+            target = target / "index.html"
+        if any(p.startswith(".") for p in parts) or target.suffix.lower() not in _WEB_ASSETS:
+            self.send_error(404, "Not Found")
+            return None
+        return super().send_head()
+
+    def list_directory(self, path: Any) -> Any:
+        self.send_error(404, "Not Found")  # no listings: a folder without index.html shows nothing
+        return None
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -386,11 +413,17 @@ def record(
     """Record a page into an H.264 .mp4 meeting `options.preset`; checked and written atomically."""
     options = options or RecordOptions()
     text = os.fspath(source)
-    if text.startswith(("http://", "https://")):
-        return _record_url(text, output, options, on_progress)
     path = Path(text)
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", text)
+    if scheme and scheme.group(1).lower() in ("http", "https"):
+        return _record_url(scheme.group(1).lower() + text[scheme.end(1) :], output, options, on_progress)
+    if scheme and not path.exists():  # ftp:, file:, javascript:, data: … are not read as file names
+        raise RecordError(f"cannot record {text!r}: only http(s) URLs, .html files and folders are recorded",
+                          hint="give an http(s) URL, or the path of a .html file or a folder")  # fmt: skip
     if not path.exists():
         raise RecordError(f"no such page or folder: {path}", hint="give an http(s) URL, a .html file or a folder")
+    if path.is_file() and path.suffix.lower() not in (".html", ".htm", ".xhtml", ".svg"):
+        raise RecordError(f"{path} is not a web page (.html)", hint="give an http(s) URL, a .html file or a folder")
     if path.is_dir() and not (path / "index.html").exists():
         raise RecordError(f"folder {path} has no index.html", hint="name the page file instead")
     page = path / "index.html" if path.is_dir() else path

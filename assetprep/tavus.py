@@ -319,7 +319,8 @@ class TavusClient:
             hint = f"check TAVUS_API_KEY for the API at {self.base_url}"
             return AuthenticationError(f"{what}: {msg} (HTTP 401)", hint=hint, status_code=code)
         if code == 404 or (code == 400 and msg.lower().startswith(("invalid video_id", "invalid replica_id"))):
-            return NotFoundError(f"{what}: {msg}", hint="check the id (assetprep videos list)", status_code=code)
+            listing = "replicas list" if "replica" in msg.lower() else "videos list"
+            return NotFoundError(f"{what}: {msg}", hint=f"check the id (assetprep {listing})", status_code=code)
         if code == 429:
             return RateLimitError(f"{what}: rate limited (HTTP 429) {msg}", hint="retry later", status_code=code)
         if code >= 500:

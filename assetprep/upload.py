@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import mimetypes
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,21 @@ def storage_error(exc: Exception, action: str, client: Any) -> StorageError:
     return StorageError(f"{action}: {type(exc).__name__}: {exc}")
 
 
+def bucket_name_problem(bucket: str) -> str | None:
+    """Why `bucket` is not a valid S3 bucket name, in words (None when it is)."""
+    if not 3 <= len(bucket) <= 63:
+        return "it must be 3 to 63 characters long"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", bucket):
+        return "use only lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    if ".." in bucket or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket):
+        return "no two dots in a row and not an IP address"
+    return None
+
+
 def ensure_bucket(client: Any, bucket: str, *, create: bool = False) -> None:
     """Check the bucket exists (create it when asked)."""
+    if problem := bucket_name_problem(bucket):
+        raise StorageError(f"invalid bucket name {bucket!r}: {problem}", hint="fix --bucket or ASSETPREP_BUCKET")
     try:
         client.head_bucket(Bucket=bucket)
         return
@@ -182,6 +196,34 @@ def file_sha256(path: Path) -> str:
 
 def content_type_for(path: Path) -> str:
     return CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+# The first bytes of the media files Tavus takes: a name that promises one of these must start like it.
+_SIGNATURES: dict[str, tuple[tuple[int, bytes], ...]] = {
+    ".mp4": ((4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide")),
+    ".m4a": ((4, b"ftyp"),),
+    ".mov": ((4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide")),
+    ".webm": ((0, b"\x1a\x45\xdf\xa3"),),
+    ".wav": ((0, b"RIFF"), (0, b"RF64")),
+    ".mp3": ((0, b"ID3"), (0, b"\xff\xfb"), (0, b"\xff\xf3"), (0, b"\xff\xf2"), (0, b"\xff\xfa"), (0, b"\xff\xe3")),
+    ".png": ((0, b"\x89PNG"),),
+    ".jpg": ((0, b"\xff\xd8\xff"),),
+    ".jpeg": ((0, b"\xff\xd8\xff"),),
+}
+
+
+def media_name_problem(path: Path) -> str | None:
+    """Why a file named like media (x.mp4, x.wav, …) is not that media, from its first bytes (None when it is)."""
+    expected = _SIGNATURES.get(path.suffix.lower())
+    if expected is None:
+        return None
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if any(head[at : at + len(magic)] == magic for at, magic in expected):
+        return None
+    text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+    kind = "empty" if not head else "text" if text else "something else"
+    return f"{path.name} is named {path.suffix.lower()} but its content is {kind}"
 
 
 def object_key(prefix: str, sha256: str, name: str) -> str:
@@ -214,6 +256,8 @@ def upload_file(
         src = check_input_file(path)
     except MediaError as exc:
         raise StorageError(exc.message, hint=exc.hint) from None
+    if problem := media_name_problem(src):  # a player (and Tavus) would get it as media and fail later
+        raise StorageError(f"not uploaded: {problem}", hint="upload the real file, or name it for what it is")
     size = src.stat().st_size
     sha = file_sha256(src)
     key = key or object_key(prefix, sha, src.name)

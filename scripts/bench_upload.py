@@ -28,6 +28,7 @@ def main() -> None:
         d = Path(tmp)
         f = d / "payload.mp4"
         with open(f, "wb") as out:
+            out.write(b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00")  # starts like an MP4: upload checks that
             for _ in range(args.mib):
                 out.write(os.urandom(1024 * 1024))
         size = f.stat().st_size

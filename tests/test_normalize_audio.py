@@ -111,3 +111,10 @@ def test_bad_requests(gen, tmp_path):
     with pytest.raises(ConfigError, match=r"writes \.mp3"):
         normalize_audio(tone, tmp_path / "o.wav", preset="audio-mp3")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_short_loud_tone_is_not_called_silent(gen, tmp_path):
+    tone = gen("tone-0.2s.wav", "-f", "lavfi", "-i", "sine=f=440:d=0.2:sample_rate=48000")
+    result = normalize_audio(tone, tmp_path / "t.wav", preset="audio-wav")
+    assert not any("silent" in w for w in result.warnings), result.warnings
+    assert any("too short to measure its loudness" in w for w in result.warnings)

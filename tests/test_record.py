@@ -377,3 +377,52 @@ def test_record_never_writes_over_its_page_or_under_a_misleading_name(tmp_path):
         assert run.returncode == 1 and needle in run.stderr and "Traceback" not in run.stderr, (out, run.stderr)
     assert hashlib.sha256(page.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.mp4", "link.mp4", "page é.html"]
+
+
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        ("ftp://example.com/page", "cannot record 'ftp://example.com/page': only http(s) URLs"),
+        ("file:///etc/hostname", "cannot record 'file:///etc/hostname': only http(s) URLs"),
+        ("javascript:alert(1)", "cannot record 'javascript:alert(1)': only http(s) URLs"),
+        ("/etc/passwd", "/etc/passwd is not a web page (.html)"),
+    ],
+)
+def test_what_is_not_a_page_is_named_as_given(source, needle, tmp_path):
+    with pytest.raises(RecordError) as err:
+        record(source, tmp_path / "x.mp4", opts(duration=0.5))
+    assert needle in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uppercase_scheme_is_a_url(site, tmp_path):
+    result = record(site.replace("http://", "HTTP://") + "/short.html", tmp_path / "u.mp4", opts(duration=0.5, fps=4))
+    assert result.url.startswith("http://127.0.0.1:") and is_yellow(px(frames_rgb(tmp_path / "u.mp4")[0], 640, 360))
+
+
+def test_a_local_page_reaches_its_assets_but_not_the_rest_of_its_folder(tmp_path):
+    """The page's folder is served so it can load its CSS and images; its secrets and listings are not."""
+    (tmp_path / ".env").write_text("TAVUS_API_KEY=secret")
+    (tmp_path / "notes.key").write_text("secret")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "style.css").write_text("body { background: #0000ff }")
+    probes = ["/.env", "/notes.key", "/sub/", "/style.css"]
+    (tmp_path / "page.html").write_text('<!doctype html><link rel="stylesheet" href="/style.css"><body></body>')
+    out = tmp_path / "out" / "p.mp4"
+    out.parent.mkdir()
+    record(tmp_path / "page.html", out, opts(duration=0.5, fps=4))
+    assert is_blue(px(frames_rgb(out)[0], 640, 360))  # a root-relative stylesheet still loads
+    import urllib.error
+    import urllib.request
+
+    from assetprep.record import serve_local
+
+    with serve_local(tmp_path / "page.html") as url:
+        base = url.rsplit("/", 1)[0]
+        codes = []
+        for p in probes:
+            try:
+                codes.append(urllib.request.urlopen(base + p, timeout=10).status)
+            except urllib.error.HTTPError as exc:
+                codes.append(exc.code)
+    assert codes == [404, 404, 404, 200]

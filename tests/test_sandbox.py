@@ -315,3 +315,24 @@ def test_background_url_is_recorded_by_the_sandbox(tavus, site, tmp_path):
     out = tavus.download(ready, tmp_path / "bgurl.mp4")
     r, g, b = pixel(frame_rgb(out, 5, 1280, 720), 1280, 600, 300)
     assert r > 170 and g > 170 and b < 60, (r, g, b)  # the page's yellow behind the replica
+
+
+def test_cli_hides_signatures_unless_asked_and_names_the_right_listing(s3, bucket, sandbox, gen, tmp_path):
+    clip = gen("bg-small.mp4", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=1", "-pix_fmt", "yuv420p")
+    url = presigned(s3, bucket, clip)
+    assert "X-Amz-Signature=" in url
+    env = {"TAVUS_API_KEY": sandbox.api_key, "TAVUS_API_BASE_URL": sandbox.base_url, "PATH": "/usr/bin:/bin"}
+    cli = [sys.executable, "-m", "assetprep", "videos"]
+    made = subprocess.run([*cli, "create", "--replica", TRAINING, "--script", "x", "--background-source-url", url,
+                           "--json"], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    vid = json.loads(made.stdout)["video_id"]
+    for args in (["list", "--json"], ["get", vid, "--json"], ["get", vid]):
+        shown = subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "X-Amz-Signature" not in shown.stdout + shown.stderr, args
+    whole = subprocess.run([*cli, "get", vid, "--json", "--signed-urls"], env=env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert json.loads(whole.stdout)["background_source_url"] == url
+    bad = subprocess.run([*cli, "create", "--replica", "rnope0000", "--script", "x"], env=env, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 1 and "assetprep replicas list" in bad.stderr and "Traceback" not in bad.stderr

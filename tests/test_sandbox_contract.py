@@ -282,3 +282,10 @@ def test_two_thousand_mixed_requests_no_5xx_bounded_memory_consistent_totals(box
     assert counts["POST /v2/videos"]["200"] == 1000 and counts["POST /v2/videos"]["413"] == statuses.count(413)
     assert counts["PUT /v2/videos"] == {"405": 50} and counts["GET /v2/videos/{id}"] == {"400": 50}
     assert sum(sum(c.values()) for c in counts.values()) >= 2000 + 11  # + the listing above
+
+
+def test_the_sandbox_database_is_owner_only(box):
+    sb, client = box
+    client.post("/v2/videos", json={"replica_id": TRAINING, "script": "x"})
+    files = sorted(sb.data_dir.glob("sandbox.db*"))
+    assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files), [oct(f.stat().st_mode) for f in files]

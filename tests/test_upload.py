@@ -28,6 +28,8 @@ from assetprep.upload import (
 
 MiB = 1024 * 1024
 
+MP4_HEAD = b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00"  # what an MP4 starts with (16 bytes)
+
 
 def settings_for(server: LocalS3, **overrides) -> S3Settings:
     values = {"endpoint_url": server.endpoint_url, "access_key_id": server.access_key,
@@ -55,7 +57,7 @@ def count_calls(client) -> list[str]:
 
 def test_upload_presign_and_range(s3, client, bucket, tmp_path):
     f = tmp_path / "clip.mp4"
-    f.write_bytes(os.urandom(300_000))
+    f.write_bytes(MP4_HEAD + os.urandom(300_000 - len(MP4_HEAD)))
     [r] = upload_and_presign([f], bucket=bucket, settings=settings_for(s3))
     stored = client.get_object(Bucket=bucket, Key=r.object.key)
     assert stored["Body"].read() == f.read_bytes()
@@ -70,7 +72,7 @@ def test_upload_presign_and_range(s3, client, bucket, tmp_path):
 
 def test_reupload_sends_zero_bytes(s3, client, bucket, tmp_path):
     f = tmp_path / "speech.wav"
-    f.write_bytes(os.urandom(50_000))
+    f.write_bytes(b"RIFF" + os.urandom(50_000 - 4))
     first = upload_file(f, bucket=bucket, client=client)
     assert not first.skipped and first.bytes_sent == 50_000
     calls = count_calls(client)
@@ -85,6 +87,8 @@ def test_multipart_large_file(s3, client, bucket, tmp_path):
     with open(f, "wb") as out:
         for _ in range(70):
             out.write(os.urandom(MiB))
+        out.seek(0)
+        out.write(MP4_HEAD)  # starts like an MP4, as upload checks
     calls = count_calls(client)
     [r] = upload_and_presign([f], bucket=bucket, settings=settings_for(s3), client=client)
     assert calls.count("UploadPart") >= 4 and "CompleteMultipartUpload" in calls
@@ -114,7 +118,7 @@ def test_expired_url_fails_preflight(client, bucket, tmp_path):
 
 def test_tampered_url_and_wrong_type_fail_preflight(client, bucket, tmp_path):
     f = tmp_path / "a.wav"
-    f.write_bytes(os.urandom(1000))
+    f.write_bytes(b"RIFF" + os.urandom(1000))
     obj = upload_file(f, bucket=bucket, client=client)
     url, _ = presign(client, bucket, obj.key, expires_in=600)
     tampered = url.replace("X-Amz-Expires=600", "X-Amz-Expires=6000")
@@ -127,7 +131,7 @@ def test_tampered_url_and_wrong_type_fail_preflight(client, bucket, tmp_path):
 
 def test_wrong_credentials_do_not_leak(s3, bucket, tmp_path):
     f = tmp_path / "a.mp4"
-    f.write_bytes(b"x" * 100)
+    f.write_bytes(MP4_HEAD + b"x" * 84)
     bad_secret = "WRONG-secret-" + "z" * 20
     bad = make_s3_client(settings_for(s3, secret_access_key=bad_secret), retries=0)
     with pytest.raises(StorageError, match="rejected the credentials") as info:
@@ -137,7 +141,7 @@ def test_wrong_credentials_do_not_leak(s3, bucket, tmp_path):
 
 def test_missing_bucket_and_create(client, tmp_path):
     f = tmp_path / "a.mp4"
-    f.write_bytes(b"x" * 100)
+    f.write_bytes(MP4_HEAD + b"x" * 84)
     with pytest.raises(StorageError, match=r"bucket 'no-such-bucket-x' does not exist.*--create-bucket"):
         upload_file(f, bucket="no-such-bucket-x", client=client)
     obj = upload_file(f, bucket="created-on-demand", client=client, create_bucket=True)
@@ -146,7 +150,7 @@ def test_missing_bucket_and_create(client, tmp_path):
 
 def test_unreachable_endpoint_fails_fast(tmp_path):
     f = tmp_path / "a.mp4"
-    f.write_bytes(b"x")
+    f.write_bytes(MP4_HEAD)
     (port,) = free_port_block(1)
     c = make_s3_client(S3Settings(endpoint_url=f"http://127.0.0.1:{port}", access_key_id="K", secret_access_key="S"),
                        connect_timeout=1, retries=0)  # fmt: skip
@@ -160,7 +164,7 @@ def test_bad_files_and_expiry(s3, client, bucket, tmp_path):
     with pytest.raises(StorageError, match="input file not found"):
         upload_file(tmp_path / "nope.mp4", bucket=bucket, client=client)
     f = tmp_path / "a.mp4"
-    f.write_bytes(b"x" * 10)
+    f.write_bytes(MP4_HEAD)
     for bad in (8 * 86400, 30):
         with pytest.raises(ConfigError, match="between 1 minute and 7 days"):
             upload_and_presign([f], bucket=bucket, settings=settings_for(s3), expires_in=bad)
@@ -172,6 +176,8 @@ def test_server_killed_during_multipart_upload(tmp_path):
     with open(f, "wb") as out:
         for _ in range(48):
             out.write(os.urandom(MiB))
+        out.seek(0)
+        out.write(MP4_HEAD)  # starts like an MP4, as upload checks
     server = LocalS3(tmp_path / "s3").start()
     try:
         c = make_s3_client(settings_for(server), retries=0, connect_timeout=1)
@@ -242,3 +248,15 @@ def _is_weed_under(folder, pid: str) -> bool:
     except OSError:
         return False
     return any(part == b"mini" for part in cmdline) and any(str(folder).encode() in part for part in cmdline)
+
+
+def test_a_file_named_like_media_must_be_that_media(client, bucket, tmp_path):
+    cases = (("notes.mp4", b"just some text\n", "text"), ("x.wav", b"\x00\x01\x02" * 30, "something else"),
+             ("y.png", b"GIF89a" + bytes(40), "something else"))  # fmt: skip
+    for name, content, kind in cases:
+        f = tmp_path / name
+        f.write_bytes(content)
+        suffix = name.split(".")[1]
+        with pytest.raises(StorageError, match=f"not uploaded: {name} is named .{suffix} but its content is {kind}"):
+            upload_file(f, bucket=bucket, client=client, prefix="named")
+    assert client.list_objects_v2(Bucket=bucket, Prefix="named/").get("KeyCount", 0) == 0

@@ -32,6 +32,10 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # It holds signed URLs (audio_url, background_source_url): owner-only, like the API key file. SQLite gives
+        # the -wal and -shm files the database's mode.
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
