@@ -365,9 +365,12 @@ def _read_script(script: str | None, script_file: Path | None) -> str | None:
     if script_file is None:
         return script
     try:
-        return script_file.read_text(encoding="utf-8")
+        return script_file.read_text(encoding="utf-8-sig")  # a BOM from Notepad is not part of the script
     except OSError as exc:
         raise ConfigError(f"cannot read --script-file {script_file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--script-file {script_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start})", hint="save it as UTF-8 and run again") from None  # fmt: skip
 
 
 def _video_line(v: Any) -> str:
