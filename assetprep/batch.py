@@ -55,7 +55,7 @@ from .probe import probe
 from .progress import Progress
 from .publish import BackgroundSpec, PublishOptions, PublishSettings, background_kind, request_fields
 from .tavus import TavusClient, Video
-from .upload import S3Settings, make_s3_client, preflight, presign
+from .upload import S3Settings, abort_stale_uploads, make_s3_client, preflight, presign
 
 log = logging.getLogger("assetprep.batch")
 
@@ -799,6 +799,8 @@ def batch_publish(
         journal.add_rows([(r.row_id, r.number) for r in rows])
         if needs_upload and s3_client is None:
             s3_client = make_s3_client(s3_settings)
+        if needs_upload:
+            abort_stale_uploads(s3_client, target.bucket, target.prefix)  # parts of killed runs' uploads
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
         run = _Batch(loaded, rows, options, settings, client, s3_client, executor, journal, folder, out_dir, on_event)
         _run(run, preps, per_row)

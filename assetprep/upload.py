@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import mimetypes
 import os
 import re
@@ -37,6 +38,8 @@ MiB = 1024 * 1024
 DEFAULT_TRANSFER = TransferConfig(
     multipart_threshold=64 * MiB, multipart_chunksize=16 * MiB, max_concurrency=8, use_threads=True
 )
+
+log = logging.getLogger("assetprep.upload")
 
 
 class _Model(BaseModel):
@@ -161,6 +164,26 @@ def bucket_name_problem(bucket: str) -> str | None:
     if ".." in bucket or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket):
         return "no two dots in a row and not an IP address"
     return None
+
+
+def abort_stale_uploads(client: Any, bucket: str, prefix: str, *, older_than: float = 3600.0) -> int:
+    """Abort multipart uploads under `prefix` begun more than `older_than` seconds ago; how many were aborted.
+
+    A killed upload (kill -9, a lost machine) leaves its parts on the server: invisible, but stored and billed.
+    Best effort: a server or policy that does not allow listing them is left alone (a lifecycle rule such as
+    AbortIncompleteMultipartUpload does the same job; README: Storage).
+    """
+    limit = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+    aborted = 0
+    try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix.strip("/")):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < limit:
+                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+    except Exception as exc:  # listing is not allowed, or the server does not implement it
+        log.debug("could not list multipart uploads under s3://%s/%s: %s", bucket, prefix, type(exc).__name__)
+    return aborted
 
 
 def ensure_bucket(client: Any, bucket: str, *, create: bool = False) -> None:
@@ -395,6 +418,9 @@ def upload_and_presign(
         make_s3_client(settings, endpoint_url=settings.public_endpoint_url) if settings.public_endpoint_url else client
     )
     results = []
+    if paths:
+        ensure_bucket(client, bucket, create=create_bucket)
+        abort_stale_uploads(client, bucket, prefix)  # left by killed runs
     for path in paths:
         obj = upload_file(path, bucket=bucket, client=client, prefix=prefix, create_bucket=create_bucket,
                           on_progress=on_progress)  # fmt: skip

@@ -260,3 +260,21 @@ def test_a_file_named_like_media_must_be_that_media(client, bucket, tmp_path):
         with pytest.raises(StorageError, match=f"not uploaded: {name} is named .{suffix} but its content is {kind}"):
             upload_file(f, bucket=bucket, client=client, prefix="named")
     assert client.list_objects_v2(Bucket=bucket, Prefix="named/").get("KeyCount", 0) == 0
+
+
+def test_stale_multipart_uploads_under_the_prefix_are_aborted(client, bucket):
+    """What a killed upload leaves: parts of an unfinished multipart upload. Only the prefix's, only old ones."""
+    from assetprep.upload import abort_stale_uploads
+
+    mine = client.create_multipart_upload(Bucket=bucket, Key="stale/abc/killed.mp4")["UploadId"]
+    client.upload_part(Bucket=bucket, Key="stale/abc/killed.mp4", UploadId=mine, PartNumber=1, Body=b"x" * 1024)
+    other = client.create_multipart_upload(Bucket=bucket, Key="elsewhere/other.mp4")["UploadId"]
+
+    def open_uploads(prefix: str) -> list[str]:
+        return [u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])]
+
+    assert open_uploads("stale/") == [mine]
+    assert abort_stale_uploads(client, bucket, "stale") == 0  # younger than an hour: maybe a live upload
+    assert abort_stale_uploads(client, bucket, "stale", older_than=0) == 1
+    assert open_uploads("stale/") == [] and open_uploads("elsewhere/") == [other]
+    client.abort_multipart_upload(Bucket=bucket, Key="elsewhere/other.mp4", UploadId=other)
