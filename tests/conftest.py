@@ -95,3 +95,30 @@ def site():
     pages = Path(__file__).parent / "pages"
     with http_server(functools.partial(Quiet, directory=str(pages))) as server:
         yield f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.fixture
+def own_sandboxes(s3, tmp_path):
+    """start(runs_dir, **sandbox options) → (sandbox, env for the CLI with S3, the sandbox, TEST_BUCKET and runs_dir).
+
+    Each sandbox has its own data folder and is stopped by PID after the test.
+    """
+    from assetprep.sandbox import LocalSandbox
+
+    servers: list = []
+
+    def start(runs_dir: Path, **options):
+        sb = LocalSandbox(tmp_path / f"sandbox{len(servers)}", **{"speed": 20, **options}).start()
+        servers.append(sb)
+        env = {
+            **os.environ,
+            **s3.env(),
+            **sb.env(),
+            "ASSETPREP_BUCKET": TEST_BUCKET,
+            "ASSETPREP_RUNS_DIR": str(runs_dir),
+        }
+        return sb, env
+
+    yield start
+    for sb in servers:
+        sb.stop()

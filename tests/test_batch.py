@@ -64,13 +64,11 @@ def is_blue(p):
 
 
 @pytest.fixture
-def world(s3, s3_client, tmp_path):
+def world(own_sandboxes, s3_client, tmp_path):
     """start(**sandbox options) → (sandbox, run(manifest, **BatchOptions) -> result, env for the CLI)."""
-    servers: list[LocalSandbox] = []
 
     def start(**options):
-        sb = LocalSandbox(tmp_path / f"sandbox{len(servers)}", **{"speed": 20, **options}).start()
-        servers.append(sb)
+        sb, env = own_sandboxes(tmp_path / "state" / "runs", **options)
         settings = PublishSettings(runs_dir=tmp_path / "state" / "runs", bucket=TEST_BUCKET)
 
         def run(manifest, **fields):
@@ -79,13 +77,9 @@ def world(s3, s3_client, tmp_path):
                                    "allow_private_networks": True, **fields})  # fmt: skip
             return batch_publish(manifest, opts, client=client, s3_client=s3_client, settings=settings)
 
-        env = {**os.environ, **s3.env(), **sb.env(), "ASSETPREP_BUCKET": TEST_BUCKET,
-               "ASSETPREP_RUNS_DIR": str(tmp_path / "state" / "runs")}  # fmt: skip
         return sb, run, env
 
-    yield start
-    for sb in servers:
-        sb.stop()
+    return start
 
 
 def cli(env, *args, cwd=None, timeout=300):
@@ -383,3 +377,19 @@ def test_sigterm_stops_recordings_and_their_children_without_leftovers(world, tm
     assert alive == [], f"children left running: {alive}"
     assert list(prep.glob("*/prep/.*.part")) == []
     assert creates(sb) == []
+
+
+def test_max_failures_stops_submitting_new_rows(world, site, tmp_path):
+    sb, run, _ = world()
+    lines = ["first_name,background,script"]
+    lines += [f"Gone{i},{site}/missing.html,Hi {{{{ first_name }}}}." for i in range(3)]  # a 404: fails when prepared
+    # A page no other test uploaded: an already-uploaded background would make these rows ready before the 404.
+    good = write(tmp_path / "good.html", f"<html><body style='background:#123456'>{tmp_path.name}</body></html>")
+    lines += [f"Good{i},{good},Hi {{{{ first_name }}}}." for i in range(3)]
+    manifest = write(tmp_path / "leads.csv", "\n".join(lines) + "\n")
+    result = run(manifest, max_failures=1, jobs=1, background_preset="background-720p")  # preparations in row order
+    assert not result.ok and result.counts.get("failed") == 3
+    rows = read_results(result.results_csv)
+    assert [r["status"] for r in rows] == ["failed"] * 3 + ["pending"] * 3
+    assert all(r["error"] == "not started: --max-failures 1 reached" for r in rows[3:])
+    assert creates(sb) == []  # nothing was submitted after the limit

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,13 +21,11 @@ from assetprep.tavus import TavusClient
 
 
 @pytest.fixture
-def world(s3, s3_client, tmp_path):
+def world(own_sandboxes, s3_client, tmp_path):
     """start(**sandbox options) → (sandbox, run(options) -> result, env for the CLI); servers stopped by PID."""
-    servers: list[LocalSandbox] = []
 
     def start(**options):
-        sb = LocalSandbox(tmp_path / f"sandbox{len(servers)}", **{"speed": 20, **options}).start()
-        servers.append(sb)
+        sb, env = own_sandboxes(tmp_path / "runs", **options)
         settings = PublishSettings(runs_dir=tmp_path / "runs", bucket=BUCKET)
 
         def run(**fields):
@@ -36,13 +33,9 @@ def world(s3, s3_client, tmp_path):
             opts = PublishOptions(**{"replica_id": DEFAULT_REPLICA, "poll_interval": 0.2, "deadline": 120, **fields})
             return publish(opts, client=client, s3_client=s3_client, settings=settings)
 
-        env = {**os.environ, **s3.env(), **sb.env(), "ASSETPREP_BUCKET": BUCKET,
-               "ASSETPREP_RUNS_DIR": str(tmp_path / "runs")}  # fmt: skip
         return sb, run, env
 
-    yield start
-    for sb in servers:
-        sb.stop()
+    return start
 
 
 def posts(sb: LocalSandbox) -> list[dict]:
