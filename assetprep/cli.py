@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from . import __version__, normalize, presets, upload
 from ._units import parse_duration, parse_rate
 from ._urls import redact_url
-from .errors import AssetprepError, ConfigError, ProcessError
+from .errors import AssetprepError, ConfigError, ProcessError, UploadError
 from .probe import probe as probe_file
 from .progress import Progress as ProgressReport
 from .progress import ProgressCallback
@@ -228,23 +228,36 @@ def upload_cmd(
     region: Annotated[str | None, typer.Option(help="AWS region.")] = None,
     create_bucket: Annotated[bool, typer.Option("--create-bucket", help="Create the bucket if missing.")] = False,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the preflight GET of each URL.")] = False,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, max=256, help="Files in flight at once (default 8 per core, max 32).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upload files to S3 and print one checked, presigned GET URL per file."""
+    """Upload files to S3 and print one checked, presigned GET URL per file (files in parallel, results in order)."""
     settings = upload.S3Settings(
         endpoint_url=endpoint_url, public_endpoint_url=public_endpoint_url, profile=profile, region=region
     )
+    failed: UploadError | None = None
     with progress_bar(not as_json) as on_progress:
-        results = upload.upload_and_presign(
-            list(files), bucket=bucket, settings=settings, prefix=prefix,
-            expires_in=parse_duration(expires, what="--expires"), create_bucket=create_bucket,
-            check=not no_check, on_progress=on_progress,
-        )  # fmt: skip
+        try:
+            results = upload.upload_and_presign(
+                list(files), bucket=bucket, settings=settings, prefix=prefix,
+                expires_in=parse_duration(expires, what="--expires"), create_bucket=create_bucket,
+                check=not no_check, jobs=jobs, on_progress=on_progress,
+            )  # fmt: skip
+        except UploadError as exc:  # the files that made it are still reported, then the failures, exit 1
+            failed, results = exc, [r for r in exc.results if r is not None]
     lines = []
     for r in results:
         state = "already stored, 0 bytes sent" if r.object.skipped else f"{r.object.bytes_sent} bytes sent"
         lines.append(f"{r.object.s3_uri}  ({state}, expires {r.expires_at:%Y-%m-%d %H:%M} UTC)\n  {r.url}")
-    emit({"objects": [r.summary() for r in results]}, as_json, "\n".join(lines))
+    data: dict[str, Any] = {"objects": [r.summary() for r in results]}
+    if failed is not None:
+        data["failed"] = [{"file": path, "error": str(err)} for path, err in failed.failures]
+    if results or failed is None:
+        emit(data, as_json, "\n".join(lines))
+    if failed is not None:
+        raise failed
 
 
 @s3_app.command("serve")

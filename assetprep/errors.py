@@ -101,6 +101,26 @@ class StorageError(AssetprepError):
     """S3 upload, presign or preflight failed."""
 
 
+class UploadError(StorageError):
+    """Some files of a many-file upload failed; the others finished.
+
+    `failures` pairs each failed path with its error (in the order given); `results` holds the finished uploads in
+    input order, None where a file failed.
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, AssetprepError]], results: Sequence[object], *, total: int):
+        shown = "; ".join(err.message for _, err in failures[:3])
+        more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+        hint = (
+            failures[0][1].hint
+            if len(failures) == 1
+            else "fix the files named and rerun: what is stored is not sent again"
+        )
+        super().__init__(f"{len(failures)} of {total} files not uploaded: {shown}{more}", hint=hint)
+        self.failures = list(failures)
+        self.results = list(results)
+
+
 class PreflightError(StorageError):
     """A presigned URL does not download the way its consumer will fetch it."""
 

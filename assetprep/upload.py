@@ -6,6 +6,7 @@ client is built in one place (`make_s3_client`) and injectable everywhere. No se
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import logging
@@ -13,8 +14,11 @@ import mimetypes
 import os
 import re
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import boto3
@@ -23,9 +27,10 @@ import httpx
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
+from s3transfer.utils import ReadFileChunk
 
 from ._urls import redact_url, s3_error_reason
-from .errors import ConfigError, MediaError, PreflightError, StorageError
+from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
 from .probe import check_input_file
 from .progress import Progress, ProgressCallback
 
@@ -33,6 +38,7 @@ MIN_EXPIRY = 60.0
 MAX_EXPIRY = 7 * 24 * 3600.0  # SigV4 presigned URLs cannot live longer
 CONTENT_TYPES = {".mp4": "video/mp4", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".webm": "video/webm"}
 MiB = 1024 * 1024
+SMALL_FILE = 4 * MiB  # read whole into memory (bounded: jobs x 4 MiB); bigger files stream from disk
 # 16 MiB parts (boto3 defaults to 8 MiB): half the requests to a remote S3; on local SeaweedFS the time goes to the
 # SHA-256 of the file and per-part checksums (scripts/bench_upload.py: 1.5x awscli, 0.8x bare boto3).
 DEFAULT_TRANSFER = TransferConfig(
@@ -40,6 +46,7 @@ DEFAULT_TRANSFER = TransferConfig(
 )
 
 log = logging.getLogger("assetprep.upload")
+T = TypeVar("T")
 
 
 class _Model(BaseModel):
@@ -112,7 +119,9 @@ def make_s3_client(
         ) from None
     config = Config(
         signature_version="s3v4",
-        s3={"addressing_style": "path" if endpoint else "auto"},
+        # Every body we send carries a SHA-256 checksum the server verifies, so SigV4 need not hash the payload a
+        # second time (botocore does over plain http, e.g. a local SeaweedFS: a third hash of every byte).
+        s3={"addressing_style": "path" if endpoint else "auto", "payload_signing_enabled": False},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         retries={"max_attempts": retries + 1, "mode": "standard"},
@@ -217,6 +226,63 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class FileDigest(_Model):
+    """One read of a file: its SHA-256 (the key) and the SHA-256 of each upload part (the server checks those)."""
+
+    size: int
+    sha256: str
+    part_size: int
+    parts: list[str]  # base64 SHA-256 per part; one entry (the whole file's) below the multipart threshold
+
+
+def part_size_for(size: int, config: TransferConfig) -> int:
+    """The configured part size, grown (in whole MiB) so a file never needs more than S3's 10,000 parts."""
+    need = -(-size // 10_000)
+    return max(int(config.multipart_chunksize), -(-need // MiB) * MiB)
+
+
+def digest_file(path: Path, config: TransferConfig = DEFAULT_TRANSFER) -> FileDigest:
+    """Hash a file in one pass: the whole-file SHA-256 and, for a multipart upload, each part's SHA-256.
+
+    Parts are contiguous ranges, so each chunk read feeds both hashes; the part hash runs in a helper thread while
+    this one updates the whole-file hash (hashlib releases the GIL), so the pass costs one hash of wall time.
+    """
+    return _digest(path, config)[0]
+
+
+def _digest(path: Path, config: TransferConfig) -> tuple[FileDigest, bytes | None]:
+    """digest_file, plus the bytes themselves for a small file (sent from memory: read once, and no 100-continue)."""
+    size = path.stat().st_size
+    whole = hashlib.sha256()
+    if size <= SMALL_FILE:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).digest()
+        fd = FileDigest(size=len(data), sha256=digest.hex(), part_size=max(len(data), 1), parts=[_b64(digest)])
+        return fd, data
+    if size < config.multipart_threshold:
+        with open(path, "rb") as f:
+            while chunk := f.read(4 * MiB):
+                whole.update(chunk)
+        digest = whole.digest()
+        return FileDigest(size=size, sha256=digest.hex(), part_size=max(size, 1), parts=[_b64(digest)]), None
+    part_size = part_size_for(size, config)
+    parts: list[Future[bytes]] = []
+    with open(path, "rb") as f, ThreadPoolExecutor(1, thread_name_prefix="assetprep-hash") as helper:
+        while chunk := f.read(part_size):
+            parts.append(helper.submit(lambda c=chunk: hashlib.sha256(c).digest()))
+            whole.update(chunk)
+            if len(parts) > 1:
+                parts[-2].result()  # at most two chunks in memory
+        fd = FileDigest(
+            size=size, sha256=whole.hexdigest(), part_size=part_size, parts=[_b64(p.result()) for p in parts]
+        )
+        return fd, None
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
 def content_type_for(path: Path) -> str:
     return CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
@@ -259,6 +325,195 @@ def _content_disposition(name: str) -> str:
     return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 
 
+def default_jobs() -> int:
+    """Files in flight at once: requests mostly wait on the network, so several per core (bounded)."""
+    return min(32, 8 * (os.cpu_count() or 2))
+
+
+class _Upload:
+    """One call's shared state: one S3 client, one part pool, progress in bytes and files across every file."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        prefix: str,
+        config: TransferConfig,
+        on_progress: ProgressCallback | None,
+        files: int,
+    ) -> None:
+        self.client, self.bucket, self.prefix, self.config = client, bucket, prefix, config
+        self.on_progress = on_progress
+        self.files = files
+        self.files_done = 0
+        self.bytes_total = 0
+        self.bytes_sent = 0
+        self.lock = threading.Lock()
+        self.last_report = 0.0
+        self.cancelled = (
+            threading.Event()
+        )  # set when the caller is interrupted: requests in flight stop at their next write
+        self.parts = ThreadPoolExecutor(max(1, int(config.max_concurrency)), thread_name_prefix="assetprep-part")
+
+    def close(self) -> None:
+        self.parts.shutdown(wait=True, cancel_futures=True)
+
+    # -- progress --
+
+    def add_total(self, size: int) -> None:
+        with self.lock:
+            self.bytes_total += size
+        self.report(force=True)
+
+    def sent(self, bytes_transferred: int) -> None:  # s3transfer calls it by this keyword
+        if self.cancelled.is_set():
+            raise CancelledError("upload stopped")
+        with self.lock:
+            self.bytes_sent += bytes_transferred
+        self.report()
+
+    def file_done(self) -> None:
+        with self.lock:
+            self.files_done += 1
+        self.report(force=True)
+
+    def report(self, *, force: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_report < 0.1:  # a callback per 8 KB socket write would cost more than it says
+            return
+        self.last_report = now
+        stage = f"upload {self.files_done}/{self.files} files" if self.files > 1 else "upload"
+        self.on_progress(Progress(stage=stage, done=self.bytes_sent, total=self.bytes_total or None, unit="bytes"))
+
+    # -- one file --
+
+    def upload(self, path: str | os.PathLike[str], *, key: str | None = None,
+               metadata: dict[str, str] | None = None) -> UploadedObject:  # fmt: skip
+        try:
+            src = check_input_file(path)
+            if problem := media_name_problem(src):  # a player (and Tavus) would get it as media and fail later
+                raise StorageError(f"not uploaded: {problem}", hint="upload the real file, or name it for what it is")
+            digest, data = _digest(src, self.config)
+        except MediaError as exc:
+            raise StorageError(exc.message, hint=exc.hint) from None
+        except OSError as exc:
+            raise StorageError(
+                f"cannot read {path}: {exc.strerror or exc}", hint="check the file's permissions"
+            ) from None
+        key = key or object_key(self.prefix, digest.sha256, src.name)
+        ctype = content_type_for(src)
+        self.add_total(digest.size)
+        obj = UploadedObject(bucket=self.bucket, key=key, size=digest.size, sha256=digest.sha256, content_type=ctype,
+                             skipped=True, bytes_sent=0)  # fmt: skip
+        if not self.stored(key, digest):
+            extra = {"ContentType": ctype, "ContentDisposition": _content_disposition(src.name),
+                     "Metadata": {**(metadata or {}), "sha256": digest.sha256}}  # fmt: skip
+            try:
+                if len(digest.parts) == 1 and digest.size < self.config.multipart_threshold:
+                    sent = self.put(src, key, digest, extra, data)
+                else:
+                    sent = self.multipart(src, key, digest, extra)
+            except AssetprepError:
+                raise
+            except Exception as exc:
+                if self.cancelled.is_set():  # our callback stopped the request; botocore may have wrapped that
+                    raise CancelledError(f"upload of {src} stopped") from None
+                raise storage_error(exc, f"uploading {src} to s3://{self.bucket}/{key}", self.client) from None
+            obj = obj.model_copy(update={"skipped": False, "bytes_sent": sent})
+        self.file_done()
+        return obj
+
+    def stored(self, key: str, digest: FileDigest) -> bool:
+        """Whether the same bytes are already under `key` (content addressing: then nothing is sent)."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise storage_error(exc, f"checking s3://{self.bucket}/{key}", self.client) from None
+        except Exception as exc:
+            raise storage_error(exc, f"checking s3://{self.bucket}/{key}", self.client) from None
+        return bool(
+            head.get("ContentLength") == digest.size and head.get("Metadata", {}).get("sha256") == digest.sha256
+        )
+
+    def _body(self, src: Path, start: int, length: int) -> ReadFileChunk:
+        # Streams the range from disk (memory stays bounded) and counts bytes as the socket takes them; a retry
+        # seeks back and the count follows.
+        return ReadFileChunk.from_filename(str(src), start, length, callbacks=[self.sent])
+
+    def put(self, src: Path, key: str, digest: FileDigest, extra: dict[str, Any], data: bytes | None) -> int:
+        if data is not None:  # botocore sends "Expect: 100-continue" (a wait for the server) only for file bodies
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumSHA256=digest.parts[0], **extra)
+            self.sent(len(data))
+            return len(data)
+        with self._body(src, 0, digest.size) as body:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ChecksumSHA256=digest.parts[0], **extra)
+        return digest.size
+
+    def multipart(self, src: Path, key: str, digest: FileDigest, extra: dict[str, Any]) -> int:
+        """Parts in parallel, each with its checksum; a run killed midway leaves its parts, and the next one for the
+        same key (same bytes: the key is their hash) sends only the parts that are missing."""
+        upload_id, done = self.resumable(key, digest)
+        if upload_id is None:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256",
+                                                            **extra)["UploadId"]  # fmt: skip
+        ranges = [(n, (n - 1) * digest.part_size) for n in range(1, len(digest.parts) + 1)]
+        sizes = {n: min(digest.part_size, digest.size - start) for n, start in ranges}
+        todo = [(n, start) for n, start in ranges if n not in done]
+
+        def send(n: int, start: int) -> dict[str, Any]:
+            with self._body(src, start, sizes[n]) as body:
+                r = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=body,
+                                            ChecksumSHA256=digest.parts[n - 1])  # fmt: skip
+            return {"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": digest.parts[n - 1]}
+
+        futures = [self.parts.submit(send, n, start) for n, start in todo]
+        try:
+            for f in futures:
+                part = f.result()
+                done[part["PartNumber"]] = part
+        finally:
+            for f in futures:
+                f.cancel()
+        parts = [done[n] for n, _ in ranges]
+        try:
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                  MultipartUpload={"Parts": parts})  # fmt: skip
+        except botocore.exceptions.ClientError as exc:
+            # Another run completed the same upload first: the object is there with these bytes.
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload" or not self.stored(key, digest):
+                raise
+        return sum(sizes[n] for n, _ in todo)
+
+    def resumable(self, key: str, digest: FileDigest) -> tuple[str | None, dict[int, dict[str, Any]]]:
+        """An unfinished multipart upload of `key` and its parts that match ours (size and, where told, checksum)."""
+        try:
+            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key).get("Uploads", [])
+            uploads = sorted((u for u in uploads if u["Key"] == key), key=lambda u: u["Initiated"], reverse=True)
+            if not uploads:
+                return None, {}
+            upload_id = uploads[0]["UploadId"]
+            found: dict[int, dict[str, Any]] = {}
+            for page in self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key,
+                                                                          UploadId=upload_id):  # fmt: skip
+                for part in page.get("Parts", []):
+                    n = part["PartNumber"]
+                    if not 1 <= n <= len(digest.parts):
+                        continue
+                    expected = min(digest.part_size, digest.size - (n - 1) * digest.part_size)
+                    checksum = part.get("ChecksumSHA256")
+                    if part["Size"] == expected and checksum in (None, digest.parts[n - 1]):
+                        found[n] = {"PartNumber": n, "ETag": part["ETag"], "ChecksumSHA256": digest.parts[n - 1]}
+            return upload_id, found
+        except Exception as exc:  # a server without these listings: start afresh
+            log.debug("cannot resume s3://%s/%s: %s", self.bucket, key, type(exc).__name__)
+            return None, {}
+
+
 def upload_file(
     path: str | os.PathLike[str],
     *,
@@ -275,53 +530,68 @@ def upload_file(
 
     `metadata` is stored with the object next to its sha256 (x-amz-meta-*), for facts a later HEAD must find.
     """
-    try:
-        src = check_input_file(path)
-    except MediaError as exc:
-        raise StorageError(exc.message, hint=exc.hint) from None
-    if problem := media_name_problem(src):  # a player (and Tavus) would get it as media and fail later
-        raise StorageError(f"not uploaded: {problem}", hint="upload the real file, or name it for what it is")
-    size = src.stat().st_size
-    sha = file_sha256(src)
-    key = key or object_key(prefix, sha, src.name)
-    ctype = content_type_for(src)
     ensure_bucket(client, bucket, create=create_bucket)
+    up = _Upload(client, bucket, prefix=prefix, config=transfer_config or DEFAULT_TRANSFER, on_progress=on_progress,
+                 files=1)  # fmt: skip
     try:
-        head = client.head_object(Bucket=bucket, Key=key)
-        if head.get("ContentLength") == size and head.get("Metadata", {}).get("sha256") == sha:
-            return UploadedObject(bucket=bucket, key=key, size=size, sha256=sha, content_type=ctype, skipped=True,
-                                  bytes_sent=0)  # fmt: skip
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
-            raise storage_error(exc, f"checking s3://{bucket}/{key}", client) from None
-    except Exception as exc:
-        raise storage_error(exc, f"checking s3://{bucket}/{key}", client) from None
+        return up.upload(path, key=key, metadata=metadata)
+    finally:
+        up.close()
 
-    sent = 0
-    lock = threading.Lock()
 
-    def callback(amount: int) -> None:
-        nonlocal sent
-        with lock:
-            sent += amount
-            done = sent
-        if on_progress:
-            on_progress(Progress(stage=f"upload {src.name}", done=done, total=size, unit="bytes"))
+def _run_all(paths: list[Any], work: Callable[[Any], T], jobs: int, cancel: threading.Event) -> list[T]:
+    """`work` over `paths` with `jobs` in flight; results in order. Every file is tried; failures are collected
+    and raised together after the others finished (an interrupt cancels what has not started)."""
+    results: list[Any] = [None] * len(paths)
+    failures: list[tuple[str, AssetprepError]] = []
+    with ThreadPoolExecutor(max(1, min(jobs, len(paths))), thread_name_prefix="assetprep-upload") as pool:
+        futures = {pool.submit(work, p): i for i, p in enumerate(paths)}
+        try:
+            for f in as_completed(futures):
+                i = futures[f]
+                try:
+                    results[i] = f.result()
+                except AssetprepError as exc:
+                    failures.append((str(paths[i]), exc))
+        except BaseException:  # Ctrl-C, SIGTERM: nothing new starts, requests in flight stop at their next write
+            cancel.set()
+            for f in futures:
+                f.cancel()
+            raise
+    if failures:
+        if len(paths) == 1:
+            raise failures[0][1]
+        order = {str(p): i for i, p in enumerate(paths)}
+        failures.sort(key=lambda item: order[item[0]])
+        raise UploadError(failures, results, total=len(paths))
+    return results
 
-    extra = {
-        "ContentType": ctype,
-        "ContentDisposition": _content_disposition(src.name),
-        "Metadata": {**(metadata or {}), "sha256": sha},
-        "ChecksumAlgorithm": "SHA256",  # the server verifies every part against it
-    }
+
+def upload_files(
+    paths: list[str | os.PathLike[str]],
+    *,
+    bucket: str,
+    client: Any,
+    prefix: str = "assetprep",
+    create_bucket: bool = False,
+    jobs: int | None = None,
+    transfer_config: TransferConfig | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> list[UploadedObject]:
+    """Upload many files concurrently (`jobs` at once) through one client; results in the order given.
+
+    A file that fails does not stop the others: UploadError lists every failure and carries the finished results.
+    """
+    if not paths:
+        return []
+    ensure_bucket(client, bucket, create=create_bucket)  # once per call, not per file
+    abort_stale_uploads(client, bucket, prefix)  # left by killed runs
+    up = _Upload(client, bucket, prefix=prefix, config=transfer_config or DEFAULT_TRANSFER, on_progress=on_progress,
+                 files=len(paths))  # fmt: skip
     try:
-        client.upload_file(str(src), bucket, key, ExtraArgs=extra, Config=transfer_config or DEFAULT_TRANSFER,
-                           Callback=callback)  # fmt: skip
-    except Exception as exc:
-        # A multipart upload that failed is aborted by boto3; nothing is visible under the key until completion.
-        raise storage_error(exc, f"uploading {src} to s3://{bucket}/{key}", client) from None
-    return UploadedObject(bucket=bucket, key=key, size=size, sha256=sha, content_type=ctype, skipped=False,
-                          bytes_sent=sent)  # fmt: skip
+        return _run_all(list(paths), up.upload, jobs or default_jobs(), up.cancelled)
+    finally:
+        up.close()
 
 
 def _credential_expiry(client: Any) -> dt.datetime | None:
@@ -408,24 +678,37 @@ def upload_and_presign(
     expires_in: float = 6 * 3600,
     create_bucket: bool = False,
     check: bool = True,
+    jobs: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> list[PresignedObject]:
-    """Upload each file, presign it (against the public endpoint when set) and preflight the URL."""
+    """Upload the files concurrently, presign each (against the public endpoint when set) and preflight each URL.
+
+    Results come in the order given. When some files fail, the others still finish; UploadError names every
+    failure and carries the finished results (`.results`, None where a file failed).
+    """
     settings = settings or S3Settings()
     check_expiry(expires_in)  # before any byte is sent
+    if not paths:
+        return []
     client = client or make_s3_client(settings)
     signer = (
         make_s3_client(settings, endpoint_url=settings.public_endpoint_url) if settings.public_endpoint_url else client
     )
-    results = []
-    if paths:
-        ensure_bucket(client, bucket, create=create_bucket)
-        abort_stale_uploads(client, bucket, prefix)  # left by killed runs
-    for path in paths:
-        obj = upload_file(path, bucket=bucket, client=client, prefix=prefix, create_bucket=create_bucket,
-                          on_progress=on_progress)  # fmt: skip
+    ensure_bucket(client, bucket, create=create_bucket)
+    abort_stale_uploads(client, bucket, prefix)  # left by killed runs
+    jobs = jobs or default_jobs()
+    up = _Upload(client, bucket, prefix=prefix, config=DEFAULT_TRANSFER, on_progress=on_progress, files=len(paths))
+    http = httpx.Client(timeout=15.0, follow_redirects=True, limits=httpx.Limits(max_connections=jobs))
+
+    def one(path: str | os.PathLike[str]) -> PresignedObject:
+        obj = up.upload(path)
         url, expires_at = presign(signer, bucket, obj.key, expires_in=expires_in)
         if check:
-            preflight(url, content_type=obj.content_type, size=obj.size)
-        results.append(PresignedObject(object=obj, url=url, expires_at=expires_at))
-    return results
+            preflight(url, content_type=obj.content_type, size=obj.size, http=http)
+        return PresignedObject(object=obj, url=url, expires_at=expires_at)
+
+    try:
+        return _run_all(list(paths), one, jobs, up.cancelled)
+    finally:
+        up.close()
+        http.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -16,10 +17,13 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from assetprep import ConfigError, PreflightError, StorageError
+from assetprep.errors import UploadError
 from assetprep.s3local import LocalS3, free_port_block
 from assetprep.upload import (
     S3Settings,
+    digest_file,
     make_s3_client,
+    part_size_for,
     preflight,
     presign,
     upload_and_presign,
@@ -278,3 +282,114 @@ def test_stale_multipart_uploads_under_the_prefix_are_aborted(client, bucket):
     assert abort_stale_uploads(client, bucket, "stale", older_than=0) == 1
     assert open_uploads("stale/") == [] and open_uploads("elsewhere/") == [other]
     client.abort_multipart_upload(Bucket=bucket, Key="elsewhere/other.mp4", UploadId=other)
+
+
+def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bucket, tmp_path):
+    # 300 files: the same names in three folders, 20 of them with the same bytes in two folders, one empty and one
+    # that cannot be read (as root a permission bit does not stop reading: a FIFO stands in, it would block open()).
+    paths = []
+    for i in range(300):
+        f = tmp_path / f"d{i // 100}" / f"clip{i % 100}.mp3"
+        f.parent.mkdir(exist_ok=True)
+        same = i // 100 == 2 and i % 100 < 20
+        f.write_bytes(paths[i % 100].read_bytes() if same else b"ID3" + os.urandom(1000 + 37 * i))
+        paths.append(f)
+    empty, unreadable = paths[150], paths[230]
+    empty.write_bytes(b"")
+    unreadable.unlink()
+    if os.geteuid() == 0:
+        os.mkfifo(unreadable)
+    else:
+        unreadable.write_bytes(b"ID3")
+        unreadable.chmod(0)
+    calls = count_calls(client)
+    reports = []
+    with pytest.raises(UploadError) as err:
+        upload_and_presign(paths, bucket=bucket, client=client, settings=settings_for(s3), jobs=16,
+                           on_progress=reports.append)  # fmt: skip
+    assert [path for path, _ in err.value.failures] == [str(empty), str(unreadable)]
+    assert "2 of 300 files not uploaded" in str(err.value) and str(empty) in str(err.value)
+    assert str(unreadable) in str(err.value)
+    results = err.value.results
+    assert [i for i, r in enumerate(results) if r is None] == [150, 230]
+    with httpx.Client() as http:
+        for path, r in zip(paths, results, strict=True):
+            if r is not None:
+                assert r.object.key.endswith("/" + path.name)
+                assert hashlib.sha256(http.get(r.url).content).hexdigest() == file_sha(path) == r.object.sha256
+    for i in range(20):  # the same bytes under the same name share one object
+        assert results[i].object.key == results[200 + i].object.key
+    assert len({r.object.key for r in results if r}) == 298 - 20
+    assert calls.count("HeadBucket") == 1  # the bucket is checked once per call, not per file
+    assert reports[-1].stage == "upload 298/300 files" and reports[-1].unit == "bytes"
+    assert reports[-1].total == sum(p.stat().st_size for i, p in enumerate(paths) if results[i])
+
+    good = [p for p, r in zip(paths, results, strict=True) if r]
+    again = upload_and_presign(good, bucket=bucket, client=client, settings=settings_for(s3))
+    assert [r.object.key for r in again] == [r.object.key for r in results if r]
+    assert all(r.object.skipped for r in again) and sum(r.object.bytes_sent for r in again) == 0
+
+
+def test_cli_upload_reports_the_files_that_made_it_and_each_failure(s3, tmp_path):
+    good, bad = tmp_path / "a.mp3", tmp_path / "b.mp3"
+    good.write_bytes(b"ID3" + os.urandom(500))
+    bad.write_bytes(b"not audio")
+    env = {**os.environ, **s3.env()}
+    proc = subprocess.run([sys.executable, "-m", "assetprep", "upload", str(good), str(bad), "--bucket", "cli-many",
+                           "--create-bucket", "--json"], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    data = json.loads(proc.stdout)
+    assert [o["sha256"] for o in data["objects"]] == [file_sha(good)]
+    assert data["failed"][0]["file"] == str(bad) and "b.mp3 is named .mp3 but its content is text" in proc.stderr
+
+
+def test_kill_9_during_a_concurrent_multipart_upload_resumes_with_only_the_missing_parts(s3, client, bucket, tmp_path):
+    f = tmp_path / "big.mp4"
+    with open(f, "wb") as out:
+        out.write(MP4_HEAD + os.urandom(60 * MiB - len(MP4_HEAD)))
+    # A child uploads with 5 MiB parts, 3 at a time, and kills itself (SIGKILL: no cleanup) past 30 MiB sent.
+    script = f"""
+import os, signal
+from boto3.s3.transfer import TransferConfig
+from assetprep.upload import S3Settings, make_s3_client, upload_file
+c = make_s3_client(S3Settings(endpoint_url={s3.endpoint_url!r}, access_key_id={s3.access_key!r},
+                              secret_access_key={s3.secret_key!r}))
+cfg = TransferConfig(multipart_threshold=8 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=3)
+def die(p):
+    if p.done > 30 * 2**20:
+        os.kill(os.getpid(), signal.SIGKILL)
+upload_file({str(f)!r}, bucket={bucket!r}, client=c, transfer_config=cfg, on_progress=die)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # nothing visible
+    [pending] = client.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    stored = sum(p["Size"] for p in client.list_parts(Bucket=bucket, Key=pending["Key"],
+                                                        UploadId=pending["UploadId"]).get("Parts", []))  # fmt: skip
+    assert stored >= 15 * MiB  # at least three parts had finished
+    cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, max_concurrency=3)
+    obj = upload_file(f, bucket=bucket, client=client, transfer_config=cfg)
+    assert obj.key == pending["Key"] and not obj.skipped
+    assert obj.bytes_sent == obj.size - stored  # only the missing parts were sent
+    body = client.get_object(Bucket=bucket, Key=obj.key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == obj.sha256 == file_sha(f)
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_one_pass_digest_matches_the_whole_file_and_each_part(tmp_path):
+    f = tmp_path / "x.mp4"
+    data = MP4_HEAD + os.urandom(13 * MiB + 12345)
+    f.write_bytes(data)
+    cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB)
+    d = digest_file(f, cfg)
+    assert d.sha256 == hashlib.sha256(data).hexdigest() and d.part_size == 5 * MiB and len(d.parts) == 3
+    for n, part in enumerate(d.parts):
+        chunk = data[n * 5 * MiB : (n + 1) * 5 * MiB]
+        assert base64.b64decode(part) == hashlib.sha256(chunk).digest()
+    # S3 allows 10,000 parts: a huge file gets bigger parts (whole MiB), never more parts.
+    assert part_size_for(200 * 1024 * MiB, cfg) == 21 * MiB
+    assert -(-200 * 1024 * MiB // part_size_for(200 * 1024 * MiB, cfg)) <= 10_000
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
