@@ -143,3 +143,23 @@ def test_a_script_file_that_is_not_utf8_is_one_line_before_anything_runs(tmp_pat
                          env={**os.environ, "TAVUS_API_BASE_URL": "http://127.0.0.1:9/v2"})  # fmt: skip
     assert run.returncode == 1 and "is not UTF-8 text (byte 0xff at offset 0)" in run.stderr
     assert "Traceback" not in run.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["script.txt"]
+
+
+def test_ctrl_c_during_record_is_one_line_and_leaves_no_part(tmp_path):
+    import signal
+    import time
+
+    page = tmp_path / "page.html"
+    page.write_text("<html><body style='background:#0a0'><h1>long recording</h1></body></html>")
+    out = tmp_path / "r.mp4"
+    proc = subprocess.Popen([*CLI, "record", str(page), "-o", str(out), "--duration", "120", "--preset",
+                             "background-720p"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not list(tmp_path.glob(".*.part*")):
+        time.sleep(0.1)  # frames are being written
+    assert list(tmp_path.glob(".*.part*")), "the recording never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert err.strip() == "interrupted; no partial output was kept (rerun the same command to continue)", err
+    assert not out.exists() and list(tmp_path.glob(".*.part*")) == []
