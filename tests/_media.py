@@ -59,6 +59,17 @@ def integrated_loudness(path: Path | str) -> float:
     return float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
 
 
+def loudness_and_peak(path: Path | str) -> tuple[float, float]:
+    """(integrated LUFS, true peak dBTP) measured by ffmpeg's ebur128 filter on the file as written."""
+    err = subprocess.run(
+        [FFMPEG, "-hide_banner", "-nostats", "-i", str(path), "-map", "0:a:0", "-af", "ebur128=peak=true", "-f", "null",
+         "-"], capture_output=True, text=True, timeout=300, check=True,
+    ).stderr  # fmt: skip
+    summary = err[err.rindex("Summary:") :]
+    peak = re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1)
+    return float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1)), float(peak)
+
+
 def first_packet_times(path: Path | str) -> dict[str, float]:
     """pts_time of the first packet of each stream kind ('video', 'audio')."""
     out = subprocess.run(

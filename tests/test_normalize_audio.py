@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from _media import ffmpeg, integrated_loudness, streams
+from _media import ffmpeg, integrated_loudness, loudness_and_peak, streams
 
 from assetprep import ConfigError, MediaError, normalize_audio
 
@@ -118,3 +118,80 @@ def test_a_short_loud_tone_is_not_called_silent(gen, tmp_path):
     result = normalize_audio(tone, tmp_path / "t.wav", preset="audio-wav")
     assert not any("silent" in w for w in result.warnings), result.warnings
     assert any("too short to measure its loudness" in w for w in result.warnings)
+
+
+# -- on target for every speech clip (measured on the encoded file, independently) --
+
+
+def assert_on_target(result, out, *, integrated=-16.0, ceiling=-1.5):
+    got_i, got_tp = loudness_and_peak(out)
+    assert abs(got_i - integrated) <= 0.5, (out.name, got_i, got_tp)
+    assert got_tp <= ceiling, (out.name, got_i, got_tp)
+    # What --json reports is what an independent meter reads on the final file.
+    assert abs(result.loudness["integrated"] - got_i) <= 0.1 and abs(result.loudness["true_peak"] - got_tp) <= 0.1
+    assert result.warnings == []
+
+
+@pytest.fixture(scope="session")
+def peaky_speech(gen, media_dir):
+    # Quiet real speech with full-scale clicks every 0.7 s: peaks ~20 dB above its loudness, so the gain it needs
+    # does not fit under the ceiling (the case where loudnorm falls back to its dynamic mode and undershoots).
+    return gen("peaky.wav", "-i", str(media_dir / "speech-jfk-16k-mono.wav"), "-f", "lavfi", "-i",
+               "aevalsrc='if(lt(mod(t,0.7),0.002),0.98,0)':s=16000:d=11", "-filter_complex",
+               "[0]volume=-14dB[s];[s][1]amix=inputs=2:normalize=0", "-ar", "48000", "-ac", "2")  # fmt: skip
+
+
+@pytest.mark.parametrize("ext", ["wav", "mp3"])
+def test_peaky_quiet_speech_reaches_the_target_under_the_ceiling(peaky_speech, tmp_path, ext):
+    before_i, before_tp = loudness_and_peak(peaky_speech)
+    assert before_tp - before_i >= 15  # the hard case: crest of 15 dB or more
+    out = tmp_path / f"o.{ext}"
+    assert_on_target(normalize_audio(peaky_speech, out), out)
+
+
+@pytest.mark.parametrize("ext", ["wav", "mp3"])
+def test_real_speech_with_little_headroom(media_dir, tmp_path, ext):
+    # 44.1 kHz stereo at about -24 LUFS with true peaks at -5 dBTP: +8 dB of gain, 4 dB of it over the ceiling.
+    out = tmp_path / f"o.{ext}"
+    assert_on_target(normalize_audio(media_dir / "retalking-audio1-44k-stereo.wav", out), out)
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("3s-8k", ["-i", "{jfk}", "-t", "3", "-ar", "8000"]),
+        ("96k-stereo-one-silent", ["-i", "{jfk}", "-af", "pan=stereo|c0=c0|c1=0*c0", "-ar", "96000"]),
+        ("padded.mp3", ["-i", "{jfk}", "-c:a", "libmp3lame", "-b:a", "64k"]),  # the decoder adds padding
+    ],
+)
+def test_speech_at_any_length_rate_and_layout(media_dir, gen, tmp_path, name, args):
+    src = gen(f"{name}.wav" if "." not in name else name,
+              *[a.format(jfk=media_dir / "speech-jfk-16k-mono.wav") for a in args])  # fmt: skip
+    for ext in ("wav", "mp3"):
+        out = tmp_path / f"o.{ext}"
+        assert_on_target(normalize_audio(src, out), out)
+
+
+def test_ten_minutes_of_speech(media_dir, gen, tmp_path):
+    src = gen("ten-min-8k.wav", "-stream_loop", "53", "-i", str(media_dir / "speech-jfk-16k-mono.wav"), "-ar", "8000")
+    out = tmp_path / "o.mp3"
+    assert_on_target(normalize_audio(src, out), out)
+    assert abs(float(streams(out, "a")[0]["duration"]) - 594.0) < 0.5
+
+
+def test_a_compliant_file_on_target_is_copied_not_encoded_again(media_dir, tmp_path):
+    first = tmp_path / "first.wav"
+    normalize_audio(media_dir / "speech-jfk-16k-mono.wav", first)
+    again = normalize_audio(first, tmp_path / "again.wav")
+    assert again.path_taken == "remux" and audio_md5(tmp_path / "again.wav") == audio_md5(first)
+    assert abs(again.loudness["integrated"] - loudness_and_peak(first)[0]) <= 0.1
+
+
+def test_an_unreachable_target_is_a_warning_with_the_numbers_and_the_best_file(media_dir, tmp_path):
+    # -5 LUFS under a -1.5 dBTP ceiling would need speech with a 3.5 dB crest: the limiter cannot get there.
+    out = tmp_path / "o.wav"
+    result = normalize_audio(media_dir / "speech-jfk-16k-mono.wav", out, loudness=-5)
+    got_i, got_tp = loudness_and_peak(out)
+    assert got_tp <= -1.5 and got_i > -16  # the closest pass was kept: much louder, never over the ceiling
+    [warning] = [w for w in result.warnings if "target -5.0" in w]
+    assert f"{got_i:.1f} LUFS" in warning and "closest pass was kept" in warning
