@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from . import __version__, normalize, presets, upload
+from . import __version__, normalize, presets
 from ._units import parse_duration, parse_rate
 from ._urls import redact_url
 from .errors import AssetprepError, ConfigError, ProcessError, UploadError
@@ -234,6 +234,8 @@ def upload_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Upload files to S3 and print one checked, presigned GET URL per file (files in parallel, results in order)."""
+    from . import upload
+
     settings = upload.S3Settings(
         endpoint_url=endpoint_url, public_endpoint_url=public_endpoint_url, profile=profile, region=region
     )
