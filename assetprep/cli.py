@@ -778,6 +778,26 @@ def _interrupt(signum: int, frame: object) -> None:
     raise _Interrupted(signum)
 
 
+def _interrupt_behind(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C/SIGTERM an exception was raised while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _Interrupted | KeyboardInterrupt):
+            return exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def _exit_interrupted(exc: BaseException) -> None:
+    import signal
+
+    signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+    stderr.print("interrupted; no partial output was kept (rerun the same command to continue)", markup=False)
+    sys.exit(128 + signum)
+
+
 def main() -> None:
     """Entry point: AssetprepError → one line on stderr, exit 1; usage errors exit 2 (click); no traceback."""
     import signal
@@ -794,11 +814,12 @@ def main() -> None:
         stderr.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except (_Interrupted, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
-        stderr.print("interrupted; no partial output was kept (rerun the same command to continue)", markup=False)
-        sys.exit(128 + signum)
+        _exit_interrupted(exc)
     except Exception as exc:  # a bug: still one line, the traceback behind --debug
+        if (cause := _interrupt_behind(exc)) is not None:
+            # The interrupt landed inside a library's half-done step (e.g. asyncio making a pipe for the browser)
+            # and the cleanup after it tripped over that: it is still the user's Ctrl-C, not a bug to report.
+            _exit_interrupted(cause)
         if _state["debug"]:
             raise
         stderr.print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", markup=False)

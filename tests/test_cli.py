@@ -160,6 +160,6 @@ def test_ctrl_c_during_record_is_one_line_and_leaves_no_part(tmp_path):
     assert list(tmp_path.glob(".*.part*")), "the recording never started"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGINT
+    assert proc.returncode == 128 + signal.SIGINT, err
     assert err.strip() == "interrupted; no partial output was kept (rerun the same command to continue)", err
     assert not out.exists() and list(tmp_path.glob(".*.part*")) == []
