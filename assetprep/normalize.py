@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -427,10 +428,20 @@ def normalize_audio(
         )
     target = _loudness_target(ap, loudness)
     src = str(input)
-    info = probe(src)
-    a = info.audio
-    if a is None:
-        raise MediaError(f"no audio stream in {src}", hint="pass a recording that contains sound")
+    with ThreadPoolExecutor(1, thread_name_prefix="assetprep-measure") as pool:
+        # The loudness of the input is measured while it is probed: two short processes at once, not one after the
+        # other (start-up is most of their time on a short clip). A file that is not media fails both; the probe
+        # says why.
+        measuring = None
+        if target is not None:
+            measuring = pool.submit(
+                measure_loudness, src, channels=ap.channels, timeout=timeout or _default_timeout(None)
+            )
+        info = probe(src)
+        a = info.audio
+        if a is None:
+            raise MediaError(f"no audio stream in {src}", hint="pass a recording that contains sound")
+        measured_in = measuring.result() if measuring is not None else None
     seconds = a.duration or info.duration or 0.0
     timeout = timeout or _default_timeout(seconds)
     warnings = _tavus_audio_warnings(seconds)
@@ -445,19 +456,16 @@ def normalize_audio(
 
     fmt_ok = ("wav" in info.format_name) if fmt == "wav" else info.format_name == "mp3"
     compliant = fmt_ok and (a.codec, a.sample_rate, a.channels) == (ap.codec, ap.sample_rate, ap.channels)
-    measured: dict[str, float] | None = None
-    if target is not None:
-        measured = measure_loudness(src, channels=ap.channels, timeout=timeout, on_progress=stage(0, 1 / 3),
-                                    total=seconds)  # fmt: skip
-        if measured["input_i"] <= -70 or not math.isfinite(measured["input_i"]):
-            # Integrated loudness needs 0.4 s blocks above the gate: a short clip has none even when loud.
-            audible = measured["input_tp"] > -60
-            warnings.append(
-                "the audio is too short to measure its loudness (under 0.4 s); loudness normalization was skipped"
-                if audible
-                else "the audio is silent; loudness normalization was skipped"
-            )
-            target = None
+    measured = measured_in
+    if measured is not None and (measured["input_i"] <= -70 or not math.isfinite(measured["input_i"])):
+        # Integrated loudness needs 0.4 s blocks above the gate: a short clip has none even when loud.
+        audible = measured["input_tp"] > -60
+        warnings.append(
+            "the audio is too short to measure its loudness (under 0.4 s); loudness normalization was skipped"
+            if audible
+            else "the audio is silent; loudness normalization was skipped"
+        )
+        target = None
     on_target = measured is not None and target is not None and _loudness_ok(measured, target)
     remux = compliant and not force_encode and (target is None or on_target)
     if remux and target is None and measured is not None:
