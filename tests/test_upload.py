@@ -28,6 +28,7 @@ from assetprep.upload import (
     presign,
     upload_and_presign,
     upload_file,
+    upload_files,
 )
 
 MiB = 1024 * 1024
@@ -328,6 +329,21 @@ def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bu
     again = upload_and_presign(good, bucket=bucket, client=client, settings=settings_for(s3))
     assert [r.object.key for r in again] == [r.object.key for r in results if r]
     assert all(r.object.skipped for r in again) and sum(r.object.bytes_sent for r in again) == 0
+
+
+def test_upload_files_returns_objects_in_order_without_presigning(client, bucket, tmp_path):
+    paths = []
+    for i in range(12):
+        f = tmp_path / f"a{i}.wav"
+        f.write_bytes(b"RIFF" + os.urandom(50_000 - 2000 * i))  # sizes differ, so finishing order differs from input
+        paths.append(f)
+    objs = upload_files(paths, bucket=bucket, client=client, jobs=4)
+    assert [o.size for o in objs] == [p.stat().st_size for p in paths]
+    assert [o.sha256 for o in objs] == [file_sha(p) for p in paths]
+    assert all(o.content_type == "audio/wav" and not o.skipped for o in objs)
+    for o in objs:
+        assert client.head_object(Bucket=bucket, Key=o.key)["ContentLength"] == o.size
+    assert all(o.skipped for o in upload_files(paths, bucket=bucket, client=client))
 
 
 def test_cli_upload_reports_the_files_that_made_it_and_each_failure(s3, tmp_path):
