@@ -163,3 +163,19 @@ def test_ctrl_c_during_record_is_one_line_and_leaves_no_part(tmp_path):
     assert proc.returncode == 128 + signal.SIGINT, err
     assert err.strip() == "interrupted; no partial output was kept (rerun the same command to continue)", err
     assert not out.exists() and list(tmp_path.glob(".*.part*")) == []
+
+
+def test_ctrl_c_while_the_command_is_still_starting_is_one_line():
+    import signal
+    import time
+
+    for delay in (0.05, 0.3):  # during interpreter start-up and imports, before any work
+        proc = subprocess.Popen([*CLI, "probe", "nothing.mp4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 1:  # it got as far as the error about the missing file: too fast to interrupt
+            continue
+        assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
+        assert err.strip() == "interrupted; no partial output was kept (rerun the same command to continue)"
