@@ -11,6 +11,7 @@ import math
 import os
 import re
 import time
+import wave
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,7 @@ from . import _process
 from ._files import MP4_SUFFIXES, atomic_output
 from .errors import ConfigError, MediaError, OutputCheckError
 from .presets import AudioPreset, LoudnessTarget, VideoPreset, load_audio_preset, load_video_preset
-from .probe import _STILL_CODECS, MediaInfo, VideoStream, is_faststart, probe
+from .probe import _STILL_CODECS, AudioStream, MediaInfo, VideoStream, is_faststart, probe
 from .progress import Progress, ProgressCallback
 
 Fit = Literal["cover", "contain", "stretch"]
@@ -471,6 +472,7 @@ def normalize_audio(
     if remux and target is None and measured is not None:
         measured = None  # silent/short: nothing to report
     out_opts = _audio_encoder_options(ap)
+    out_info: MediaInfo | None = None
     with atomic_output(output, inputs=(Path(src),)) as tmp:
         if remux:
             out_opts["c:a"] = "copy"
@@ -484,11 +486,11 @@ def normalize_audio(
             _process.run_ffmpeg(ffmpeg.output(stream, str(tmp), **out_opts), stage="encode", total=seconds or None,
                                 timeout=timeout, on_progress=stage(0, 1), what=f"ffmpeg ({src})")  # fmt: skip
         else:
-            measured, note = _encode_on_target(src, a.index, tmp, ap, target, measured, out_opts, seconds=seconds,
-                                               timeout=timeout, stage=stage)  # fmt: skip
+            measured, note, out_info = _encode_on_target(src, a.index, tmp, ap, target, measured, out_opts,
+                                                         seconds=seconds, timeout=timeout, stage=stage)  # fmt: skip
             if note:
                 warnings.append(note)
-        out_info = probe(tmp)
+        out_info = out_info or _wav_info(tmp) or probe(tmp)
         problems = check_audio(out_info, ap, expected_seconds=seconds)
         if problems:
             raise OutputCheckError(
@@ -505,6 +507,24 @@ def normalize_audio(
     )  # fmt: skip
 
 
+def _wav_info(path: Path) -> MediaInfo | None:
+    """The facts check_audio needs, from a PCM WAV's header (stdlib `wave`): one ffprobe process less per file.
+    None when the header is not plain PCM; the caller then probes."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, channels, width, frames = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
+    except (wave.Error, EOFError, OSError):
+        return None
+    codec = {1: "pcm_u8", 2: "pcm_s16le", 3: "pcm_s24le", 4: "pcm_s32le"}.get(width)
+    if codec is None or not rate:
+        return None
+    seconds = frames / rate
+    stream = AudioStream(index=0, codec=codec, sample_rate=rate, channels=channels, channel_layout=_layout(channels),
+                         duration=seconds, bit_rate=rate * channels * width * 8)  # fmt: skip
+    return MediaInfo(path=str(path), format_name="wav", duration=seconds, size=path.stat().st_size,
+                     bit_rate=rate * channels * width * 8, audio_streams=(stream,))  # fmt: skip
+
+
 def _loudness_ok(m: dict[str, float], target: LoudnessTarget, tolerance: float = _TOLERANCE) -> bool:
     return abs(m["input_i"] - target.integrated) <= tolerance and m["input_tp"] <= target.true_peak
 
@@ -512,8 +532,9 @@ def _loudness_ok(m: dict[str, float], target: LoudnessTarget, tolerance: float =
 def _encode_on_target(
     src: str, index: int, tmp: Path, ap: AudioPreset, target: LoudnessTarget, measured: dict[str, float],
     out_opts: dict[str, Any], *, seconds: float, timeout: float, stage: Callable[[float, float], ProgressCallback],
-) -> tuple[dict[str, float], str | None]:  # fmt: skip
-    """Encode `src` into `tmp` on the loudness target; (the encoded file's measurement, a warning or None).
+) -> tuple[dict[str, float], str | None, MediaInfo | None]:  # fmt: skip
+    """Encode `src` into `tmp` on the loudness target: the encoded file's measurement, a warning or None, and its
+    probed facts when they were read on the way (MP3).
 
     Each pass is measured after the encoder (an MP3's true peak rises in encoding), and the next pass corrects the
     measured residual. The best pass is kept; a target out of reach is a warning with the numbers.
@@ -522,7 +543,7 @@ def _encode_on_target(
     margin = 0.5 if ap.format == "mp3" else 0.3  # headroom for what resampling and the encoder add to the peaks
     gain = target.integrated - measured["input_i"]
     limit: float | None = None if measured["input_tp"] + gain <= ceiling - margin else ceiling - margin
-    best: tuple[float, Path, dict[str, float]] | None = None
+    best: tuple[float, Path, dict[str, float], MediaInfo | None] | None = None
     passes: list[Path] = []
     previous: tuple[float, float] | None = None  # (gain, loudness) of the pass before
     try:
@@ -532,6 +553,7 @@ def _encode_on_target(
             stream = ffmpeg.input(src)[f"{index}"].filter("aformat", channel_layouts=_layout(ap.channels))
             stream = _loudness_chain(stream, ap, gain, limit)
             share = 1 / (3 * (n + 1))
+            info: MediaInfo | None = None
             if ap.format == "wav":
                 # PCM is what the meter sees: measure the samples on their way to the file, in the same process.
                 split = stream.filter_multi_output("asplit")
@@ -548,11 +570,15 @@ def _encode_on_target(
                 cmd = ffmpeg.output(stream, str(out), **out_opts)
                 _process.run_ffmpeg(cmd, stage="encode", total=seconds or None, timeout=timeout,
                                     on_progress=stage(seconds / 3, share), what=f"ffmpeg ({src})")  # fmt: skip
-                got = measure_loudness(out, timeout=timeout, on_progress=stage(2 * seconds / 3, share), total=seconds)
+                with ThreadPoolExecutor(1, thread_name_prefix="assetprep-probe") as pool:
+                    probing = pool.submit(probe, out)  # the output check's facts, read while the meter runs
+                    got = measure_loudness(out, timeout=timeout, on_progress=stage(2 * seconds / 3, share),
+                                           total=seconds)  # fmt: skip
+                    info = probing.result()
             error, over = got["input_i"] - target.integrated, got["input_tp"] - ceiling
             miss = max(abs(error) - _AIM, 0.0) + max(over, 0.0) * 2  # a peak over the ceiling counts double
             if best is None or miss < best[0]:
-                best = (miss, out, got)
+                best = (miss, out, got, info)
             if abs(error) <= _AIM and over <= 0:
                 break
             # Under a limiter, loudness grows slower than the gain (the peaks are held): step by the slope that the
@@ -570,16 +596,20 @@ def _encode_on_target(
                 break
         assert best is not None
         os.replace(best[1], tmp)
-        got = best[2]
+        got, info = best[2], best[3]
     finally:
         for p in passes:
             p.unlink(missing_ok=True)
     if _loudness_ok(got, target):
-        return got, None
-    return got, (
-        f"loudness {got['input_i']:.1f} LUFS / {got['input_tp']:.1f} dBTP after {len(passes)} passes, target "
-        f"{target.integrated:.1f} ±{_TOLERANCE} LUFS at or below {ceiling:.1f} dBTP (the input measured "
-        f"{measured['input_i']:.1f} LUFS / {measured['input_tp']:.1f} dBTP); the closest pass was kept"
+        return got, None, info
+    return (
+        got,
+        (
+            f"loudness {got['input_i']:.1f} LUFS / {got['input_tp']:.1f} dBTP after {len(passes)} passes, target "
+            f"{target.integrated:.1f} ±{_TOLERANCE} LUFS at or below {ceiling:.1f} dBTP (the input measured "
+            f"{measured['input_i']:.1f} LUFS / {measured['input_tp']:.1f} dBTP); the closest pass was kept"
+        ),
+        info,
     )
 
 
