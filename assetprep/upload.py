@@ -351,9 +351,8 @@ class _Upload:
         self.bytes_sent = 0
         self.lock = threading.Lock()
         self.last_report = 0.0
-        self.cancelled = (
-            threading.Event()
-        )  # set when the caller is interrupted: requests in flight stop at their next write
+        # Set when the caller is interrupted: requests in flight stop at their next write.
+        self.cancelled = threading.Event()
         self.parts = ThreadPoolExecutor(max(1, int(config.max_concurrency)), thread_name_prefix="assetprep-part")
 
     def close(self) -> None:
