@@ -176,7 +176,11 @@ def main(work: Path) -> None:
             names = [v.video_name or "" for v in client.list_videos()]
         facts["videos_per_batch"] = {b: sum(n.startswith(f"assetprep-{b}-") for n in names)
                                      for b in ("local", "ray", "driver")}  # fmt: skip
-        facts["posts"] = len([c for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos"])
+        # Creates the sandbox answered 200. A POST cut off by the kill -9 is counted by the sandbox too (every request
+        # is), but it created nothing; its status is kept for the failure message.
+        creates = [c for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos"]
+        facts["posts"] = sum(1 for c in creates if c.get("status") == 200)
+        facts["post_statuses"] = [c.get("status") for c in creates]
 
         t = time.monotonic()
         wrong = batch(env, work, "--batch-id", "wrong", "--ray-address", f"127.0.0.1:{free_port()}", timeout=60)

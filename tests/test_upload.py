@@ -380,8 +380,19 @@ upload_file({str(f)!r}, bucket={bucket!r}, client=c, transfer_config=cfg, on_pro
     assert proc.returncode == -9, proc.stderr
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # nothing visible
     [pending] = client.list_multipart_uploads(Bucket=bucket)["Uploads"]
-    stored = sum(p["Size"] for p in client.list_parts(Bucket=bucket, Key=pending["Key"],
-                                                        UploadId=pending["UploadId"]).get("Parts", []))  # fmt: skip
+
+    def stored_now() -> int:
+        parts = client.list_parts(Bucket=bucket, Key=pending["Key"], UploadId=pending["UploadId"]).get("Parts", [])
+        return sum(p["Size"] for p in parts)
+
+    # A part whose bytes had all been sent before the kill may still be landing on the server: wait until the
+    # stored parts stop changing (bounded), then the rerun must send exactly the rest.
+    stored, end = stored_now(), time.monotonic() + 15
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        if (now := stored_now()) == stored:
+            break
+        stored = now
     assert stored >= 15 * MiB  # at least three parts had finished
     cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, max_concurrency=3)
     obj = upload_file(f, bucket=bucket, client=client, transfer_config=cfg)
