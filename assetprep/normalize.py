@@ -367,12 +367,16 @@ def measure_loudness(
     stream = ffmpeg.input(str(path))["a:0"]
     if channels:
         stream = stream.filter("aformat", channel_layouts=_layout(channels))
-    stream = stream.filter("ebur128", peak="true", framelog="verbose")  # per-frame lines only at -v verbose
     result = _process.run_ffmpeg(
-        ffmpeg.output(stream, "-", f="null"), stage="measure loudness", total=total, timeout=timeout,
+        ffmpeg.output(_meter(stream), "-", f="null"), stage="measure loudness", total=total, timeout=timeout,
         on_progress=on_progress, what=f"loudness measurement ({path})", loglevel="info",
     )  # fmt: skip
     return _ebur128_summary(result.stderr_lines, path)
+
+
+def _meter(stream: Any) -> Any:
+    """ebur128 with true peak; its per-frame lines are logged only at -v verbose, the summary at info."""
+    return stream.filter("ebur128", peak="true", framelog="verbose")
 
 
 def _ebur128_summary(stderr_lines: list[str], path: str | os.PathLike[str]) -> dict[str, float]:
@@ -442,7 +446,7 @@ def normalize_audio(
         a = info.audio
         if a is None:
             raise MediaError(f"no audio stream in {src}", hint="pass a recording that contains sound")
-        measured_in = measuring.result() if measuring is not None else None
+        measured = measuring.result() if measuring is not None else None
     seconds = a.duration or info.duration or 0.0
     timeout = timeout or _default_timeout(seconds)
     warnings = _tavus_audio_warnings(seconds)
@@ -457,7 +461,6 @@ def normalize_audio(
 
     fmt_ok = ("wav" in info.format_name) if fmt == "wav" else info.format_name == "mp3"
     compliant = fmt_ok and (a.codec, a.sample_rate, a.channels) == (ap.codec, ap.sample_rate, ap.channels)
-    measured = measured_in
     if measured is not None and (measured["input_i"] <= -70 or not math.isfinite(measured["input_i"])):
         # Integrated loudness needs 0.4 s blocks above the gate: a short clip has none even when loud.
         audible = measured["input_tp"] > -60
@@ -474,17 +477,17 @@ def normalize_audio(
     out_opts = _audio_encoder_options(ap)
     out_info: MediaInfo | None = None
     with atomic_output(output, inputs=(Path(src),)) as tmp:
-        if remux:
-            out_opts["c:a"] = "copy"
-            out_opts.pop("b:a", None)
+        if remux or target is None or measured is None:  # a copy, or format only: one ffmpeg run
             stream = ffmpeg.input(src)[f"{a.index}"]
-            _process.run_ffmpeg(ffmpeg.output(stream, str(tmp), **out_opts), stage="remux", total=seconds or None,
-                                timeout=timeout, on_progress=stage(0, 1), what=f"ffmpeg ({src})")  # fmt: skip
-        elif target is None or measured is None:
-            stream = ffmpeg.input(src)[f"{a.index}"].filter("aformat", channel_layouts=_layout(ap.channels))
-            stream = stream.filter("aresample", ap.sample_rate, resampler="soxr")
-            _process.run_ffmpeg(ffmpeg.output(stream, str(tmp), **out_opts), stage="encode", total=seconds or None,
-                                timeout=timeout, on_progress=stage(0, 1), what=f"ffmpeg ({src})")  # fmt: skip
+            if remux:
+                out_opts["c:a"] = "copy"
+                out_opts.pop("b:a", None)
+            else:
+                stream = stream.filter("aformat", channel_layouts=_layout(ap.channels))
+                stream = stream.filter("aresample", ap.sample_rate, resampler="soxr")
+            _process.run_ffmpeg(ffmpeg.output(stream, str(tmp), **out_opts), stage="remux" if remux else "encode",
+                                total=seconds or None, timeout=timeout, on_progress=stage(0, 1),
+                                what=f"ffmpeg ({src})")  # fmt: skip
         else:
             measured, note, out_info = _encode_on_target(src, a.index, tmp, ap, target, measured, out_opts,
                                                          seconds=seconds, timeout=timeout, stage=stage)  # fmt: skip
@@ -548,7 +551,9 @@ def _encode_on_target(
     previous: tuple[float, float] | None = None  # (gain, loudness) of the pass before
     try:
         for n in range(_MAX_PASSES):
-            out = tmp.with_name(f"{tmp.name}.pass{n}")
+            # Named like the temp output itself (.NAME.PID-….part), so a kill -9 leaves nothing the next run
+            # to this output does not sweep.
+            out = tmp.with_name(f"{tmp.name.removesuffix('.part')}.pass{n}.part")
             passes.append(out)
             stream = ffmpeg.input(src)[f"{index}"].filter("aformat", channel_layouts=_layout(ap.channels))
             stream = _loudness_chain(stream, ap, gain, limit)
@@ -557,9 +562,8 @@ def _encode_on_target(
             if ap.format == "wav":
                 # PCM is what the meter sees: measure the samples on their way to the file, in the same process.
                 split = stream.filter_multi_output("asplit")
-                meter = split[1].filter("ebur128", peak="true", framelog="verbose")
                 cmd = ffmpeg.merge_outputs(
-                    ffmpeg.output(split[0], str(out), **out_opts), ffmpeg.output(meter, "-", f="null")
+                    ffmpeg.output(split[0], str(out), **out_opts), ffmpeg.output(_meter(split[1]), "-", f="null")
                 )
                 result = _process.run_ffmpeg(cmd, stage="encode", total=seconds or None, timeout=timeout,
                                              loglevel="info", on_progress=stage(seconds / 3, 2 * share),

@@ -195,3 +195,26 @@ def test_an_unreachable_target_is_a_warning_with_the_numbers_and_the_best_file(m
     assert got_tp <= -1.5 and got_i > -16  # the closest pass was kept: much louder, never over the ceiling
     [warning] = [w for w in result.warnings if "target -5.0" in w]
     assert f"{got_i:.1f} LUFS" in warning and "closest pass was kept" in warning
+
+
+def test_kill_9_during_a_loudness_pass_leaves_nothing_the_next_run_does_not_sweep(media_dir, gen, tmp_path):
+    import signal
+    import sys
+    import time
+
+    src = gen("ten-min-8k.wav", "-stream_loop", "53", "-i", str(media_dir / "speech-jfk-16k-mono.wav"), "-ar", "8000")
+    out = tmp_path / "o.mp3"
+    proc = subprocess.Popen([sys.executable, "-m", "assetprep", "normalize", "audio", str(src), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not any(p.stat().st_size > 0 for p in tmp_path.glob(".o.mp3.*pass*")):
+        time.sleep(0.05)  # a loudness pass is writing its file
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    left = list(tmp_path.glob(".o.mp3.*"))
+    assert left, "no pass file was being written: the test would prove nothing"
+    again = subprocess.run([sys.executable, "-m", "assetprep", "normalize", "audio",
+                            str(media_dir / "speech-jfk-16k-mono.wav"), "-o", str(out)], capture_output=True,
+                           timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert list(tmp_path.glob(".o.mp3.*")) == []  # the next run to the same output swept what the killed one left
