@@ -7,6 +7,7 @@ client is built in one place (`make_s3_client`) and injectable everywhere. No se
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -15,7 +16,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
@@ -253,18 +254,15 @@ def digest_file(path: Path, config: TransferConfig = DEFAULT_TRANSFER) -> FileDi
 def _digest(path: Path, config: TransferConfig) -> tuple[FileDigest, bytes | None]:
     """digest_file, plus the bytes themselves for a small file (sent from memory: read once, and no 100-continue)."""
     size = path.stat().st_size
-    whole = hashlib.sha256()
     if size <= SMALL_FILE:
         data = path.read_bytes()
         digest = hashlib.sha256(data).digest()
         fd = FileDigest(size=len(data), sha256=digest.hex(), part_size=max(len(data), 1), parts=[_b64(digest)])
         return fd, data
     if size < config.multipart_threshold:
-        with open(path, "rb") as f:
-            while chunk := f.read(4 * MiB):
-                whole.update(chunk)
-        digest = whole.digest()
+        digest = bytes.fromhex(file_sha256(path))
         return FileDigest(size=size, sha256=digest.hex(), part_size=max(size, 1), parts=[_b64(digest)]), None
+    whole = hashlib.sha256()
     part_size = part_size_for(size, config)
     parts: list[Future[bytes]] = []
     with open(path, "rb") as f, ThreadPoolExecutor(1, thread_name_prefix="assetprep-hash") as helper:
@@ -538,11 +536,27 @@ def upload_file(
         up.close()
 
 
+@contextlib.contextmanager
+def _session(
+    client: Any, bucket: str, prefix: str, create_bucket: bool, config: TransferConfig | None,
+    on_progress: ProgressCallback | None, *, files: int,
+) -> Iterator[_Upload]:  # fmt: skip
+    """What every many-file call does first and last: the bucket checked once (not per file), parts of killed runs'
+    uploads aborted, one shared upload state closed at the end."""
+    ensure_bucket(client, bucket, create=create_bucket)
+    abort_stale_uploads(client, bucket, prefix)
+    up = _Upload(client, bucket, prefix=prefix, config=config or DEFAULT_TRANSFER, on_progress=on_progress, files=files)
+    try:
+        yield up
+    finally:
+        up.close()
+
+
 def _run_all(paths: list[Any], work: Callable[[Any], T], jobs: int, cancel: threading.Event) -> list[T]:
     """`work` over `paths` with `jobs` in flight; results in order. Every file is tried; failures are collected
     and raised together after the others finished (an interrupt cancels what has not started)."""
     results: list[Any] = [None] * len(paths)
-    failures: list[tuple[str, AssetprepError]] = []
+    failures: list[tuple[int, AssetprepError]] = []
     with ThreadPoolExecutor(max(1, min(jobs, len(paths))), thread_name_prefix="assetprep-upload") as pool:
         futures = {pool.submit(work, p): i for i, p in enumerate(paths)}
         try:
@@ -551,7 +565,7 @@ def _run_all(paths: list[Any], work: Callable[[Any], T], jobs: int, cancel: thre
                 try:
                     results[i] = f.result()
                 except AssetprepError as exc:
-                    failures.append((str(paths[i]), exc))
+                    failures.append((i, exc))
         except BaseException:  # Ctrl-C, SIGTERM: nothing new starts, requests in flight stop at their next write
             cancel.set()
             for f in futures:
@@ -560,9 +574,8 @@ def _run_all(paths: list[Any], work: Callable[[Any], T], jobs: int, cancel: thre
     if failures:
         if len(paths) == 1:
             raise failures[0][1]
-        order = {str(p): i for i, p in enumerate(paths)}
-        failures.sort(key=lambda item: order[item[0]])
-        raise UploadError(failures, results, total=len(paths))
+        failures.sort(key=lambda item: item[0])
+        raise UploadError([(str(paths[i]), exc) for i, exc in failures], results, total=len(paths))
     return results
 
 
@@ -583,14 +596,8 @@ def upload_files(
     """
     if not paths:
         return []
-    ensure_bucket(client, bucket, create=create_bucket)  # once per call, not per file
-    abort_stale_uploads(client, bucket, prefix)  # left by killed runs
-    up = _Upload(client, bucket, prefix=prefix, config=transfer_config or DEFAULT_TRANSFER, on_progress=on_progress,
-                 files=len(paths))  # fmt: skip
-    try:
+    with _session(client, bucket, prefix, create_bucket, transfer_config, on_progress, files=len(paths)) as up:
         return _run_all(list(paths), up.upload, jobs or default_jobs(), up.cancelled)
-    finally:
-        up.close()
 
 
 def _credential_expiry(client: Any) -> dt.datetime | None:
@@ -693,21 +700,17 @@ def upload_and_presign(
     signer = (
         make_s3_client(settings, endpoint_url=settings.public_endpoint_url) if settings.public_endpoint_url else client
     )
-    ensure_bucket(client, bucket, create=create_bucket)
-    abort_stale_uploads(client, bucket, prefix)  # left by killed runs
     jobs = jobs or default_jobs()
-    up = _Upload(client, bucket, prefix=prefix, config=DEFAULT_TRANSFER, on_progress=on_progress, files=len(paths))
-    http = httpx.Client(timeout=15.0, follow_redirects=True, limits=httpx.Limits(max_connections=jobs))
+    with (
+        _session(client, bucket, prefix, create_bucket, None, on_progress, files=len(paths)) as up,
+        httpx.Client(timeout=15.0, follow_redirects=True, limits=httpx.Limits(max_connections=jobs)) as http,
+    ):
 
-    def one(path: str | os.PathLike[str]) -> PresignedObject:
-        obj = up.upload(path)
-        url, expires_at = presign(signer, bucket, obj.key, expires_in=expires_in)
-        if check:
-            preflight(url, content_type=obj.content_type, size=obj.size, http=http)
-        return PresignedObject(object=obj, url=url, expires_at=expires_at)
+        def one(path: str | os.PathLike[str]) -> PresignedObject:
+            obj = up.upload(path)
+            url, expires_at = presign(signer, bucket, obj.key, expires_in=expires_in)
+            if check:
+                preflight(url, content_type=obj.content_type, size=obj.size, http=http)
+            return PresignedObject(object=obj, url=url, expires_at=expires_at)
 
-    try:
         return _run_all(list(paths), one, jobs, up.cancelled)
-    finally:
-        up.close()
-        http.close()
