@@ -11,7 +11,9 @@ import sys
 
 
 def _early(signum: int, frame: object) -> None:
-    sys.stderr.write("interrupted; no partial output was kept (rerun the same command to continue)\n")
+    from .errors import INTERRUPTED  # already imported with the package: no cost here
+
+    sys.stderr.write(INTERRUPTED + "\n")
     raise SystemExit(128 + signum)
 
 

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from . import __version__, normalize, presets
 from ._units import parse_duration, parse_rate
 from ._urls import redact_url
-from .errors import AssetprepError, ConfigError, ProcessError, UploadError
+from .errors import INTERRUPTED, AssetprepError, ConfigError, ProcessError, UploadError
 from .probe import probe as probe_file
 from .progress import Progress as ProgressReport
 from .progress import ProgressCallback
@@ -229,7 +229,7 @@ def upload_cmd(
     create_bucket: Annotated[bool, typer.Option("--create-bucket", help="Create the bucket if missing.")] = False,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the preflight GET of each URL.")] = False,
     jobs: Annotated[
-        int | None, typer.Option(min=1, max=256, help="Files in flight at once (default 8 per core, max 32).")
+        int | None, typer.Option(min=1, max=256, help="Files in flight at once (default: 8 per core, at most 32).")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -794,7 +794,7 @@ def _exit_interrupted(exc: BaseException) -> None:
 
     signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
-    stderr.print("interrupted; no partial output was kept (rerun the same command to continue)", markup=False)
+    stderr.print(INTERRUPTED, markup=False)
     sys.exit(128 + signum)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+INTERRUPTED = "interrupted; no partial output was kept (rerun the same command to continue)"
+
 
 class AssetprepError(Exception):
     """Base class of every error assetprep raises on purpose."""
