@@ -72,7 +72,10 @@ def result_of(proc: subprocess.CompletedProcess[str]) -> dict | None:
 
 
 def journal_facts(state: Path, batch_id: str) -> dict:
-    with sqlite3.connect(state / "batches" / batch_id / "journal.sqlite") as db:
+    path = state / "batches" / batch_id / "journal.sqlite"
+    if not path.exists():  # the run failed before its journal: its rc and stderr say why
+        return {"prepared_on": [], "preps": {}}
+    with sqlite3.connect(path) as db:
         rows = [json.loads(d) for (d,) in db.execute("SELECT data FROM rows")]
         preps = [(k, s, json.loads(d)) for k, s, d in db.execute("SELECT key, state, data FROM preps")]
     return {"prepared_on": [r.get("prepared_on") for r in rows],
@@ -112,10 +115,10 @@ def main(work: Path) -> None:
         servers.append(sb)
         ensure_bucket(make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
                                                 secret_access_key=s3.secret_key)), BUCKET, create=True)  # fmt: skip
-        lines = ["first_name,background,script"]
-        for i in range(6):  # 6 rows over 3 pages
+        lines = ["first_name,background,script,background_seconds"]
+        for i in range(6):  # 6 rows over 3 pages, 3 s recordings (a third of the default's cost, enough to kill one)
             page = ("red.html", "blue.html", "clock.html")[i % 3]
-            lines.append(f"Lead{i},{PAGES / page},Hi {{{{ first_name }}}} number {i}.")
+            lines.append(f"Lead{i},{PAGES / page},Hi {{{{ first_name }}}} number {i}.,3")
         (work / "leads.csv").write_text("\n".join(lines) + "\n")
         state = work / "state"
         base_env = {**os.environ, **s3.env(), "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -157,11 +160,15 @@ def main(work: Path) -> None:
         end = time.monotonic() + 120
         journal = state / "batches" / "driver" / "journal.sqlite"
         while time.monotonic() < end:
-            if journal.exists():
-                with sqlite3.connect(journal) as db:
+            # Read-only, so the poll never creates the file; it can appear before the driver has written its schema:
+            # "unable to open" and "no such table" both mean "not yet".
+            try:
+                with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
                     done = db.execute("SELECT COUNT(*) FROM preps WHERE state = 'uploaded'").fetchone()[0]
-                if done >= 1:
-                    break
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= 1:
+                break
             time.sleep(0.1)
         first.kill()
         first.wait(timeout=30)
