@@ -155,16 +155,17 @@ def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
 # --- the pipeline ----------------------------------------------------------------------------------------------------
 
 
-def leads_manifest(folder: Path, count: int, *, site: str | None = None) -> Path:
-    """`count` personalized rows over the red and blue pages (local files, or URLs on `site`)."""
+def leads_manifest(folder: Path, count: int, *, site: str | None = None, seconds: float = 3) -> Path:
+    """`count` personalized rows over the red and blue pages (local files, or URLs on `site`), each recorded for
+    `seconds` (3 s: what the checks need, a third of the default's recording time)."""
     path = folder / "leads.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow(["first_name", "company", "background", "script"])
+        out.writerow(["first_name", "company", "background", "script", "background_seconds"])
         for i in range(count):
             page = "red.html" if i % 2 == 0 else "blue.html"
             out.writerow([f"Lead{i}", f"Company {i}", f"{site}/{page}" if site else str(PAGES / page),
-                          "Hi {{ first_name }}, I looked at {{ company }}."])  # fmt: skip
+                          "Hi {{ first_name }}, I looked at {{ company }}.", f"{seconds:g}"])  # fmt: skip
     return path
 
 
@@ -268,7 +269,7 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
     short = tmp_path / "short.wav"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=1", str(short)], check=True, timeout=60)
     manifest = write(tmp_path / "mixed.jsonl", "\n".join(json.dumps(r) for r in [
-        {"name": "good", "script": "Hi {{ name }}", "background": str(PAGES / "red.html")},
+        {"name": "good", "script": "Hi {{ name }}", "background": str(PAGES / "red.html"), "background_seconds": 3},
         {"name": "404", "script": "Hi {{ name }}", "background": f"{site}/no-such-page.html"},
         {"name": "corrupt", "audio": "corrupt.wav"},
         {"name": "broken", "script": "Hi {{ name }}", "replica_id": BROKEN_REPLICA},
@@ -311,7 +312,7 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
 
 def test_guard_blocks_manifest_urls_to_loopback_by_default(world, site, tmp_path):
     sb, run, _ = world()
-    manifest = write(tmp_path / "g.csv", f"background,script\n{site}/red.html,Hi\n")
+    manifest = write(tmp_path / "g.csv", f"background,script,background_seconds\n{site}/red.html,Hi,3\n")
     result = run(manifest, allow_private_networks=False, background_preset="background-720p")
     assert result.rows[0]["status"] == "failed"
     assert "blocked request to a private address" in result.rows[0]["error"]
@@ -355,9 +356,7 @@ def test_one_process_per_batch_and_per_run(world, tmp_path):
 
 def test_sigterm_stops_recordings_and_their_children_without_leftovers(world, tmp_path):
     sb, _, env = world()
-    manifest = leads_manifest(tmp_path, 2)
-    text = manifest.read_text().splitlines()
-    write(manifest, "\n".join([text[0] + ",background_seconds"] + [line + ",60" for line in text[1:]]) + "\n")
+    manifest = leads_manifest(tmp_path, 2, seconds=60)
     proc = subprocess.Popen([sys.executable, "-m", "assetprep", "batch", str(manifest), "--replica", DEFAULT_REPLICA,
                              "--allow-private-networks", "--poll", "0.2"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -381,11 +380,11 @@ def test_sigterm_stops_recordings_and_their_children_without_leftovers(world, tm
 
 def test_max_failures_stops_submitting_new_rows(world, site, tmp_path):
     sb, run, _ = world()
-    lines = ["first_name,background,script"]
-    lines += [f"Gone{i},{site}/missing.html,Hi {{{{ first_name }}}}." for i in range(3)]  # a 404: fails when prepared
+    lines = ["first_name,background,script,background_seconds"]
+    lines += [f"Gone{i},{site}/missing.html,Hi {{{{ first_name }}}}.,3" for i in range(3)]  # a 404: fails when prepared
     # A page no other test uploaded: an already-uploaded background would make these rows ready before the 404.
     good = write(tmp_path / "good.html", f"<html><body style='background:#123456'>{tmp_path.name}</body></html>")
-    lines += [f"Good{i},{good},Hi {{{{ first_name }}}}." for i in range(3)]
+    lines += [f"Good{i},{good},Hi {{{{ first_name }}}}.,3" for i in range(3)]
     manifest = write(tmp_path / "leads.csv", "\n".join(lines) + "\n")
     result = run(manifest, max_failures=1, jobs=1, background_preset="background-720p")  # preparations in row order
     assert not result.ok and result.counts.get("failed") == 3

@@ -254,8 +254,9 @@ def _ffmpeg_pids() -> set[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_normalize_takes_its_ffmpeg_along_and_the_next_run_sweeps_its_part(gen, tmp_path, sig):
-    src = gen("long.mp4", "-f", "lavfi", "-i", "testsrc2=s=1920x1080:r=30:d=60", "-pix_fmt", "yuv444p",
-              "-c:v", "libx264", "-preset", "ultrafast")  # fmt: skip
+    # The timeout tests' source: 60 s upscaled to 1080p keeps the encoder busy far longer than the kill takes.
+    src = gen("long.mp4", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=60", "-c:v", "libx264",
+              "-preset", "ultrafast")  # fmt: skip
     out = tmp_path / "o.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "assetprep", "normalize", "video", str(src), "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
