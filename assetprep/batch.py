@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import _process
@@ -36,6 +35,7 @@ from ._executor import Executor, make_executor
 from ._files import atomic_output
 from ._journal import BatchJournal, RunLock, open_checked
 from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded
+from ._s3http import http_pool
 from ._units import parse_duration
 from .callbacks import CallbackReceiver
 from .composite import composite
@@ -265,7 +265,7 @@ class _Batch:
         self.download_futures: dict[str, Future[None]] = {}
         self.receiver: CallbackReceiver | None = None
         self.prepared_now = 0
-        self.http = httpx.Client(timeout=15.0, follow_redirects=True)
+        self.http = http_pool(4, timeout=15.0)  # preflights
         self.failures = 0
         self.results_dirty = True
         self.results_written = 0.0
@@ -910,6 +910,6 @@ def _shutdown(run: _Batch) -> None:
     run.downloads.shutdown(wait=True, cancel_futures=True)
     if run.receiver is not None:
         run.receiver.close()
-    run.http.close()
+    run.http.clear()
     with contextlib.suppress(Exception):
         run.write_results(force=True)

@@ -24,12 +24,13 @@ from urllib.parse import quote
 
 import boto3
 import botocore.exceptions
-import httpx
+import urllib3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
 from s3transfer.utils import ReadFileChunk
 
+from ._s3http import SignedS3, http_pool
 from ._urls import redact_url, s3_error_reason
 from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
 from .probe import check_input_file
@@ -340,8 +341,10 @@ class _Upload:
         config: TransferConfig,
         on_progress: ProgressCallback | None,
         files: int,
+        fast: SignedS3 | None = None,
     ) -> None:
         self.client, self.bucket, self.prefix, self.config = client, bucket, prefix, config
+        self.fast = fast  # HEAD and small PUTs without botocore's per-call cost; botocore when it returns None
         self.on_progress = on_progress
         self.files = files
         self.files_done = 0
@@ -387,8 +390,9 @@ class _Upload:
 
     # -- one file --
 
-    def upload(self, path: str | os.PathLike[str], *, key: str | None = None,
-               metadata: dict[str, str] | None = None) -> UploadedObject:  # fmt: skip
+    def upload(self, path: str | os.PathLike[str], *, key: str | None = None, metadata: dict[str, str] | None = None,
+               stored: Callable[[str, FileDigest, str], bool] | None = None) -> UploadedObject:  # fmt: skip
+        """`stored(key, digest, content_type)`: another way to learn whether the bytes are there (default: HEAD)."""
         try:
             src = check_input_file(path)
             if problem := media_name_problem(src):  # a player (and Tavus) would get it as media and fail later
@@ -405,7 +409,7 @@ class _Upload:
         self.add_total(digest.size)
         obj = UploadedObject(bucket=self.bucket, key=key, size=digest.size, sha256=digest.sha256, content_type=ctype,
                              skipped=True, bytes_sent=0)  # fmt: skip
-        if not self.stored(key, digest):
+        if not (stored or self.stored_as)(key, digest, ctype):
             extra = {"ContentType": ctype, "ContentDisposition": _content_disposition(src.name),
                      "Metadata": {**(metadata or {}), "sha256": digest.sha256}}  # fmt: skip
             try:
@@ -423,8 +427,13 @@ class _Upload:
         self.file_done()
         return obj
 
+    def stored_as(self, key: str, digest: FileDigest, _content_type: str) -> bool:
+        return self.stored(key, digest)
+
     def stored(self, key: str, digest: FileDigest) -> bool:
         """Whether the same bytes are already under `key` (content addressing: then nothing is sent)."""
+        if self.fast is not None and (found := self.fast.head(key)) is not None:
+            return found == (digest.size, digest.sha256)
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
@@ -443,6 +452,13 @@ class _Upload:
         return ReadFileChunk.from_filename(str(src), start, length, callbacks=[self.sent])
 
     def put(self, src: Path, key: str, digest: FileDigest, extra: dict[str, Any], data: bytes | None) -> int:
+        if data is not None and self.fast is not None:
+            sent = self.fast.put(key, data, sha256_b64=digest.parts[0], content_type=extra["ContentType"],
+                                 content_disposition=extra["ContentDisposition"],
+                                 metadata=extra["Metadata"])  # fmt: skip
+            if sent:
+                self.sent(len(data))
+                return len(data)
         if data is not None:  # botocore sends "Expect: 100-continue" (a wait for the server) only for file bodies
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumSHA256=digest.parts[0], **extra)
             self.sent(len(data))
@@ -539,17 +555,20 @@ def upload_file(
 @contextlib.contextmanager
 def _session(
     client: Any, bucket: str, prefix: str, create_bucket: bool, config: TransferConfig | None,
-    on_progress: ProgressCallback | None, *, files: int,
-) -> Iterator[_Upload]:  # fmt: skip
+    on_progress: ProgressCallback | None, *, files: int, jobs: int,
+) -> Iterator[tuple[_Upload, urllib3.PoolManager]]:  # fmt: skip
     """What every many-file call does first and last: the bucket checked once (not per file), parts of killed runs'
-    uploads aborted, one shared upload state closed at the end."""
+    uploads aborted, one HTTP pool for the small requests and preflights, shared state closed at the end."""
     ensure_bucket(client, bucket, create=create_bucket)
     abort_stale_uploads(client, bucket, prefix)
-    up = _Upload(client, bucket, prefix=prefix, config=config or DEFAULT_TRANSFER, on_progress=on_progress, files=files)
+    http = http_pool(jobs)
+    up = _Upload(client, bucket, prefix=prefix, config=config or DEFAULT_TRANSFER, on_progress=on_progress, files=files,
+                 fast=SignedS3.for_client(client, bucket, http))  # fmt: skip
     try:
-        yield up
+        yield up, http
     finally:
         up.close()
+        http.clear()
 
 
 def _run_all(paths: list[Any], work: Callable[[Any], T], jobs: int, cancel: threading.Event) -> list[T]:
@@ -596,8 +615,10 @@ def upload_files(
     """
     if not paths:
         return []
-    with _session(client, bucket, prefix, create_bucket, transfer_config, on_progress, files=len(paths)) as up:
-        return _run_all(list(paths), up.upload, jobs or default_jobs(), up.cancelled)
+    jobs = jobs or default_jobs()
+    with _session(client, bucket, prefix, create_bucket, transfer_config, on_progress, files=len(paths),
+                  jobs=jobs) as (up, _):  # fmt: skip
+        return _run_all(list(paths), up.upload, jobs, up.cancelled)
 
 
 def _credential_expiry(client: Any) -> dt.datetime | None:
@@ -643,35 +664,62 @@ def preflight(
     content_type: str | None = None,
     size: int | None = None,
     timeout: float = 15.0,
-    http: httpx.Client | None = None,
+    http: urllib3.PoolManager | None = None,
 ) -> None:
-    """Fetch the first byte of `url` the way a consumer does (no credentials) and fail loudly if it does not work."""
-    shown = redact_url(url)
-    owned = http is None
-    client = http or httpx.Client(timeout=timeout, follow_redirects=True)
+    """Fetch the first byte of `url` the way a consumer does (no credentials, redirects followed) and fail loudly if
+    it does not work. `http`: a pool to reuse (upload_and_presign passes the one its S3 requests use)."""
+    pool = http or http_pool(1, timeout=timeout)
     try:
-        try:
-            resp = client.get(url, headers={"Range": "bytes=0-0"}, timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise PreflightError(
-                f"presigned URL {shown} is not reachable: {type(exc).__name__}",
-                hint="check that the endpoint is reachable from where the URL will be fetched (--public-endpoint-url)",
-            ) from None
-        if resp.status_code not in (200, 206):
-            reason = s3_error_reason(resp.text)
-            raise PreflightError(
-                f"presigned URL {shown} answered {resp.status_code}{': ' + reason if reason else ''}",
-                hint="re-presign it (an expired or altered URL is refused)",
-            )
-        got = resp.headers.get("content-type", "").split(";")[0].strip()
-        if content_type and got != content_type:
-            raise PreflightError(f"presigned URL {shown} serves Content-Type '{got}', expected '{content_type}'")
-        total = resp.headers.get("content-range", "").rpartition("/")[2]
-        if size is not None and total.isdigit() and int(total) != size:
-            raise PreflightError(f"presigned URL {shown} serves {total} bytes, expected {size}")
+        _judge(_first_byte(url, pool, timeout), url, content_type=content_type, size=size)
     finally:
-        if owned:
-            client.close()
+        if http is None:
+            pool.clear()
+
+
+# What a GET of a URL's first byte answered: status, headers, the start of the body (an error's XML).
+_Answer = tuple[int, urllib3.HTTPHeaderDict, str]
+
+
+def _first_byte(url: str, pool: urllib3.PoolManager, timeout: float) -> _Answer:
+    try:
+        resp = pool.request(
+            "GET", url, headers={"Range": "bytes=0-0"}, preload_content=False,
+            timeout=urllib3.Timeout(connect=min(5.0, timeout), read=timeout),
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
+        )  # fmt: skip
+    except urllib3.exceptions.HTTPError as exc:
+        raise PreflightError(
+            f"presigned URL {redact_url(url)} is not reachable: {type(getattr(exc, 'reason', None) or exc).__name__}",
+            hint="check that the endpoint is reachable from where the URL will be fetched (--public-endpoint-url)",
+        ) from None
+    try:
+        text = resp.read(64 * 1024).decode("utf-8", "replace")  # a byte, or an error body
+    finally:
+        # A server that ignores Range sends everything: drop that connection rather than read it all.
+        resp.release_conn() if resp.length_remaining == 0 else resp.close()
+    return resp.status, resp.headers, text
+
+
+def _served_size(headers: urllib3.HTTPHeaderDict) -> int | None:
+    total = (headers.get("content-range") or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
+def _judge(answer: _Answer, url: str, *, content_type: str | None, size: int | None) -> None:
+    status, headers, text = answer
+    shown = redact_url(url)
+    if status not in (200, 206):
+        reason = s3_error_reason(text)
+        raise PreflightError(
+            f"presigned URL {shown} answered {status}{': ' + reason if reason else ''}",
+            hint="re-presign it (an expired or altered URL is refused)",
+        )
+    got = (headers.get("content-type") or "").split(";")[0].strip()
+    if content_type and got != content_type:
+        raise PreflightError(f"presigned URL {shown} serves Content-Type '{got}', expected '{content_type}'")
+    total = _served_size(headers)
+    if size is not None and total is not None and total != size:
+        raise PreflightError(f"presigned URL {shown} serves {total} bytes, expected {size}")
 
 
 def upload_and_presign(
@@ -701,15 +749,38 @@ def upload_and_presign(
         make_s3_client(settings, endpoint_url=settings.public_endpoint_url) if settings.public_endpoint_url else client
     )
     jobs = jobs or default_jobs()
-    with (
-        _session(client, bucket, prefix, create_bucket, None, on_progress, files=len(paths)) as up,
-        httpx.Client(timeout=15.0, follow_redirects=True, limits=httpx.Limits(max_connections=jobs)) as http,
-    ):
+    with _session(client, bucket, prefix, create_bucket, None, on_progress, files=len(paths), jobs=jobs) as (up, http):
 
         def one(path: str | os.PathLike[str]) -> PresignedObject:
-            obj = up.upload(path)
-            url, expires_at = presign(signer, bucket, obj.key, expires_in=expires_in)
-            if check:
+            signed: list[tuple[str, dt.datetime]] = []
+            checked = False
+
+            def stored(key: str, digest: FileDigest, content_type: str) -> bool:
+                """For a small file, the preflight GET is the existence check too: one request instead of a HEAD
+                before the upload and a GET after it."""
+                nonlocal checked
+                signed.append(presign(signer, bucket, key, expires_in=expires_in))
+                if not check or digest.size > SMALL_FILE:
+                    return up.stored(key, digest)
+                answer = _first_byte(signed[0][0], http, 15.0)
+                status, headers, text = answer
+                if status == 404 and "<Code>NoSuchKey</Code>" in text:
+                    # The server accepted the URL's signature and has no such key: once the PUT succeeds the URL
+                    # serves these bytes (S3 reads after writes are consistent).
+                    checked = True
+                    return False
+                same = headers.get("x-amz-meta-sha256") == digest.sha256 and _served_size(headers) == digest.size
+                if status in (200, 206) and same:
+                    _judge(answer, signed[0][0], content_type=content_type, size=digest.size)
+                    checked = True
+                    return True
+                # Other bytes under the key, or an answer that does not say (a 403 for a missing key where the
+                # credentials may not list the bucket): ask S3 itself; the preflight after the upload decides.
+                return up.stored(key, digest)
+
+            obj = up.upload(path, stored=stored)
+            url, expires_at = signed[0]
+            if check and not checked:
                 preflight(url, content_type=obj.content_type, size=obj.size, http=http)
             return PresignedObject(object=obj, url=url, expires_at=expires_at)
 

@@ -179,7 +179,7 @@ def test_bad_files_and_expiry(s3, client, bucket, tmp_path):
 def test_server_killed_during_multipart_upload(tmp_path):
     f = tmp_path / "big.mp4"
     with open(f, "wb") as out:
-        for _ in range(48):
+        for _ in range(24):
             out.write(os.urandom(MiB))
         out.seek(0)
         out.write(MP4_HEAD)  # starts like an MP4, as upload checks
@@ -190,7 +190,7 @@ def test_server_killed_during_multipart_upload(tmp_path):
         small_parts = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, max_concurrency=2)
 
         def kill_midway(p):
-            if p.done > 12 * MiB and server.proc is not None:
+            if p.done > 6 * MiB and server.proc is not None:
                 server.kill()
 
         with pytest.raises(StorageError, match="uploading"):
@@ -322,13 +322,57 @@ def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bu
         assert results[i].object.key == results[200 + i].object.key
     assert len({r.object.key for r in results if r}) == 298 - 20
     assert calls.count("HeadBucket") == 1  # the bucket is checked once per call, not per file
+    # Small files: the preflight GET is the existence check and the PUT is signed and sent without a botocore call.
+    assert "HeadObject" not in calls and "PutObject" not in calls, sorted(set(calls))
     assert reports[-1].stage == "upload 298/300 files" and reports[-1].unit == "bytes"
     assert reports[-1].total == sum(p.stat().st_size for i, p in enumerate(paths) if results[i])
 
     good = [p for p, r in zip(paths, results, strict=True) if r]
+    calls.clear()
     again = upload_and_presign(good, bucket=bucket, client=client, settings=settings_for(s3))
     assert [r.object.key for r in again] == [r.object.key for r in results if r]
     assert all(r.object.skipped for r in again) and sum(r.object.bytes_sent for r in again) == 0
+    assert sorted(set(calls)) == ["HeadBucket", "ListMultipartUploads"]  # one GET per file answered the rest
+
+
+def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, client, bucket, tmp_path):
+    from assetprep._s3http import ABSENT, SignedS3, http_pool
+
+    fast = SignedS3(client, bucket, http_pool(1))
+    for key in ["p/ab/plain.mp4", "p/ab/a b+c~d!$&'()*,;=:@ü.mp4", "p/ab/%41 %2F.wav"]:
+        sample = client.generate_presigned_url("head_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=60)
+        assert fast.url(key) == sample.split("?")[0]
+    # Such a name through the whole many-file path: stored under its key, fetched back through its URL.
+    odd = tmp_path / "a b+c~d!$&'()ü.wav"
+    odd.write_bytes(b"RIFF" + os.urandom(3000))
+    [r] = upload_and_presign([odd], bucket=bucket, client=client, settings=settings_for(s3))
+    assert r.object.key.endswith("/a b+c~d!$&'()ü.wav") and httpx.get(r.url).content == odd.read_bytes()
+    assert client.head_object(Bucket=bucket, Key=r.object.key)["Metadata"]["sha256"] == r.object.sha256
+
+    # Other bytes already under the key (no sha256 of ours): replaced, and the URL then serves our bytes.
+    f = tmp_path / "clip.mp3"
+    f.write_bytes(b"ID3" + os.urandom(5000))
+    key = f"assetprep/{file_sha(f)[:16]}/clip.mp3"
+    client.put_object(Bucket=bucket, Key=key, Body=b"ID3 stale", ContentType="audio/mpeg")
+    [r] = upload_and_presign([f], bucket=bucket, client=client, settings=settings_for(s3))
+    assert r.object.key == key and not r.object.skipped and httpx.get(r.url).content == f.read_bytes()
+
+    # What the fast path answers itself (found, absent, stored) and what it hands to botocore: a refused request
+    # (here: wrong credentials) is None/False, so the caller asks botocore, whose message names the problem.
+    sha = base64.b64encode(hashlib.sha256(b"RIFF").digest()).decode()
+    fields = {
+        "sha256_b64": sha,
+        "content_type": "audio/wav",
+        "content_disposition": "inline",
+        "metadata": {"sha256": "x"},
+    }
+    assert fast.head(key) == (f.stat().st_size, r.object.sha256) and fast.head("p/none.wav") == ABSENT
+    assert fast.put("p/four.wav", b"RIFF", **fields) and fast.head("p/four.wav") == (4, "x")
+    assert not fast.put("p/five.wav", b"RIFFF", **fields)  # the server checked the SHA-256: BadDigest
+    bad = make_s3_client(settings_for(s3, secret_access_key="WRONG-secret-" + "z" * 20), retries=0)
+    refused = SignedS3(bad, bucket, http_pool(1))
+    assert refused.head(key) is None and not refused.put("p/six.wav", b"RIFF", **fields)
+    assert fast.head("p/six.wav") == ABSENT
 
 
 def test_upload_files_returns_objects_in_order_without_presigning(client, bucket, tmp_path):
