@@ -637,8 +637,11 @@ def check_expiry(expires_in: float) -> None:
         )
 
 
-def presign(client: Any, bucket: str, key: str, *, expires_in: float) -> tuple[str, dt.datetime]:
-    """A SigV4 presigned GET URL valid for `expires_in` seconds (60 s to 7 days)."""
+def presign(
+    client: Any, bucket: str, key: str, *, expires_in: float, fast: SignedS3 | None = None
+) -> tuple[str, dt.datetime]:
+    """A SigV4 presigned GET URL valid for `expires_in` seconds (60 s to 7 days). `fast`: the same client's signer
+    without botocore's per-call machinery (the same URL, a fifth of the CPU), for many files."""
     check_expiry(expires_in)
     now = dt.datetime.now(dt.UTC)
     expires_at = now + dt.timedelta(seconds=expires_in)
@@ -650,6 +653,8 @@ def presign(client: Any, bucket: str, key: str, *, expires_in: float) -> tuple[s
             hint="use long-lived credentials for presigning or a shorter --expires",
         )
     try:
+        if fast is not None:
+            return fast.presign_get(key, int(expires_in)), expires_at
         url = client.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_in)
         )
@@ -750,6 +755,7 @@ def upload_and_presign(
     )
     jobs = jobs or default_jobs()
     with _session(client, bucket, prefix, create_bucket, None, on_progress, files=len(paths), jobs=jobs) as (up, http):
+        fast_signer = up.fast if signer is client else SignedS3.for_client(signer, bucket, http)
 
         def one(path: str | os.PathLike[str]) -> PresignedObject:
             signed: list[tuple[str, dt.datetime]] = []
@@ -759,7 +765,7 @@ def upload_and_presign(
                 """For a small file, the preflight GET is the existence check too: one request instead of a HEAD
                 before the upload and a GET after it."""
                 nonlocal checked
-                signed.append(presign(signer, bucket, key, expires_in=expires_in))
+                signed.append(presign(signer, bucket, key, expires_in=expires_in, fast=fast_signer))
                 if not check or digest.size > SMALL_FILE:
                     return up.stored(key, digest)
                 answer = _first_byte(signed[0][0], http, 15.0)
