@@ -727,6 +727,23 @@ def _judge(answer: _Answer, url: str, *, content_type: str | None, size: int | N
         raise PreflightError(f"presigned URL {shown} serves {total} bytes, expected {size}")
 
 
+def _stored_by_url(url: str, digest: FileDigest, content_type: str, http: urllib3.PoolManager) -> bool | None:
+    """For a small file the preflight GET is the existence check too: one request instead of a HEAD before the
+    upload and a GET after it. True: stored and the URL serves it as it should; False: not stored, and the URL is
+    good (the server accepted its signature, then found no key; after the PUT it serves these bytes: S3 reads after
+    writes are consistent); None: the answer does not tell (other bytes under the key, or a 403 where the
+    credentials may not list the bucket): ask S3 itself, and preflight after the upload."""
+    answer = _first_byte(url, http, 15.0)
+    status, headers, text = answer
+    if status == 404 and "<Code>NoSuchKey</Code>" in text:
+        return False
+    same = headers.get("x-amz-meta-sha256") == digest.sha256 and _served_size(headers) == digest.size
+    if status in (200, 206) and same:
+        _judge(answer, url, content_type=content_type, size=digest.size)  # a wrong Content-Type still fails here
+        return True
+    return None
+
+
 def upload_and_presign(
     paths: list[str | os.PathLike[str]],
     *,
@@ -759,29 +776,15 @@ def upload_and_presign(
 
         def one(path: str | os.PathLike[str]) -> PresignedObject:
             signed: list[tuple[str, dt.datetime]] = []
-            checked = False
+            checked: list[bool] = []
 
             def stored(key: str, digest: FileDigest, content_type: str) -> bool:
-                """For a small file, the preflight GET is the existence check too: one request instead of a HEAD
-                before the upload and a GET after it."""
-                nonlocal checked
                 signed.append(presign(signer, bucket, key, expires_in=expires_in, fast=fast_signer))
-                if not check or digest.size > SMALL_FILE:
-                    return up.stored(key, digest)
-                answer = _first_byte(signed[0][0], http, 15.0)
-                status, headers, text = answer
-                if status == 404 and "<Code>NoSuchKey</Code>" in text:
-                    # The server accepted the URL's signature and has no such key: once the PUT succeeds the URL
-                    # serves these bytes (S3 reads after writes are consistent).
-                    checked = True
-                    return False
-                same = headers.get("x-amz-meta-sha256") == digest.sha256 and _served_size(headers) == digest.size
-                if status in (200, 206) and same:
-                    _judge(answer, signed[0][0], content_type=content_type, size=digest.size)
-                    checked = True
-                    return True
-                # Other bytes under the key, or an answer that does not say (a 403 for a missing key where the
-                # credentials may not list the bucket): ask S3 itself; the preflight after the upload decides.
+                if check and digest.size <= SMALL_FILE:
+                    found = _stored_by_url(signed[0][0], digest, content_type, http)
+                    if found is not None:
+                        checked.append(True)
+                        return found
                 return up.stored(key, digest)
 
             obj = up.upload(path, stored=stored)

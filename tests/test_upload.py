@@ -362,6 +362,13 @@ def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, cli
     client.put_object(Bucket=bucket, Key=key, Body=b"ID3 stale", ContentType="audio/mpeg")
     [r] = upload_and_presign([f], bucket=bucket, client=client, settings=settings_for(s3))
     assert r.object.key == key and not r.object.skipped and httpx.get(r.url).content == f.read_bytes()
+    # Our bytes under the key but served as the wrong type: the check that skips the upload is still a preflight.
+    g = tmp_path / "typed.mp3"
+    g.write_bytes(b"ID3" + os.urandom(800))
+    client.put_object(Bucket=bucket, Key=f"assetprep/{file_sha(g)[:16]}/typed.mp3", Body=g.read_bytes(),
+                      ContentType="text/plain", Metadata={"sha256": file_sha(g)})  # fmt: skip
+    with pytest.raises(PreflightError, match="serves Content-Type 'text/plain', expected 'audio/mpeg'"):
+        upload_and_presign([g], bucket=bucket, client=client, settings=settings_for(s3))
 
     # What the fast path answers itself (found, absent, stored) and what it hands to botocore: a refused request
     # (here: wrong credentials) is None/False, so the caller asks botocore, whose message names the problem.
