@@ -369,8 +369,12 @@ class _Upload:
     def sent(self, bytes_transferred: int) -> None:  # s3transfer calls it by this keyword
         if self.cancelled.is_set():
             raise CancelledError("upload stopped")
+        self.done(bytes_transferred)
+
+    def done(self, size: int) -> None:
+        """Bytes sent, or found stored (a skipped file, reused parts): a re-upload's bar ends full, not at 0."""
         with self.lock:
-            self.bytes_sent += bytes_transferred
+            self.bytes_sent += size
         self.report()
 
     def file_done(self) -> None:
@@ -424,6 +428,8 @@ class _Upload:
                     raise CancelledError(f"upload of {src} stopped") from None
                 raise storage_error(exc, f"uploading {src} to s3://{self.bucket}/{key}", self.client) from None
             obj = obj.model_copy(update={"skipped": False, "bytes_sent": sent})
+        else:
+            self.done(digest.size)
         self.file_done()
         return obj
 
@@ -477,6 +483,7 @@ class _Upload:
         ranges = [(n, (n - 1) * digest.part_size) for n in range(1, len(digest.parts) + 1)]
         sizes = {n: min(digest.part_size, digest.size - start) for n, start in ranges}
         todo = [(n, start) for n, start in ranges if n not in done]
+        self.done(sum(sizes[n] for n in done))
 
         def send(n: int, start: int) -> dict[str, Any]:
             with self._body(src, start, sizes[n]) as body:

@@ -329,9 +329,13 @@ def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bu
 
     good = [p for p, r in zip(paths, results, strict=True) if r]
     calls.clear()
-    again = upload_and_presign(good, bucket=bucket, client=client, settings=settings_for(s3))
+    reports.clear()
+    again = upload_and_presign(
+        good, bucket=bucket, client=client, settings=settings_for(s3), on_progress=reports.append
+    )
     assert [r.object.key for r in again] == [r.object.key for r in results if r]
     assert all(r.object.skipped for r in again) and sum(r.object.bytes_sent for r in again) == 0
+    assert reports[-1].done == reports[-1].total > 0  # bytes found stored count as done: the bar ends full
     assert sorted(set(calls)) == ["HeadBucket", "ListMultipartUploads"]  # one GET per file answered the rest
 
 
@@ -452,9 +456,11 @@ upload_file({str(f)!r}, bucket={bucket!r}, client=c, transfer_config=cfg, on_pro
         stored = now
     assert stored >= 15 * MiB  # at least three parts had finished
     cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, max_concurrency=3)
-    obj = upload_file(f, bucket=bucket, client=client, transfer_config=cfg)
+    reports = []
+    obj = upload_file(f, bucket=bucket, client=client, transfer_config=cfg, on_progress=reports.append)
     assert obj.key == pending["Key"] and not obj.skipped
     assert obj.bytes_sent == obj.size - stored  # only the missing parts were sent
+    assert reports[-1].done == reports[-1].total == obj.size  # the reused parts count as done
     body = client.get_object(Bucket=bucket, Key=obj.key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == obj.sha256 == file_sha(f)
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
