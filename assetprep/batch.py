@@ -55,7 +55,7 @@ from .probe import probe
 from .progress import Progress
 from .publish import BackgroundSpec, PublishOptions, PublishSettings, background_kind, request_fields
 from .tavus import TavusClient, Video
-from .upload import S3Settings, abort_stale_uploads, make_s3_client, preflight, presign
+from .upload import PREFLIGHT_TIMEOUT, S3Settings, abort_stale_uploads, make_s3_client, preflight, presign
 
 log = logging.getLogger("assetprep.batch")
 
@@ -265,7 +265,7 @@ class _Batch:
         self.download_futures: dict[str, Future[None]] = {}
         self.receiver: CallbackReceiver | None = None
         self.prepared_now = 0
-        self.http = http_pool(4, timeout=15.0)  # preflights
+        self.http = http_pool(4, timeout=PREFLIGHT_TIMEOUT)  # preflights
         self.failures = 0
         self.results_dirty = True
         self.results_written = 0.0

@@ -37,6 +37,7 @@ from .probe import check_input_file
 from .progress import Progress, ProgressCallback
 
 MIN_EXPIRY = 60.0
+PREFLIGHT_TIMEOUT = 15.0  # seconds for a preflight GET (connect at most 5 of them)
 MAX_EXPIRY = 7 * 24 * 3600.0  # SigV4 presigned URLs cannot live longer
 CONTENT_TYPES = {".mp4": "video/mp4", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".webm": "video/webm"}
 MiB = 1024 * 1024
@@ -413,7 +414,7 @@ class _Upload:
         self.add_total(digest.size)
         obj = UploadedObject(bucket=self.bucket, key=key, size=digest.size, sha256=digest.sha256, content_type=ctype,
                              skipped=True, bytes_sent=0)  # fmt: skip
-        if not (stored or self.stored_as)(key, digest, ctype):
+        if not (stored(key, digest, ctype) if stored else self.stored(key, digest)):
             extra = {"ContentType": ctype, "ContentDisposition": _content_disposition(src.name),
                      "Metadata": {**(metadata or {}), "sha256": digest.sha256}}  # fmt: skip
             try:
@@ -432,9 +433,6 @@ class _Upload:
             self.done(digest.size)
         self.file_done()
         return obj
-
-    def stored_as(self, key: str, digest: FileDigest, _content_type: str) -> bool:
-        return self.stored(key, digest)
 
     def stored(self, key: str, digest: FileDigest) -> bool:
         """Whether the same bytes are already under `key` (content addressing: then nothing is sent)."""
@@ -458,15 +456,14 @@ class _Upload:
         return ReadFileChunk.from_filename(str(src), start, length, callbacks=[self.sent])
 
     def put(self, src: Path, key: str, digest: FileDigest, extra: dict[str, Any], data: bytes | None) -> int:
-        if data is not None and self.fast is not None:
-            sent = self.fast.put(key, data, sha256_b64=digest.parts[0], content_type=extra["ContentType"],
-                                 content_disposition=extra["ContentDisposition"],
-                                 metadata=extra["Metadata"])  # fmt: skip
-            if sent:
-                self.sent(len(data))
-                return len(data)
         if data is not None:  # botocore sends "Expect: 100-continue" (a wait for the server) only for file bodies
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumSHA256=digest.parts[0], **extra)
+            sent = self.fast is not None and self.fast.put(
+                key, data, sha256_b64=digest.parts[0], content_type=extra["ContentType"],
+                content_disposition=extra["ContentDisposition"], metadata=extra["Metadata"],
+            )  # fmt: skip
+            if not sent:  # no fast path, or it got an answer only botocore should judge
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumSHA256=digest.parts[0],
+                                       **extra)  # fmt: skip
             self.sent(len(data))
             return len(data)
         with self._body(src, 0, digest.size) as body:
@@ -675,7 +672,7 @@ def preflight(
     *,
     content_type: str | None = None,
     size: int | None = None,
-    timeout: float = 15.0,
+    timeout: float = PREFLIGHT_TIMEOUT,
     http: urllib3.PoolManager | None = None,
 ) -> None:
     """Fetch the first byte of `url` the way a consumer does (no credentials, redirects followed) and fail loudly if
@@ -740,7 +737,7 @@ def _stored_by_url(url: str, digest: FileDigest, content_type: str, http: urllib
     good (the server accepted its signature, then found no key; after the PUT it serves these bytes: S3 reads after
     writes are consistent); None: the answer does not tell (other bytes under the key, or a 403 where the
     credentials may not list the bucket): ask S3 itself, and preflight after the upload."""
-    answer = _first_byte(url, http, 15.0)
+    answer = _first_byte(url, http, PREFLIGHT_TIMEOUT)
     status, headers, text = answer
     if status == 404 and "<Code>NoSuchKey</Code>" in text:
         return False
