@@ -206,6 +206,44 @@ def test_server_killed_during_multipart_upload(tmp_path):
     assert server.proc is None
 
 
+def test_server_killed_during_many_small_uploads(tmp_path):
+    """The fast path meets a dead server: every file still ends as uploaded or as one clear error (botocore asked
+    again and named it), within bounded time; what was uploaded survives and is whole."""
+    paths = []
+    for i in range(120):
+        f = tmp_path / "in" / f"v{i}.wav"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"RIFF" + os.urandom(20_000))
+        paths.append(f)
+    server = LocalS3(tmp_path / "s3").start()
+    try:
+        c = make_s3_client(settings_for(server), retries=0, connect_timeout=1)
+        c.create_bucket(Bucket="faults")
+
+        def kill_midway(p):
+            if p.stage.startswith("upload 20/") and server.proc is not None:
+                server.kill()
+
+        started = time.monotonic()
+        with pytest.raises(UploadError) as err:
+            upload_and_presign(paths, bucket="faults", client=c, settings=settings_for(server), jobs=4,
+                               on_progress=kill_midway)  # fmt: skip
+        assert time.monotonic() - started < 60
+        failures = err.value.failures
+        assert failures and all(
+            "cannot reach S3" in str(e) or "broke off" in str(e) or "not reachable" in str(e) for _, e in failures
+        ), [str(e) for _, e in failures[:3]]
+        done = [r for r in err.value.results if r is not None]
+        assert len(done) >= 20 and len(done) + len(failures) == len(paths)
+        server.start()  # same data folder, new ports: what was reported uploaded is there, whole
+        c = make_s3_client(settings_for(server))
+        for r in done:
+            body = c.get_object(Bucket="faults", Key=r.object.key)["Body"].read()
+            assert hashlib.sha256(body).hexdigest() == r.object.sha256
+    finally:
+        server.stop()
+
+
 def test_cli_upload_json_and_no_secret_in_output(s3, tmp_path):
     f = tmp_path / "speech.mp3"
     f.write_bytes(b"ID3" + os.urandom(2000))
