@@ -18,19 +18,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from http.client import HTTPException, HTTPMessage
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import boto3
 import botocore.exceptions
-import urllib3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
 from s3transfer.utils import ReadFileChunk
 
-from ._s3http import SignedS3, http_pool
+from ._s3http import Answer, HttpPool, SignedS3, http_pool
 from ._urls import redact_url, s3_error_reason
 from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
 from .probe import check_input_file
@@ -560,7 +560,7 @@ def upload_file(
 def _session(
     client: Any, bucket: str, prefix: str, create_bucket: bool, config: TransferConfig | None,
     on_progress: ProgressCallback | None, *, files: int, jobs: int,
-) -> Iterator[tuple[_Upload, urllib3.PoolManager]]:  # fmt: skip
+) -> Iterator[tuple[_Upload, HttpPool]]:  # fmt: skip
     """What every many-file call does first and last: the bucket checked once (not per file), parts of killed runs'
     uploads aborted, one HTTP pool for the small requests and preflights, shared state closed at the end."""
     ensure_bucket(client, bucket, create=create_bucket)
@@ -673,7 +673,7 @@ def preflight(
     content_type: str | None = None,
     size: int | None = None,
     timeout: float = PREFLIGHT_TIMEOUT,
-    http: urllib3.PoolManager | None = None,
+    http: HttpPool | None = None,
 ) -> None:
     """Fetch the first byte of `url` the way a consumer does (no credentials, redirects followed) and fail loudly if
     it does not work. `http`: a pool to reuse (upload_and_presign passes the one its S3 requests use)."""
@@ -685,37 +685,34 @@ def preflight(
             pool.clear()
 
 
-# What a GET of a URL's first byte answered: status, headers, the start of the body (an error's XML).
-_Answer = tuple[int, urllib3.HTTPHeaderDict, str]
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def _first_byte(url: str, pool: urllib3.PoolManager, timeout: float) -> _Answer:
+def _first_byte(url: str, pool: HttpPool, timeout: float) -> Answer:
+    """GET the first byte (or an error's XML) as a consumer would: no credentials, up to 5 redirects followed."""
     try:
-        resp = pool.request(
-            "GET", url, headers={"Range": "bytes=0-0"}, preload_content=False,
-            timeout=urllib3.Timeout(connect=min(5.0, timeout), read=timeout),
-            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
-        )  # fmt: skip
-    except urllib3.exceptions.HTTPError as exc:
+        for _ in range(6):
+            # A server that ignores Range sends everything: 64 KiB is read and that connection dropped.
+            answer = pool.request("GET", url, headers={"Range": "bytes=0-0"}, limit=64 * 1024, timeout=timeout)
+            location = answer.headers.get("location")
+            if answer.status not in _REDIRECTS or not location:
+                return answer
+            url = urljoin(url, location)
+        return answer
+    except (OSError, HTTPException, ValueError) as exc:
         raise PreflightError(
-            f"presigned URL {redact_url(url)} is not reachable: {type(getattr(exc, 'reason', None) or exc).__name__}",
+            f"presigned URL {redact_url(url)} is not reachable: {type(exc).__name__}",
             hint="check that the endpoint is reachable from where the URL will be fetched (--public-endpoint-url)",
         ) from None
-    try:
-        text = resp.read(64 * 1024).decode("utf-8", "replace")  # a byte, or an error body
-    finally:
-        # A server that ignores Range sends everything: drop that connection rather than read it all.
-        resp.release_conn() if resp.length_remaining == 0 else resp.close()
-    return resp.status, resp.headers, text
 
 
-def _served_size(headers: urllib3.HTTPHeaderDict) -> int | None:
+def _served_size(headers: HTTPMessage) -> int | None:
     total = (headers.get("content-range") or "").rpartition("/")[2]
     return int(total) if total.isdigit() else None
 
 
-def _judge(answer: _Answer, url: str, *, content_type: str | None, size: int | None) -> None:
-    status, headers, text = answer
+def _judge(answer: Answer, url: str, *, content_type: str | None, size: int | None) -> None:
+    status, headers, text = answer.status, answer.headers, answer.body.decode("utf-8", "replace")
     shown = redact_url(url)
     if status not in (200, 206):
         reason = s3_error_reason(text)
@@ -731,15 +728,15 @@ def _judge(answer: _Answer, url: str, *, content_type: str | None, size: int | N
         raise PreflightError(f"presigned URL {shown} serves {total} bytes, expected {size}")
 
 
-def _stored_by_url(url: str, digest: FileDigest, content_type: str, http: urllib3.PoolManager) -> bool | None:
+def _stored_by_url(url: str, digest: FileDigest, content_type: str, http: HttpPool) -> bool | None:
     """For a small file the preflight GET is the existence check too: one request instead of a HEAD before the
     upload and a GET after it. True: stored and the URL serves it as it should; False: not stored, and the URL is
     good (the server accepted its signature, then found no key; after the PUT it serves these bytes: S3 reads after
     writes are consistent); None: the answer does not tell (other bytes under the key, or a 403 where the
     credentials may not list the bucket): ask S3 itself, and preflight after the upload."""
     answer = _first_byte(url, http, PREFLIGHT_TIMEOUT)
-    status, headers, text = answer
-    if status == 404 and "<Code>NoSuchKey</Code>" in text:
+    status, headers = answer.status, answer.headers
+    if status == 404 and b"<Code>NoSuchKey</Code>" in answer.body:
         return False
     same = headers.get("x-amz-meta-sha256") == digest.sha256 and _served_size(headers) == digest.size
     if status in (200, 206) and same:

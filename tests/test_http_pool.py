@@ -1,0 +1,160 @@
+"""The one HTTP pool of an upload call (assetprep/_s3http.py HttpPool) and the preflight over it, against local
+servers that misbehave on purpose: connections dropped while idle or on reuse, Range ignored, redirects, silence."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from assetprep import PreflightError
+from assetprep._s3http import HttpPool
+from assetprep.upload import preflight
+from tests._media import http_server
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1. Paths: /echo/X → X; /drop-reuse → the second request on a connection is dropped unanswered;
+    /close-after → answered, then the connection closed without saying so; /huge → 200 with 20 MB, Range ignored;
+    /go → 302 to /media (relative); /loop → 302 to itself; /silent → read, never answered."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK wait between them
+    connections = 0
+    huge_written = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def setup(self) -> None:
+        super().setup()
+        with Handler.lock:
+            Handler.connections += 1
+        self.answered_here = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.answered_here += 1
+
+    def do_GET(self) -> None:
+        path = self.path
+        if path.startswith("/echo/"):
+            self.answer(200, path[6:].encode())
+        elif path == "/drop-reuse":
+            if self.answered_here:
+                self.close_connection = True  # no answer: the client sees the connection drop under its request
+                return
+            self.answer(200, b"first")
+        elif path == "/close-after":
+            self.answer(200, b"ok")
+            self.close_connection = True
+        elif path == "/huge":
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(20 * 1024 * 1024))
+            self.end_headers()
+            try:
+                for _ in range(320):
+                    self.wfile.write(b"\0" * 65536)
+                    Handler.huge_written += 65536
+            except OSError:
+                self.close_connection = True
+        elif path == "/go":
+            self.answer(302, b"", {"Location": "/media"})
+        elif path == "/loop":
+            self.answer(302, b"", {"Location": "/loop"})
+        elif path == "/media":
+            self.answer(206, b"R", {"Content-Type": "audio/wav", "Content-Range": "bytes 0-0/1234"})
+        elif path == "/silent":
+            Handler.release.wait(30)
+            self.close_connection = True
+
+
+@pytest.fixture
+def server():
+    Handler.connections = 0
+    Handler.huge_written = 0
+    Handler.release.clear()
+    with http_server(Handler) as srv:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+        Handler.release.set()
+
+
+def test_connections_are_kept_alive_and_shared_by_threads(server):
+    pool = HttpPool(4)
+    with ThreadPoolExecutor(4) as ex:
+        answers = list(ex.map(lambda i: pool.request("GET", f"{server}/echo/{i}"), range(200)))
+    assert [a.body for a in answers] == [str(i).encode() for i in range(200)]
+    assert all(a.status == 200 for a in answers)
+    assert Handler.connections <= 4  # 200 requests, at most one connection per thread
+    pool.clear()
+
+
+def test_a_connection_the_server_dropped_is_not_reused_and_a_drop_on_reuse_is_sent_again(server):
+    pool = HttpPool(1)
+    # Closed after each answer, without "Connection: close": the idle socket reads EOF, so a new one is opened.
+    assert [pool.request("GET", f"{server}/close-after").body for _ in range(5)] == [b"ok"] * 5
+    assert Handler.connections == 5
+    # Dropped unanswered when reused (the race of an idle timeout): sent once more on a new connection.
+    before = Handler.connections
+    assert [pool.request("GET", f"{server}/drop-reuse").body for _ in range(3)] == [b"first"] * 3
+    assert Handler.connections == before + 3
+    # A new connection that drops the request is an error, not a loop.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def drop_one() -> None:
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.close()
+
+        t = threading.Thread(target=drop_one, daemon=True)
+        t.start()
+        with pytest.raises(OSError):
+            HttpPool(1).request("GET", f"http://127.0.0.1:{port}/x")
+        t.join(5)
+
+
+def test_preflight_of_a_server_that_ignores_range_reads_a_little_and_drops_that_connection(server):
+    pool = HttpPool(1)
+    started = time.monotonic()
+    preflight(f"{server}/huge", content_type="audio/wav", http=pool)
+    assert time.monotonic() - started < 5
+    time.sleep(0.2)
+    assert Handler.huge_written < 20 * 1024 * 1024  # the 20 MB were not all read
+    assert pool.request("GET", f"{server}/echo/next").body == b"next"
+    assert Handler.connections == 2  # the half-read connection was not given back
+
+
+def test_preflight_follows_redirects_and_stops_at_a_loop(server):
+    preflight(f"{server}/go", content_type="audio/wav", size=1234)
+    with pytest.raises(PreflightError, match="serves 1234 bytes, expected 99"):
+        preflight(f"{server}/go", size=99)
+    with pytest.raises(PreflightError, match="answered 302"):
+        preflight(f"{server}/loop")
+
+
+def test_preflight_is_bounded_when_a_server_never_answers_or_is_not_there(server):
+    started = time.monotonic()
+    with pytest.raises(PreflightError, match="not reachable: TimeoutError"):
+        preflight(f"{server}/silent?X-Amz-Signature=secret", timeout=1.0)
+    assert time.monotonic() - started < 4
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        with pytest.raises(PreflightError, match="not reachable: ConnectionRefusedError") as info:
+            preflight(f"http://127.0.0.1:{port}/a.wav?X-Amz-Signature=secret")
+    assert "secret" not in str(info.value)
+    with pytest.raises(PreflightError, match="not reachable: ValueError"):
+        preflight("ftp://example.invalid/a.wav")
