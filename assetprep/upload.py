@@ -781,7 +781,9 @@ def upload_and_presign(
 
             def stored(key: str, digest: FileDigest, content_type: str) -> bool:
                 signed.append(presign(signer, bucket, key, expires_in=expires_in, fast=fast_signer))
-                if check and digest.size <= SMALL_FILE:
+                # The URL's GET is the existence check only when it reaches the server we upload to: a public
+                # endpoint that answers 404 may be another server, where the object would never appear.
+                if check and digest.size <= SMALL_FILE and signer is client:
                     found = _stored_by_url(signed[0][0], digest, content_type, http)
                     if found is not None:
                         checked.append(True)

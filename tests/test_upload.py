@@ -521,3 +521,58 @@ def test_one_pass_digest_matches_the_whole_file_and_each_part(tmp_path):
 
 def file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_public_endpoint_urls_are_preflighted_where_the_consumer_fetches_them(s3, client, bucket, tmp_path):
+    """--public-endpoint-url: the URLs name another host (a reverse proxy, a tunnel). Each is fetched there after the
+    upload. A "public" host that is really another server (404 for everything) must fail the preflight, though the
+    upload itself worked — the existence check by URL would have read its 404 as "not stored yet, URL good"."""
+    import http.server
+
+    from tests._media import http_server
+
+    upstream = urlsplit(s3.endpoint_url)
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        other_server = False
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if Proxy.other_server:
+                status, headers = 404, {"Content-Type": "application/xml"}
+                body = b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>"
+            else:  # forwarded with the Host it was sent to (the signed one), like a reverse proxy does
+                forwarded = {"Host": self.headers["Host"], "Range": self.headers.get("Range", "")}
+                r = httpx.get(f"{s3.endpoint_url}{self.path}", headers=forwarded)
+                status, body = r.status_code, r.content
+                headers = {k: r.headers[k] for k in ("Content-Type", "Content-Range") if k in r.headers}
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    files = []
+    for i in range(3):
+        f = tmp_path / f"p{i}.wav"
+        f.write_bytes(b"RIFF" + os.urandom(2000 + i))
+        files.append(f)
+    with http_server(Proxy) as proxy:
+        public = f"http://127.0.0.1:{proxy.server_address[1]}"
+        settings = settings_for(s3, public_endpoint_url=public)
+        results = upload_and_presign(files, bucket=bucket, client=client, settings=settings)
+        assert all(r.url.startswith(public + "/") for r in results) and upstream.netloc not in results[0].url
+        assert [httpx.get(r.url).content for r in results] == [f.read_bytes() for f in files]
+
+        Proxy.other_server = True
+        g = tmp_path / "new.wav"
+        g.write_bytes(b"RIFF" + os.urandom(3000))
+        with pytest.raises(PreflightError, match="answered 404: The specified key does not exist"):
+            upload_and_presign([g], bucket=bucket, client=client, settings=settings)
+        stored = client.head_object(Bucket=bucket, Key=f"assetprep/{file_sha(g)[:16]}/new.wav")
+        assert stored["ContentLength"] == g.stat().st_size  # uploaded; only the public URL does not serve it
