@@ -1,15 +1,16 @@
-"""Small S3 requests without botocore's per-call machinery, and the one HTTP pool a many-file upload uses.
+"""Small S3 requests without botocore's per-call machinery, and the one HTTP pool an upload call uses.
 
 A botocore call costs ~1.8 ms of CPU (parameter validation, event hooks, endpoint rules, response parsing); signing
 the same request with botocore's own SigV4 signer costs ~0.06 ms. Hundreds of small files are bound by CPU (the
-client's and, on one machine, the server's: scripts/bench_upload.py), so HEAD, the single PUT of a small file and the
-preflight GETs go this way. Only the expected answers are handled here: anything else (an error status, a redirect to
-another region, a broken connection) returns None and the caller makes the same request through botocore, whose
-retries and error messages stay the reference.
+client's and, on one machine, the server's: scripts/bench_upload.py), so HEAD, the single PUT of a small file, each
+part of a big one and the preflight GETs go this way. Only the expected answers are handled here: anything else (an
+error status, a redirect to another region, a broken connection) returns None and the caller makes the same request
+through botocore, whose retries and error messages stay the reference.
 
 The pool is the standard library's http.client with keep-alive: a request costs ~0.17 ms of CPU (GET) and ~0.22 ms
 (PUT of 100 KB) against urllib3's 0.39 / 0.45 ms — urllib3 re-parses and re-encodes every long presigned URL in
-Python and wraps each response; the two requests per small file made that a quarter of the client's CPU.
+Python and wraps each response; the two requests per small file made that a quarter of the client's CPU. Parts are
+sent with sendfile: the kernel copies them from the page cache, where botocore reads and sends 16 KiB at a time.
 """
 
 from __future__ import annotations
