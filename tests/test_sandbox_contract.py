@@ -208,8 +208,10 @@ def test_schemathesis_finds_nothing_with_tavus_openapi(box, tmp_path):
     spec = contract_spec(tmp_path / "spec.yml")
     tool = str(Path(sys.executable).parent / "schemathesis")
     checks = "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"
+    # One worker: with two threads, CPython 3.11's ast module can fail in schemathesis's coverage phase ("SystemError:
+    # AST constructor recursion depth mismatch", CPython gh-106905; seen once here).
     cmd = [tool, "run", str(spec), "--url", sb.base_url, "-H", f"x-api-key: {sb.api_key}", "--checks", checks,
-           "--seed", "20261201", "--max-examples", "40", "--phases", "examples,coverage,fuzzing", "--workers", "2",
+           "--seed", "20261201", "--max-examples", "40", "--phases", "examples,coverage,fuzzing", "--workers", "1",
            "--request-timeout", "20", "--no-color", "--report", "ndjson", "--report-dir", str(tmp_path / "report")]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path)
