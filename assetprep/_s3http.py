@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
 
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
@@ -205,6 +206,10 @@ class SignedS3:
         if not base.endswith("/k"):
             raise ValueError(f"unexpected object URL shape for {client.meta.endpoint_url}")
         self._base = base[:-1]
+        host = urlsplit(base).hostname or ""
+        if client.meta.config.proxies or (getproxies_environment() and not proxy_bypass_environment(host)):
+            # botocore would go through the proxy; a direct connection might hang until its timeout on every request
+            raise ValueError("requests to S3 go through a proxy")
         self._region = client.meta.region_name
         self._config = client.meta.config  # carries payload_signing_enabled (make_s3_client turns it off)
         self._unsigned_payload = (self._config.s3 or {}).get("payload_signing_enabled") is False

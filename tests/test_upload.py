@@ -455,6 +455,22 @@ def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, cli
     assert client.get_object(Bucket=bucket, Key="p/mp.bin")["Body"].read() == part.read_bytes()[MiB:]
 
 
+def test_no_fast_path_when_botocore_would_use_a_proxy(s3, client, bucket, monkeypatch):
+    from assetprep._s3http import SignedS3, http_pool
+
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert SignedS3.for_client(client, bucket, http_pool(1)) is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there: a direct request would differ
+    assert SignedS3.for_client(client, bucket, http_pool(1)) is None
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert SignedS3.for_client(client, bucket, http_pool(1)) is not None
+    monkeypatch.delenv("HTTP_PROXY")
+    proxied = make_s3_client(settings_for(s3))
+    proxied.meta.config.proxies = {"http": "http://127.0.0.1:9"}
+    assert SignedS3.for_client(proxied, bucket, http_pool(1)) is None
+
+
 def test_upload_files_returns_objects_in_order_without_presigning(client, bucket, tmp_path):
     paths = []
     for i in range(12):
