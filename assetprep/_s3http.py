@@ -15,6 +15,7 @@ sent with sendfile: the kernel copies them from the page cache, where botocore r
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import select
@@ -44,7 +45,7 @@ _Where = tuple[str, str, int]  # scheme, host, port
 class FileSlice:
     """A request body that is a range of a file, sent with sendfile (the kernel copies from the page cache: no
     buffer in Python, ~half the client CPU of botocore's 16 KiB read/send loop); `on_sent(n)` after each slice of
-    it."""
+    it, and `on_sent(-n)` for what was counted when the send then breaks off."""
 
     path: str
     start: int
@@ -166,14 +167,20 @@ def _send_file(conn: http.client.HTTPConnection, method: str, target: str, body:
     conn.endheaders()
     assert conn.sock is not None
     sent = 0
-    with open(body.path, "rb") as f:
-        while sent < body.length:
-            n = conn.sock.sendfile(f, body.start + sent, min(_SLICE, body.length - sent))
-            if n <= 0:
-                raise EOFError(f"{body.path} ended before byte {body.start + body.length}")
-            sent += n
-            if body.on_sent is not None:
-                body.on_sent(n)
+    try:
+        with open(body.path, "rb") as f:
+            while sent < body.length:
+                n = conn.sock.sendfile(f, body.start + sent, min(_SLICE, body.length - sent))
+                if n <= 0:
+                    raise EOFError(f"{body.path} ended before byte {body.start + body.length}")
+                sent += n
+                if body.on_sent is not None:
+                    body.on_sent(n)
+    except BaseException:
+        if sent and body.on_sent is not None:  # not sent after all: a retry (or botocore) counts it again
+            with contextlib.suppress(Exception):
+                body.on_sent(-sent)
+        raise
 
 
 def _idle_and_open(conn: http.client.HTTPConnection) -> bool:
@@ -194,7 +201,7 @@ def http_pool(size: int = 10, *, timeout: float = 60.0) -> HttpPool:
 
 
 class SignedS3:
-    """HEAD and PUT of one bucket's objects, signed like `client` signs them and sent through `pool`."""
+    """HEAD, PUT and multipart parts of one bucket's objects, signed like `client` signs them, sent through `pool`."""
 
     def __init__(self, client: Any, bucket: str, pool: HttpPool) -> None:
         self._credentials = client._request_signer._credentials  # botocore keeps the refreshable set only here

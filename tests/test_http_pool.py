@@ -158,3 +158,42 @@ def test_preflight_is_bounded_when_a_server_never_answers_or_is_not_there(server
     assert "secret" not in str(info.value)
     with pytest.raises(PreflightError, match="not reachable: ValueError"):
         preflight("ftp://example.invalid/a.wav")
+
+
+def test_a_file_body_cut_off_by_the_server_takes_back_what_it_counted(tmp_path):
+    """A part sent with sendfile to a server that reads 6 MiB of it and resets: an error, and the progress counted
+    for the slices that went out is taken back (botocore's retry of the part counts them again)."""
+    import struct
+
+    from assetprep._s3http import FileSlice
+
+    f = tmp_path / "part.bin"
+    f.write_bytes(b"\0" * (16 * 1024 * 1024))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        got = []
+
+        def read_then_reset() -> None:
+            conn, _ = listener.accept()
+            total = 0
+            while total < 6 * 1024 * 1024:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+            got.append(total)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+            conn.close()
+
+        t = threading.Thread(target=read_then_reset, daemon=True)
+        t.start()
+        counted: list[int] = []
+        with pytest.raises(OSError):
+            HttpPool(1).request(
+                "PUT",
+                f"http://127.0.0.1:{port}/k?partNumber=1",
+                body=FileSlice(str(f), 0, f.stat().st_size, counted.append),
+            )
+        t.join(5)
+    assert got and got[0] >= 6 * 1024 * 1024  # the server did take bytes, and the first slice was counted
+    assert counted[0] > 0 and sum(counted) == 0
