@@ -483,12 +483,12 @@ class _Upload:
         self.done(sum(sizes[n] for n in done))
 
         def send(n: int, start: int) -> dict[str, Any]:
-            etag = self.fast and self.fast.put_part(key, upload_id, n, FileSlice(str(src), start, sizes[n], self.sent),
-                                                    sha256_b64=digest.parts[n - 1])  # fmt: skip
+            body = FileSlice(str(src), start, sizes[n], self.sent)
+            etag = self.fast.put_part(key, upload_id, n, body, sha256_b64=digest.parts[n - 1]) if self.fast else None
             if not etag:  # no fast path, or an answer only botocore should judge (it retries, and names errors)
-                with self._body(src, start, sizes[n]) as body:
+                with self._body(src, start, sizes[n]) as chunk:
                     etag = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=n,
-                                                   Body=body, ChecksumSHA256=digest.parts[n - 1])["ETag"]  # fmt: skip
+                                                   Body=chunk, ChecksumSHA256=digest.parts[n - 1])["ETag"]  # fmt: skip
             return {"PartNumber": n, "ETag": etag, "ChecksumSHA256": digest.parts[n - 1]}
 
         futures = [self.parts.submit(send, n, start) for n, start in todo]
