@@ -22,6 +22,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -76,18 +77,21 @@ class HttpPool:
         self._idle: dict[_Where, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
+        self._watchdog = _Watchdog()
 
     def request(self, method: str, url: str, *, body: bytes | FileSlice | None = None,
-                headers: dict[str, str] | None = None,
-                limit: int = 1 << 20, timeout: float | None = None) -> Answer:  # fmt: skip
+                headers: dict[str, str] | None = None, limit: int = 1 << 20, timeout: float | None = None,
+                deadline: float | None = None) -> Answer:  # fmt: skip
         """Send one request; raises OSError (refused, timed out, reset), http.client.HTTPException or ValueError
-        (not an http(s) URL, a header http.client cannot send)."""
+        (not an http(s) URL, a header http.client cannot send). `timeout` bounds each read and write; `deadline`
+        (seconds) the whole request, against a server that trickles its answer a byte at a time."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not an http(s) URL")
         where = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         read_timeout = timeout or self.timeout
+        cutoff = time.monotonic() + deadline if deadline else None
         while True:
             conn = self._take(where)
             reused = conn is not None
@@ -96,12 +100,17 @@ class HttpPool:
                     conn = self._connect(where)
                 assert conn.sock is not None
                 conn.sock.settimeout(read_timeout)
-                if isinstance(body, FileSlice):
-                    _send_file(conn, method, target, body, headers or {})
-                else:
-                    conn.request(method, target, body=body, headers=headers or {})
-                resp = conn.getresponse()
-                data = resp.read(limit)
+                watch = self._watchdog.watch(conn.sock, cutoff) if cutoff is not None else None
+                try:
+                    if isinstance(body, FileSlice):
+                        _send_file(conn, method, target, body, headers or {})
+                    else:
+                        conn.request(method, target, body=body, headers=headers or {})
+                    resp = conn.getresponse()
+                    data = resp.read(limit)
+                finally:
+                    if watch is not None and self._watchdog.unwatch(watch):  # cut off: whatever broke, that is why
+                        raise TimeoutError(f"no complete answer within {deadline:g} s")
             except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
                 if conn is not None:
                     conn.close()
@@ -120,6 +129,7 @@ class HttpPool:
             return Answer(resp.status, resp.headers, data)
 
     def clear(self) -> None:
+        self._watchdog.close()
         with self._lock:
             idle, self._idle = self._idle, {}
         for conns in idle.values():
@@ -157,6 +167,61 @@ class HttpPool:
                 idle.append(conn)
                 return
         conn.close()
+
+
+class _Watchdog:
+    """Shuts the socket of a request that passed its whole-request deadline (the socket timeout bounds each read,
+    so a server that trickles a byte at a time would never trip it). One thread, started on first use, ended by
+    close(); watching costs a dict entry, and the thread is woken only when a deadline is earlier than its wait."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[int, tuple[float, socket.socket]] = {}
+        self._fired: set[int] = set()
+        self._count = 0
+        self._wakes_at = float("inf")
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, sock: socket.socket, cutoff: float) -> int:
+        with self._cond:
+            self._count += 1
+            self._due[self._count] = (cutoff, sock)
+            self._closed = False  # a pool used again after clear()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="assetprep-http-deadline", daemon=True)
+                self._thread.start()
+            elif cutoff < self._wakes_at:
+                self._cond.notify()
+            return self._count
+
+    def unwatch(self, token: int) -> bool:
+        """Stop watching; True when the deadline had cut the request off."""
+        with self._cond:
+            self._due.pop(token, None)
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
+            return False
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                for token, (cutoff, sock) in list(self._due.items()):
+                    if cutoff <= now:
+                        del self._due[token]
+                        self._fired.add(token)
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)  # the blocked read or write returns at once
+                self._wakes_at = min((cutoff for cutoff, _ in self._due.values()), default=float("inf"))
+                self._cond.wait(None if self._wakes_at == float("inf") else self._wakes_at - now)
+            self._wakes_at = float("inf")
 
 
 def _send_file(conn: http.client.HTTPConnection, method: str, target: str, body: FileSlice,

@@ -696,7 +696,8 @@ def _first_byte(url: str, pool: HttpPool, timeout: float) -> Answer:
     try:
         for _ in range(6):
             # A server that ignores Range sends everything: 64 KiB is read and that connection dropped.
-            answer = pool.request("GET", url, headers={"Range": "bytes=0-0"}, limit=64 * 1024, timeout=timeout)
+            answer = pool.request("GET", url, headers={"Range": "bytes=0-0"}, limit=64 * 1024, timeout=timeout,
+                                  deadline=timeout)  # fmt: skip
             location = answer.headers.get("location")
             if answer.status not in _REDIRECTS or not location:
                 return answer

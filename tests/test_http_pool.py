@@ -145,6 +145,44 @@ def test_preflight_follows_redirects_and_stops_at_a_loop(server):
         preflight(f"{server}/loop")
 
 
+def test_preflight_is_bounded_when_a_server_trickles_its_answer():
+    """A byte of header every 0.2 s keeps every read under the socket timeout; the whole-request deadline ends it."""
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def trickle() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 206 Partial Content\r\n")
+                while not stop.is_set():
+                    try:
+                        conn.sendall(b"X")  # one endless header line
+                    except OSError:
+                        return
+                    stop.wait(0.2)
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        errors: list[Exception] = []
+
+        def check() -> None:
+            try:
+                preflight(f"http://127.0.0.1:{port}/a.wav", timeout=1.5)
+            except Exception as exc:
+                errors.append(exc)
+
+        checker = threading.Thread(target=check, daemon=True)
+        checker.start()
+        checker.join(4)
+        waiting = checker.is_alive()
+        stop.set()
+        t.join(5)
+    assert not waiting, "the preflight was still waiting after 4 s"
+    assert len(errors) == 1 and "not reachable: TimeoutError" in str(errors[0])
+
+
 def test_preflight_is_bounded_when_a_server_never_answers_or_is_not_there(server):
     started = time.monotonic()
     with pytest.raises(PreflightError, match="not reachable: TimeoutError"):
