@@ -66,9 +66,10 @@ class Answer:
 
 class HttpPool:
     """Keep-alive HTTP/1.1 connections, at most `size` idle per host, with bounded timeouts (connect at most 5 s,
-    then `timeout` per read/write) and no retries of its own beyond one: a request on a reused connection that the
-    server had closed meanwhile (an idle keep-alive timeout) is sent again on a new one. Thread-safe: a connection
-    belongs to one request at a time. Proxies are not used (the endpoints are S3's and the consumer's URLs)."""
+    then `timeout` per read/write, and a whole-request `deadline` where asked) and no retries of its own beyond
+    one: a request on a reused connection that the server had closed meanwhile (an idle keep-alive timeout) is sent
+    again on a new one. Thread-safe: a connection belongs to one request at a time. Proxies are not used (the
+    endpoints are S3's and the consumer's URLs)."""
 
     def __init__(self, size: int = 10, *, timeout: float = 60.0) -> None:
         self.size = max(1, size)
