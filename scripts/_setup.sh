@@ -15,6 +15,7 @@ for extra in ${ASSETPREP_APT_EXTRA:-}; do
     chromium-headless-shell) command -v chromium-headless-shell >/dev/null 2>&1 || need_apt+=(chromium-headless-shell) ;;
     espeak-ng) command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng) ;;
     fonts-dejavu-core) [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core) ;;
+    openssl) command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) ;;
   esac
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

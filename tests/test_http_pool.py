@@ -235,3 +235,29 @@ def test_a_file_body_cut_off_by_the_server_takes_back_what_it_counted(tmp_path):
         t.join(5)
     assert got and got[0] >= 6 * 1024 * 1024  # the server did take bytes, and the first slice was counted
     assert counted[0] > 0 and sum(counted) == 0
+
+
+def test_https_urls_are_verified_and_kept_alive(tmp_path, monkeypatch):
+    """Real S3 and Tavus fetch over TLS: a certificate the system does not trust fails the preflight by name; one it
+    trusts (SSL_CERT_FILE pointed at it) answers, over one kept-alive connection."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    Handler.connections = 0
+    with http_server(Handler) as srv:
+        srv.socket = context.wrap_socket(srv.socket, server_side=True)
+        url = f"https://127.0.0.1:{srv.server_address[1]}"
+        with pytest.raises(PreflightError, match="not reachable: SSLCertVerificationError"):
+            preflight(f"{url}/media")
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        pool = HttpPool(1)
+        preflight(f"{url}/media", content_type="audio/wav", size=1234, http=pool)
+        assert [pool.request("GET", f"{url}/echo/{i}").body for i in range(3)] == [b"0", b"1", b"2"]
+        assert Handler.connections == 1  # one connection for the four requests (the refused handshake made none)
+        pool.clear()
