@@ -261,11 +261,6 @@ def _idle_and_open(conn: http.client.HTTPConnection) -> bool:
         return False
 
 
-def http_pool(size: int = 10, *, timeout: float = 60.0) -> HttpPool:
-    """One pooled HTTP client for a call (S3 requests and preflights)."""
-    return HttpPool(size, timeout=timeout)
-
-
 class SignedS3:
     """HEAD, PUT and multipart parts of one bucket's objects, signed like `client` signs them, sent through `pool`."""
 

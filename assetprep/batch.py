@@ -35,7 +35,7 @@ from ._executor import Executor, make_executor
 from ._files import atomic_output
 from ._journal import BatchJournal, RunLock, open_checked
 from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded
-from ._s3http import http_pool
+from ._s3http import HttpPool
 from ._units import parse_duration
 from .callbacks import CallbackReceiver
 from .composite import composite
@@ -265,7 +265,7 @@ class _Batch:
         self.download_futures: dict[str, Future[None]] = {}
         self.receiver: CallbackReceiver | None = None
         self.prepared_now = 0
-        self.http = http_pool(4, timeout=PREFLIGHT_TIMEOUT)  # preflights
+        self.http = HttpPool(4, timeout=PREFLIGHT_TIMEOUT)  # preflights
         self.failures = 0
         self.results_dirty = True
         self.results_written = 0.0

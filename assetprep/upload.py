@@ -30,7 +30,7 @@ from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
 from s3transfer.utils import ReadFileChunk
 
-from ._s3http import Answer, FileSlice, HttpPool, SignedS3, http_pool
+from ._s3http import Answer, FileSlice, HttpPool, SignedS3
 from ._urls import redact_url, s3_error_reason
 from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
 from .probe import check_input_file
@@ -345,7 +345,7 @@ class _Upload:
         fast: SignedS3 | None = None,
     ) -> None:
         self.client, self.bucket, self.prefix, self.config = client, bucket, prefix, config
-        self.fast = fast  # HEAD and small PUTs without botocore's per-call cost; botocore when it returns None
+        self.fast = fast  # HEAD, small PUTs and parts without botocore's per-call cost; botocore when it returns None
         self.on_progress = on_progress
         self.files = files
         self.files_done = 0
@@ -568,7 +568,7 @@ def _session(
     uploads aborted, one HTTP pool for the small requests and preflights, shared state closed at the end."""
     ensure_bucket(client, bucket, create=create_bucket)
     abort_stale_uploads(client, bucket, prefix)
-    http = http_pool(jobs)
+    http = HttpPool(jobs)
     up = _Upload(client, bucket, prefix=prefix, config=config or DEFAULT_TRANSFER, on_progress=on_progress, files=files,
                  fast=SignedS3.for_client(client, bucket, http))  # fmt: skip
     try:
@@ -680,7 +680,7 @@ def preflight(
 ) -> None:
     """Fetch the first byte of `url` the way a consumer does (no credentials, redirects followed) and fail loudly if
     it does not work. `http`: a pool to reuse (upload_and_presign passes the one its S3 requests use)."""
-    pool = http or http_pool(1, timeout=timeout)
+    pool = http or HttpPool(1, timeout=timeout)
     try:
         _judge(_first_byte(url, pool, timeout), url, content_type=content_type, size=size)
     finally:

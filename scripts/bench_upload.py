@@ -201,7 +201,7 @@ def main() -> None:
             files = cases[f"{args.small} x 100 KB"]
             upload_and_presign(files, bucket="bench", client=client, settings=settings, prefix="again")
             wall, _, _ = timed(lambda: upload_and_presign(files, bucket="bench", client=client, settings=settings,
-                                                          prefix="again"), s3.proc.pid)  # fmt: skip
+                                                          prefix="again"), pid)  # fmt: skip
             again = upload_and_presign(files, bucket="bench", client=client, settings=settings, prefix="again")
             sent = sum(r.object.bytes_sent for r in again)
             print(f"re-upload of the {len(files)} files: {sent} bytes sent, {wall:.2f} s (URLs presigned and checked)")

@@ -379,9 +379,9 @@ def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bu
 
 
 def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, client, bucket, tmp_path):
-    from assetprep._s3http import ABSENT, FileSlice, SignedS3, http_pool
+    from assetprep._s3http import ABSENT, FileSlice, HttpPool, SignedS3
 
-    fast = SignedS3(client, bucket, http_pool(1))
+    fast = SignedS3(client, bucket, HttpPool(1))
     for key in ["p/ab/plain.mp4", "p/ab/a b+c~d!$&'()*,;=:@ü.mp4", "p/ab/%41 %2F.wav"]:
         sample = client.generate_presigned_url("head_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=60)
         assert fast.url(key) == sample.split("?")[0]
@@ -426,7 +426,7 @@ def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, cli
     assert fast.put("p/four.wav", b"RIFF", **fields) and fast.head("p/four.wav") == (4, "x")
     assert not fast.put("p/five.wav", b"RIFFF", **fields)  # the server checked the SHA-256: BadDigest
     bad = make_s3_client(settings_for(s3, secret_access_key="WRONG-secret-" + "z" * 20), retries=0)
-    refused = SignedS3(bad, bucket, http_pool(1))
+    refused = SignedS3(bad, bucket, HttpPool(1))
     assert refused.head(key) is None and not refused.put("p/six.wav", b"RIFF", **fields)
     assert fast.head("p/six.wav") == ABSENT
 
@@ -444,7 +444,7 @@ def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, cli
     assert refused.put_part("p/mp.bin", upload_id, 1, FileSlice(str(part), MiB, 5 * MiB), sha256_b64=wanted) is None
     signing = make_s3_client(settings_for(s3))
     signing.meta.config.s3["payload_signing_enabled"] = True
-    assert SignedS3(signing, bucket, http_pool(1)).put_part("p/mp.bin", upload_id, 1, FileSlice(str(part), MiB, 5 * MiB),
+    assert SignedS3(signing, bucket, HttpPool(1)).put_part("p/mp.bin", upload_id, 1, FileSlice(str(part), MiB, 5 * MiB),
                                                             sha256_b64=wanted) is None  # fmt: skip
     etag = fast.put_part(
         "p/mp.bin", upload_id, 1, FileSlice(str(part), MiB, 5 * MiB, counted.append), sha256_b64=wanted
@@ -456,19 +456,19 @@ def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, cli
 
 
 def test_no_fast_path_when_botocore_would_use_a_proxy(s3, client, bucket, monkeypatch):
-    from assetprep._s3http import SignedS3, http_pool
+    from assetprep._s3http import HttpPool, SignedS3
 
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    assert SignedS3.for_client(client, bucket, http_pool(1)) is not None
+    assert SignedS3.for_client(client, bucket, HttpPool(1)) is not None
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there: a direct request would differ
-    assert SignedS3.for_client(client, bucket, http_pool(1)) is None
+    assert SignedS3.for_client(client, bucket, HttpPool(1)) is None
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert SignedS3.for_client(client, bucket, http_pool(1)) is not None
+    assert SignedS3.for_client(client, bucket, HttpPool(1)) is not None
     monkeypatch.delenv("HTTP_PROXY")
     proxied = make_s3_client(settings_for(s3))
     proxied.meta.config.proxies = {"http": "http://127.0.0.1:9"}
-    assert SignedS3.for_client(proxied, bucket, http_pool(1)) is None
+    assert SignedS3.for_client(proxied, bucket, HttpPool(1)) is None
 
 
 def test_upload_files_returns_objects_in_order_without_presigning(client, bucket, tmp_path):
