@@ -493,21 +493,22 @@ class _Upload:
 
         futures = [self.parts.submit(send, n, start) for n, start in todo]
         try:
-            for f in futures:
-                part = f.result()
-                done[part["PartNumber"]] = part
-        finally:
-            for f in futures:
-                f.cancel()
-        parts = [done[n] for n, _ in ranges]
-        try:
+            try:
+                for f in futures:
+                    part = f.result()
+                    done[part["PartNumber"]] = part
+            finally:
+                for f in futures:
+                    f.cancel()
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                  MultipartUpload={"Parts": parts})  # fmt: skip
+                                                  MultipartUpload={"Parts": [done[n] for n, _ in ranges]})  # fmt: skip
         except botocore.exceptions.ClientError as exc:
-            # Another run completed the same upload first: the object is there with these bytes.
+            # Another run of the same bytes took up this upload (same key) and completed it first, while we were
+            # still sending parts or before our own complete: the object is there with these bytes.
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload" or not self.stored(key, digest):
                 raise
-        return sum(sizes[n] for n, _ in todo)
+            self.done(sum(sizes[n] for n, _ in todo if n not in done))  # stored by the other run: the bar ends full
+        return sum(sizes[n] for n, _ in todo if n in done)
 
     def resumable(self, key: str, digest: FileDigest) -> tuple[str | None, dict[int, dict[str, Any]]]:
         """An unfinished multipart upload of `key` and its parts that match ours (size and, where told, checksum)."""

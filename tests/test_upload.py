@@ -499,7 +499,11 @@ def test_cli_upload_reports_the_files_that_made_it_and_each_failure(s3, tmp_path
     assert data["failed"][0]["file"] == str(bad) and "b.mp3 is named .mp3 but its content is text" in proc.stderr
 
 
-def test_kill_9_during_a_concurrent_multipart_upload_resumes_with_only_the_missing_parts(s3, client, bucket, tmp_path):
+@pytest.mark.parametrize("many", [False, True], ids=["botocore-parts", "sendfile-parts"])
+def test_kill_9_during_a_concurrent_multipart_upload_resumes_with_only_the_missing_parts(
+    s3, client, bucket, tmp_path, many
+):
+    """upload_file sends parts through botocore; upload_files (and upload_and_presign) through the fast path."""
     f = tmp_path / "big.mp4"
     with open(f, "wb") as out:
         out.write(MP4_HEAD + os.urandom(60 * MiB - len(MP4_HEAD)))
@@ -507,14 +511,17 @@ def test_kill_9_during_a_concurrent_multipart_upload_resumes_with_only_the_missi
     script = f"""
 import os, signal
 from boto3.s3.transfer import TransferConfig
-from assetprep.upload import S3Settings, make_s3_client, upload_file
+from assetprep.upload import S3Settings, make_s3_client, upload_file, upload_files
 c = make_s3_client(S3Settings(endpoint_url={s3.endpoint_url!r}, access_key_id={s3.access_key!r},
                               secret_access_key={s3.secret_key!r}))
 cfg = TransferConfig(multipart_threshold=8 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=3)
 def die(p):
     if p.done > 30 * 2**20:
         os.kill(os.getpid(), signal.SIGKILL)
-upload_file({str(f)!r}, bucket={bucket!r}, client=c, transfer_config=cfg, on_progress=die)
+if {many!r}:
+    upload_files([{str(f)!r}], bucket={bucket!r}, client=c, transfer_config=cfg, on_progress=die)
+else:
+    upload_file({str(f)!r}, bucket={bucket!r}, client=c, transfer_config=cfg, on_progress=die)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr
@@ -536,13 +543,49 @@ upload_file({str(f)!r}, bucket={bucket!r}, client=c, transfer_config=cfg, on_pro
     assert stored >= 15 * MiB  # at least three parts had finished
     cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, max_concurrency=3)
     reports = []
-    obj = upload_file(f, bucket=bucket, client=client, transfer_config=cfg, on_progress=reports.append)
+    if many:
+        [obj] = upload_files([f], bucket=bucket, client=client, transfer_config=cfg, on_progress=reports.append)
+    else:
+        obj = upload_file(f, bucket=bucket, client=client, transfer_config=cfg, on_progress=reports.append)
     assert obj.key == pending["Key"] and not obj.skipped
     assert obj.bytes_sent == obj.size - stored  # only the missing parts were sent
     assert reports[-1].done == reports[-1].total == obj.size  # the reused parts count as done
     body = client.get_object(Bucket=bucket, Key=obj.key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == obj.sha256 == file_sha(f)
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_two_uploads_of_the_same_big_file_at_once_leave_one_whole_object(s3, bucket, tmp_path):
+    """Two runs (own clients, fast-path parts) race on one key: both succeed, the object is the file, and no
+    multipart upload is left behind (the loser of CompleteMultipartUpload finds the object stored)."""
+    import threading
+
+    f = tmp_path / "race.mp4"
+    f.write_bytes(MP4_HEAD + os.urandom(24 * MiB - len(MP4_HEAD)))
+    cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, max_concurrency=3)
+    results: list[object] = []
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        c = make_s3_client(settings_for(s3))
+        start.wait(10)
+        try:
+            results.extend(upload_files([f], bucket=bucket, client=c, transfer_config=cfg))
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert len(results) == 2 and all(not isinstance(r, Exception) for r in results), results
+    key = results[0].key  # type: ignore[attr-defined]
+    assert results[1].key == key  # type: ignore[attr-defined]
+    body = make_s3_client(settings_for(s3)).get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == file_sha(f)
+    assert make_s3_client(settings_for(s3)).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def test_one_pass_digest_matches_the_whole_file_and_each_part(tmp_path):
