@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from http.client import HTTPException, HTTPMessage
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urljoin
@@ -30,7 +30,7 @@ from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
 from s3transfer.utils import ReadFileChunk
 
-from ._s3http import Answer, FileSlice, HttpPool, SignedS3
+from ._s3http import Answer, FileSlice, Headers, HttpPool, SignedS3
 from ._urls import redact_url, s3_error_reason
 from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
 from .probe import check_input_file
@@ -711,7 +711,7 @@ def _first_byte(url: str, pool: HttpPool, timeout: float) -> Answer:
         ) from None
 
 
-def _served_size(headers: HTTPMessage) -> int | None:
+def _served_size(headers: Headers) -> int | None:
     total = (headers.get("content-range") or "").rpartition("/")[2]
     return int(total) if total.isdigit() else None
 

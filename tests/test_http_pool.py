@@ -261,3 +261,129 @@ def test_https_urls_are_verified_and_kept_alive(tmp_path, monkeypatch):
         assert [pool.request("GET", f"{url}/echo/{i}").body for i in range(3)] == [b"0", b"1", b"2"]
         assert Handler.connections == 1  # one connection for the four requests (the refused handshake made none)
         pool.clear()
+
+
+class Scripted:
+    """A raw server that answers the n-th request it reads with `replies[n]`, byte for byte, on kept connections;
+    it records each request's bytes and how many connections it accepted."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.replies = replies
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.replies:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(5)
+                buf = b""
+                while self.replies:
+                    while b"\r\n\r\n" not in buf:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        buf += chunk
+                    if b"\r\n\r\n" not in buf:
+                        break
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = next((int(v) for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n"))
+                                   if k.strip().lower() == b"content-length"), 0)  # fmt: skip
+                    while len(buf) < length:
+                        buf += conn.recv(65536)
+                    self.requests.append(head + b"\r\n\r\n" + buf[:length])
+                    buf = buf[length:]
+                    conn.sendall(self.replies.pop(0))
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("reply", "method", "body", "reused"),
+    [
+        # chunked, with a chunk extension and a trailer field
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
+            "GET",
+            b"abcde",
+            True,
+        ),
+        # an interim 100 Continue before the real answer
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", "PUT", b"ok", True),
+        # a HEAD's Content-Length says the object's size, not a body's
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n", "HEAD", b"", True),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", "GET", b"", True),
+        # the server says it closes, or speaks HTTP/1.0, or frames the body by closing: not reused
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi", "GET", b"hi", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", "GET", b"hi", False),
+        (b"HTTP/1.1 200 OK\r\n\r\nto the end", "GET", b"to the end", False),
+        # more than the limit (10 bytes here): the rest is not read, the connection not reused
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + b"x" * 20, "GET", b"x" * 10, False),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n"
+            + b"y" * 8
+            + b"\r\n8\r\n"
+            + b"z" * 8
+            + b"\r\n0\r\n\r\n",
+            "GET",
+            b"y" * 8 + b"zz",
+            False,
+        ),
+    ],
+)
+def test_answers_are_framed_as_http_1_1_says(reply, method, body, reused):
+    close_reply = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
+    srv = Scripted([reply, close_reply])
+    try:
+        pool = HttpPool(1)
+        answer = pool.request(method, f"{srv.url}/a?b=c", body=b"ok" if method == "PUT" else None, limit=10)
+        assert (answer.body, pool.request("GET", f"{srv.url}/n").body) == (body, b"next")
+        assert srv.connections == (1 if reused else 2)
+        assert answer.headers.get("CONTENT-LENGTH") == answer.headers.get("content-length")  # any case
+        first = srv.requests[0]
+        assert first.startswith(f"{method} /a?b=c HTTP/1.1\r\nHost: 127.0.0.1:{srv.url.rsplit(':', 1)[1]}".encode())
+        assert first.endswith(b"Content-Length: 2\r\n\r\nok" if method == "PUT" else b"\r\n\r\n")
+        pool.clear()
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"ICY 200 OK\r\n\r\n",  # not HTTP/1.x
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",  # two lengths: no framing
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a chunk size that is not hex
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # closed before the body ended
+    ],
+)
+def test_answers_that_cannot_be_framed_are_errors_not_data(reply):
+    import http.client
+
+    srv = Scripted([reply])  # one answer, then the connection is closed
+    try:
+        with pytest.raises((http.client.HTTPException, OSError)):
+            HttpPool(1).request("GET", f"{srv.url}/x")
+    finally:
+        srv.close()
+
+
+def test_a_header_that_would_split_the_request_is_refused_before_anything_is_sent():
+    srv = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    try:
+        for name, value in [("X-A", "1\r\nX-Injected: 1"), ("X-B\r\nX-Injected", "1"), ("X C", "1")]:
+            with pytest.raises(ValueError):
+                HttpPool(1).request("GET", f"{srv.url}/x", headers={name: value})
+        assert srv.requests == []
+    finally:
+        srv.close()
