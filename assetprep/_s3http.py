@@ -243,7 +243,7 @@ def _read_until(sock: socket.socket, buf: bytes, end: bytes, most: int) -> tuple
     start = 0
     while (at := buf.find(end, start)) < 0:
         if len(buf) > most:
-            raise http.client.LineTooLong(f"an answer line or head over {most} bytes")
+            raise http.client.LineTooLong("an answer's head or line")
         start = max(0, len(buf) - len(end) + 1)
         chunk = sock.recv(65536)
         if not chunk:
@@ -251,6 +251,8 @@ def _read_until(sock: socket.socket, buf: bytes, end: bytes, most: int) -> tuple
                 raise http.client.IncompleteRead(buf)
             raise http.client.RemoteDisconnected("the server closed the connection without an answer")
         buf += chunk
+    if at > most:
+        raise http.client.LineTooLong("an answer's head or line")
     return buf[:at], buf[at + len(end) :]
 
 

@@ -365,6 +365,7 @@ def test_answers_are_framed_as_http_1_1_says(reply, method, body, reused):
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",  # two lengths: no framing
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a chunk size that is not hex
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # closed before the body ended
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",  # a head over 64 KiB
     ],
 )
 def test_answers_that_cannot_be_framed_are_errors_not_data(reply):
