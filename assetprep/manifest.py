@@ -250,6 +250,14 @@ def load_manifest(
         merged = {**(defaults or {}), **file_defaults, **given}
         variables = {k: v for k, v in merged.items() if k not in OPTION_COLUMNS}
         before = len(problems)
+        # YAML and JSON can give a list or a mapping; as an option it would reach Tavus as its Python text
+        # ("[1, 2]" as the script). Template variables may be structured ({% for %} over a list).
+        structured = [c for c in OPTION_COLUMNS if isinstance(merged.get(c), (list, dict))]
+        for column in structured:
+            kind = "a list" if isinstance(merged[column], list) else "a mapping"
+            problems.append(f"{where}, column {column}: {kind}, where one value goes (text, a number, true/false)")
+        if structured:
+            continue
         rendered: dict[str, str | None] = {}
         for column in TEMPLATED:
             value = merged.get(column)

@@ -129,6 +129,25 @@ def test_validation_reports_every_problem_with_its_row_and_starts_nothing(tmp_pa
     assert not (tmp_path / "state").exists() and not (tmp_path / "bad-videos").exists()
 
 
+def test_a_list_or_mapping_as_an_option_is_a_problem_but_may_be_a_template_variable(tmp_path):
+    write(tmp_path / "m.yaml", "rows:\n  - {script: [1, 2]}\n  - {script: 'Hi', fast: {a: 1}}\n"
+                               "  - {products: [a, b], script: '{% for p in products %}{{ p }};{% endfor %}'}\n")  # fmt: skip
+    write(tmp_path / "m.jsonl", json.dumps({"script": "Hi", "video_name": ["x"]}) + "\n")
+    with pytest.raises(ManifestError) as err:
+        load_manifest(tmp_path / "m.yaml", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+    assert err.value.problems == [
+        "rows[0], column script: a list, where one value goes (text, a number, true/false)",
+        "rows[1], column fast: a mapping, where one value goes (text, a number, true/false)",
+    ]
+    with pytest.raises(ManifestError, match="line 1, column video_name: a list"):
+        load_manifest(tmp_path / "m.jsonl", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+    write(
+        tmp_path / "ok.yaml", "rows:\n  - {products: [a, b], script: '{% for p in products %}{{ p }};{% endfor %}'}\n"
+    )
+    rows = load_manifest(tmp_path / "ok.yaml", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows
+    assert [r.script for r in rows] == ["a;b;"]
+
+
 def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
     (tmp_path / "audio").mkdir()
     script = write(tmp_path / "pitch.txt", "Hello {{ first_name }} from {{ company }}!")
