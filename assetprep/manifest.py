@@ -23,6 +23,7 @@ import jinja2.sandbox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ManifestError
+from .tavus import ID_PATTERN
 
 # Options a column may set; the rest of the columns are template variables.
 OPTION_COLUMNS = (
@@ -53,7 +54,7 @@ class RowOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    replica_id: str = Field(min_length=1)
+    replica_id: str = Field(min_length=1, pattern=ID_PATTERN)  # checked here, so the problem names its row
     background_seconds: float = Field(default=10.0, gt=0, le=120)
     background_preset: str | None = None
     scroll: Literal["none", "smooth", "human"] = "human"
@@ -332,6 +333,9 @@ def load_manifest(
                 given_value = typed.get(column)
                 if err["type"] == "missing":
                     problems.append(f"{where}: no {column} (give a column, --replica or the replica_id setting)")
+                    continue
+                if err["type"] == "string_pattern_mismatch":  # the replica_id
+                    problems.append(f"{where}, column {column}: not an id (letters, digits, - and _): {given_value!r}")
                     continue
                 problems.append(f"{where}, column {column}: {err['msg']}"
                                 + (f" (got {given_value!r})" if given_value is not None else ""))  # fmt: skip

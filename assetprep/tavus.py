@@ -49,7 +49,8 @@ DEFAULT_BASE_URL = "https://tavusapi.com"
 STATUSES = ("queued", "generating", "ready", "deleted", "error")
 AUDIO_EXTENSIONS = (".wav", ".mp3")
 _URL_FIELDS = ("audio_url", "background_url", "background_source_url", "callback_url", "watermark_image_url")
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"  # replica and video ids
+_ID = re.compile(ID_PATTERN)
 
 
 # --- request and response models -------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def test_validation_reports_every_problem_with_its_row_and_starts_nothing(tmp_pa
     assert not (tmp_path / "state").exists() and not (tmp_path / "bad-videos").exists()
 
 
-def test_a_list_or_mapping_as_an_option_is_a_problem_but_may_be_a_template_variable(tmp_path):
+def test_a_list_or_mapping_or_a_malformed_id_as_an_option_is_a_problem_of_its_row(tmp_path):
     write(tmp_path / "m.yaml", "rows:\n  - {script: [1, 2]}\n  - {script: 'Hi', fast: {a: 1}}\n"
                                "  - {products: [a, b], script: '{% for p in products %}{{ p }};{% endfor %}'}\n")  # fmt: skip
     write(tmp_path / "m.jsonl", json.dumps({"script": "Hi", "video_name": ["x"]}) + "\n")
@@ -139,6 +139,9 @@ def test_a_list_or_mapping_as_an_option_is_a_problem_but_may_be_a_template_varia
         "rows[0], column script: a list, where one value goes (text, a number, true/false)",
         "rows[1], column fast: a mapping, where one value goes (text, a number, true/false)",
     ]
+    write(tmp_path / "ids.csv", "script,replica_id\nHi,bad replica id\n")
+    with pytest.raises(ManifestError, match=r"row 2, column replica_id: not an id \(letters, digits, - and _\)"):
+        load_manifest(tmp_path / "ids.csv", out_dir=tmp_path)
     with pytest.raises(ManifestError, match="line 1, column video_name: a list"):
         load_manifest(tmp_path / "m.jsonl", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
     write(
