@@ -49,7 +49,7 @@ from .errors import (
     RateLimitError,
     TavusError,
 )
-from .manifest import Manifest, Row, is_http_url, load_manifest
+from .manifest import Manifest, Row, is_http_url, load_manifest, parse_rows
 from .normalize import tavus_audio_problem
 from .probe import probe
 from .progress import Progress
@@ -85,7 +85,7 @@ class BatchOptions(BaseModel):
     submit_rate: float | None = Field(default=None, gt=0)  # creates per second, for the whole batch
     max_in_flight: int = Field(default=100, ge=1)  # videos submitted and not yet final
     retry_failed: bool = False
-    rows: set[int] | None = None  # only these row numbers
+    rows: set[int] | str | None = None  # only these row numbers, or them as text: "3-10,17"
     max_failures: int | None = Field(default=None, ge=1)
     listen: str | None = None  # HOST:PORT of one callback receiver for the whole batch
     allow_private_networks: bool = False  # manifest URLs are third-party input: the guard is on by default
@@ -757,7 +757,10 @@ def batch_publish(
     if replica:
         defaults["replica_id"] = replica
     loaded = load_manifest(path, defaults=defaults, out_dir=options.out_dir)
-    rows = [r for r in loaded.rows if options.rows is None or r.number in options.rows]
+    wanted = options.rows
+    if isinstance(wanted, str):
+        wanted = parse_rows(wanted, last=max((r.number for r in loaded.rows), default=0))
+    rows = [r for r in loaded.rows if wanted is None or r.number in wanted]
     if options.rows is not None and not rows:
         raise ManifestError(f"--rows selects none of the {len(loaded.rows)} rows of {path}")
     out_dir = (options.out_dir or loaded.path.parent / f"{loaded.path.stem}-videos").resolve()

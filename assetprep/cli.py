@@ -678,14 +678,13 @@ def batch_cmd(
     from pydantic import ValidationError
 
     from .batch import BatchOptions, batch_publish
-    from .manifest import parse_rows
     from .publish import PublishSettings
 
     try:
         settings = PublishSettings()
         options = BatchOptions(
             out_dir=out, dry_run=dry_run, jobs=jobs, submit_rate=parse_rate(submit_rate), max_in_flight=max_in_flight,
-            retry_failed=retry_failed, rows=parse_rows(rows) if rows else None, max_failures=max_failures,
+            retry_failed=retry_failed, rows=rows or None, max_failures=max_failures,
             listen=listen, allow_private_networks=allow_private_networks, batch_id=batch_id,
             deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
             bucket=bucket, prefix=prefix, replica_id=replica, ray_address=ray_address,

@@ -400,13 +400,14 @@ def load_manifest(
     return Manifest(path=path, columns=columns, rows=rows)
 
 
-def parse_rows(text: str) -> set[int]:
-    """`3-10,17` → {3..10, 17} (row numbers as messages show them)."""
+def parse_rows(text: str, *, last: int) -> set[int]:
+    """`3-10,17` → {3..10, 17} (row numbers as messages show them), none past `last` (the manifest's last row
+    number): `--rows 2-1000000000` means "from row 2 on", not a set of a billion numbers."""
     out: set[int] = set()
     for part in text.split(","):
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
             raise ManifestError(f"--rows must look like 3-10,17, got {text!r}")
-        out |= set(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+        out.update(range(int(m.group(1)), min(int(m.group(2) or m.group(1)), last) + 1))
     return out

@@ -151,6 +151,21 @@ def test_a_list_or_mapping_or_a_malformed_id_as_an_option_is_a_problem_of_its_ro
     assert [r.script for r in rows] == ["a;b;"]
 
 
+def test_rows_selects_by_number_and_an_open_ended_range_is_cut_at_the_last_row(tmp_path, sandbox):
+    from assetprep.manifest import parse_rows
+
+    # "from row 3 on": numbers past the last row are never made (a billion of them got the CLI OOM-killed here)
+    assert parse_rows("3-1000000000", last=4) == {3, 4} and parse_rows("2,9", last=4) == {2}
+    manifest = write(tmp_path / "three.csv", "script\nHi one\nHi two\nHi three\n")
+    env = {**os.environ, **sandbox.env(), "ASSETPREP_RUNS_DIR": str(tmp_path / "state" / "runs")}
+    proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA, "--dry-run", "--rows", "3-1000000000")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 rows → 2 videos" in proc.stdout and "row 3: Hi two" in proc.stdout and "row 2:" not in proc.stdout
+    for rows, said in [("5-3", "--rows must look like 3-10,17"), ("9", "--rows selects none of the 3 rows")]:
+        proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA, "--dry-run", "--rows", rows)
+        assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
     (tmp_path / "audio").mkdir()
     script = write(tmp_path / "pitch.txt", "Hello {{ first_name }} from {{ company }}!")
