@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import queue
 import secrets
 from typing import Any
@@ -16,23 +17,41 @@ from ._server import ThreadedServer
 from .errors import ConfigError
 
 MAX_BODY = 1 << 20
+log = logging.getLogger("assetprep.callbacks")
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr for a peer that resets or times out mid-request: not ours to show
+        log.debug("callback connection from %s ended badly", client_address[0], exc_info=True)
 
 
 class CallbackReceiver:
     """Collects callback bodies in `events` (a queue of dicts with at least a video_id)."""
 
-    def __init__(self, listen: str, public_base: str | None = None) -> None:
+    def __init__(self, listen: str, public_base: str | None = None, *, idle_timeout: float = 10.0) -> None:
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--listen must look like HOST:PORT, got {listen!r}")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"--listen must look like HOST:PORT (port 0-65535), got {listen!r}")
         self.token = secrets.token_urlsafe(18)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            # The port faces whoever can reach it (Tavus must): a connection that sends nothing, or trickles, is
+            # dropped after this many idle seconds instead of holding a thread for the whole batch.
+            timeout = idle_timeout
+
             def do_POST(self) -> None:
+                length = self.headers.get("Content-Length") or "0"
+                if not length.isdigit():
+                    self.send_response(400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    self.close_connection = True
+                    return
                 ok = self.path == f"/callback/{receiver.token}"
-                body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), MAX_BODY))
+                body = self.rfile.read(min(int(length), MAX_BODY))
                 if ok:
                     try:
                         event = json.loads(body)
@@ -49,7 +68,7 @@ class CallbackReceiver:
                 pass
 
         try:
-            server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+            server = _Server((host, int(port)), Handler)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {listen} for callbacks: {exc.strerror}") from None
         base = public_base or f"http://{host}:{server.server_port}"
