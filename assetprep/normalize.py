@@ -24,7 +24,7 @@ from . import _process
 from ._files import MP4_SUFFIXES, atomic_output
 from .errors import ConfigError, MediaError, OutputCheckError
 from .presets import AudioPreset, LoudnessTarget, VideoPreset, load_audio_preset, load_video_preset
-from .probe import _STILL_CODECS, AudioStream, MediaInfo, VideoStream, is_faststart, probe
+from .probe import _STILL_CODECS, AudioStream, MediaInfo, VideoStream, check_input_file, is_faststart, probe
 from .progress import Progress, ProgressCallback
 
 Fit = Literal["cover", "contain", "stretch"]
@@ -432,7 +432,7 @@ def normalize_audio(
             hint=f"name the output .{ap.format} or use preset audio-{fmt}",
         )
     target = _loudness_target(ap, loudness)
-    src = str(input)
+    src = str(check_input_file(input))  # before the measuring ffmpeg opens it: a FIFO would block that open
     with ThreadPoolExecutor(1, thread_name_prefix="assetprep-measure") as pool:
         # The loudness of the input is measured while it is probed: two short processes at once, not one after the
         # other (start-up is most of their time on a short clip). A file that is not media fails both; the probe

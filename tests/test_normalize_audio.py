@@ -218,3 +218,31 @@ def test_kill_9_during_a_loudness_pass_leaves_nothing_the_next_run_does_not_swee
                            timeout=120)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert list(tmp_path.glob(".o.mp3.*")) == []  # the next run to the same output swept what the killed one left
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
+    """The loudness measurement starts beside the probe; it used to open the input first and wait there (up to
+    its 10 min timeout) for a writer that never comes."""
+    import os
+    import threading
+
+    fifo = tmp_path / "voice.wav"
+    os.mkfifo(fifo)
+    errors: list[Exception] = []
+
+    def call() -> None:
+        try:
+            normalize_audio(fifo, tmp_path / "out.wav")
+        except Exception as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(20)
+    try:
+        assert not t.is_alive(), "normalize_audio was still waiting on the FIFO after 20 s"
+        assert len(errors) == 1 and isinstance(errors[0], MediaError) and "input is not a file" in str(errors[0])
+        assert list(tmp_path.iterdir()) == [fifo]
+    finally:
+        os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))  # lets an ffmpeg blocked on opening it go on, to EOF
+        t.join(10)
