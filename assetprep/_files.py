@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -104,3 +106,19 @@ def atomic_output(
         fsync_dir(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_text_file(path: str | os.PathLike[str], encoding: str = "utf-8") -> str:
+    """A text file the user named (manifest, script): only a regular file is read — a FIFO would block the open
+    until some writer comes, a device (/dev/zero) would never end. Raises FileNotFoundError, OSError (its
+    strerror says why) or UnicodeDecodeError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once this way; a regular file ignores the flag
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a folder)", str(path))
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return f.read().decode(encoding)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from . import __version__, normalize, presets
+from ._files import read_text_file
 from ._units import parse_duration, parse_rate
 from ._urls import redact_url
 from .errors import INTERRUPTED, AssetprepError, ConfigError, ProcessError, UploadError
@@ -380,7 +381,7 @@ def _read_script(script: str | None, script_file: Path | None) -> str | None:
     if script_file is None:
         return script
     try:
-        return script_file.read_text(encoding="utf-8-sig")  # a BOM from Notepad is not part of the script
+        return read_text_file(script_file, "utf-8-sig")  # a BOM from Notepad is not part of the script
     except OSError as exc:
         raise ConfigError(f"cannot read --script-file {script_file}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

@@ -22,6 +22,7 @@ import jinja2
 import jinja2.sandbox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._files import read_text_file
 from .errors import ManifestError
 from .tavus import ID_PATTERN
 
@@ -125,11 +126,15 @@ def _url_problem(text: str) -> str | None:
 def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[str, Any], list[str]]:
     """(rows as (number, where, values), YAML defaults, problems) of a manifest file."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text_file(path, "utf-8-sig")
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {path}") from None
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path} is not UTF-8 text (byte {exc.start})", hint="save it as UTF-8") from None
+    except OSError as exc:
+        raise ManifestError(
+            f"cannot read manifest {path}: {exc.strerror}", hint="pass a CSV, YAML or JSONL file"
+        ) from None
     suffix = path.suffix.lower()
     problems: list[str] = []
     rows: list[tuple[int, str, dict[str, Any]]] = []
@@ -268,7 +273,7 @@ def load_manifest(
             sf = _local(base, str(merged["script_file"]))
             if sf not in script_files:
                 try:
-                    script_files[sf] = sf.read_text(encoding="utf-8")
+                    script_files[sf] = read_text_file(sf)
                 except FileNotFoundError:
                     script_files[sf] = None
                     problems.append(f"{where}, column script_file: file not found: {sf}")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -164,6 +165,33 @@ def test_rows_selects_by_number_and_an_open_ended_range_is_cut_at_the_last_row(t
     for rows, said in [("5-3", "--rows must look like 3-10,17"), ("9", "--rows selects none of the 3 rows")]:
         proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA, "--dry-run", "--rows", rows)
         assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_manifest_or_script_file_that_is_a_fifo_or_device_is_a_problem_not_a_wait(tmp_path):
+    """Opening a FIFO waited for a writer (never), /dev/zero was read until memory ran out."""
+    os.mkfifo(tmp_path / "pitch.txt")
+    os.mkfifo(tmp_path / "leads.csv")
+    write(tmp_path / "m.csv", "script_file\npitch.txt\n/dev/zero\n")
+    errors: list[str] = []
+
+    def load(name: str) -> None:
+        try:
+            load_manifest(tmp_path / name, defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+        except ManifestError as exc:
+            errors.append("\n".join([exc.message, *exc.problems]))
+
+    for name in ("m.csv", "leads.csv"):
+        t = threading.Thread(target=load, args=(name,), daemon=True)
+        t.start()
+        t.join(20)
+        for fifo in ("pitch.txt", "leads.csv"):  # frees a reader blocked on it (the old code), or does nothing
+            os.close(os.open(tmp_path / fifo, os.O_RDWR | os.O_NONBLOCK))
+        t.join(5)
+        assert not t.is_alive(), f"loading {name} still waited after 20 s"
+    not_regular = "not a regular file (a FIFO, a device or a folder)"
+    assert f"row 2, column script_file: cannot read {tmp_path / 'pitch.txt'}: {not_regular}" in errors[0]
+    assert f"row 3, column script_file: cannot read /dev/zero: {not_regular}" in errors[0]
+    assert errors[1].startswith(f"cannot read manifest {tmp_path / 'leads.csv'}: {not_regular}")
 
 
 def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):

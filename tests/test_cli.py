@@ -145,6 +145,23 @@ def test_a_script_file_that_is_not_utf8_is_one_line_before_anything_runs(tmp_pat
     assert "Traceback" not in run.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["script.txt"]
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_script_file_that_is_no_regular_file_is_one_line_not_a_wait(tmp_path, kind):
+    """A FIFO blocked the open (until a writer came: never), /dev/zero was read until memory ran out."""
+    named = {"fifo": tmp_path / "script.txt", "device": Path("/dev/zero"), "folder": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(named)
+    env = {**os.environ, "TAVUS_API_BASE_URL": "http://127.0.0.1:9/v2"}
+    try:
+        run = subprocess.run([*CLI, "publish", "--replica", "r90bbd427f71", "--script-file", str(named), "-o",
+                              str(tmp_path / "o.mp4")], capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    finally:
+        if kind == "fifo":
+            os.close(os.open(named, os.O_RDWR | os.O_NONBLOCK))  # frees a reader blocked on it (the old code)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"cannot read --script-file {named}: not a regular file (a FIFO, a device or a folder)" in run.stderr
+
+
 def test_ctrl_c_during_record_is_one_line_and_leaves_no_part(tmp_path):
     import signal
     import time
