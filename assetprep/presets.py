@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from ._files import read_text_file
 from .errors import PresetError
 
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
@@ -120,9 +121,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except OSError as exc:
         raise PresetError(f"cannot read preset file {path}: {exc.strerror}", hint="check the path") from None
+    except UnicodeDecodeError as exc:
+        raise PresetError(f"preset file {path} is not UTF-8 text (byte {exc.start})", hint="save it as UTF-8") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:

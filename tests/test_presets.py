@@ -53,6 +53,10 @@ def test_invalid_values(tmp_path):
     broken.write_text("kind = ")
     with pytest.raises(PresetError, match="not valid TOML"):
         load_preset(broken)
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_bytes('kind = "video"'.encode("utf-16"))  # was an internal error (UnicodeDecodeError)
+    with pytest.raises(PresetError, match=r"utf16\.toml is not UTF-8 text \(byte 0\)"):
+        load_preset(utf16)
 
 
 def test_unknown_name():
