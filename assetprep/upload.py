@@ -321,7 +321,9 @@ def object_key(prefix: str, sha256: str, name: str) -> str:
 
 
 def _content_disposition(name: str) -> str:
-    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_")
+    # A header value cannot hold a line break (a name with one failed the upload with "Invalid header value"):
+    # control characters become "_" in the plain name; filename* keeps the real one, percent-encoded.
+    ascii_name = re.sub(r'[\x00-\x1f\x7f"]', "_", name.encode("ascii", "replace").decode())
     return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 
 

@@ -75,6 +75,29 @@ def test_upload_presign_and_range(s3, client, bucket, tmp_path):
     assert part.headers["content-range"] == "bytes 10-19/300000"
 
 
+def test_any_file_name_is_uploaded_and_served_under_its_own_name(s3, client, bucket, tmp_path):
+    """Line breaks, quotes, %, +, #, ? and non-ASCII in a name: the key keeps it, the URL serves the bytes, and the
+    Content-Disposition header stays one line (a name with a line break failed with "Invalid header value")."""
+    from urllib.parse import unquote
+
+    names = ["a\nb.mp4", "a\rX-Evil: 1.mp4", 'q"uote.mp4', "Café 日本.mp4", "pct%20+x.mp4", "hash#q?x.mp4"]
+    files = []
+    for i, name in enumerate(names):
+        (tmp_path / str(i)).mkdir()
+        files.append(tmp_path / str(i) / name)
+        files[-1].write_bytes(MP4_HEAD + os.urandom(1000))
+    results = upload_and_presign(files, bucket=bucket, settings=settings_for(s3))
+    for f, r in zip(files, results, strict=True):
+        assert r.object.key.endswith("/" + f.name)
+        assert httpx.get(r.url).content == f.read_bytes()
+        disposition = client.head_object(Bucket=bucket, Key=r.object.key)["ContentDisposition"]
+        assert (
+            not any(ord(c) < 32 for c in disposition)
+            and "X-Evil" not in client.head_object(Bucket=bucket, Key=r.object.key)["ResponseMetadata"]["HTTPHeaders"]
+        )
+        assert unquote(disposition.split("filename*=UTF-8''")[1]) == f.name
+
+
 def test_reupload_sends_zero_bytes(s3, client, bucket, tmp_path):
     f = tmp_path / "speech.wav"
     f.write_bytes(b"RIFF" + os.urandom(50_000 - 4))
