@@ -6,7 +6,10 @@ went wrong, which file/URL it concerns and, through `hint`, what to do about it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+from ._urls import redact_url
 
 INTERRUPTED = "interrupted; no partial output was kept (rerun the same command to continue)"
 
@@ -15,12 +18,29 @@ class AssetprepError(Exception):
     """Base class of every error assetprep raises on purpose."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # Any URL in the words loses its credentials and query string here, whoever wrote the message: a page's
+        # ?token=, a presigned signature or user:password@ in a manifest must not reach a terminal, log or report.
+        message = _URL.sub(_redact, message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = _URL.sub(_redact, hint) if hint else hint
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]+", re.IGNORECASE)
+
+
+def _redact(match: re.Match[str]) -> str:
+    url = match.group(0)
+    core = url.rstrip(").,;:")  # sentence punctuation after a URL is not part of it
+    try:
+        shown = redact_url(core)
+    except ValueError:  # urlsplit refuses it (a port over 65535): cut the same parts by hand
+        scheme, _, rest = core.partition("://")
+        shown = f"{scheme}://{rest.split('?', 1)[0].split('#', 1)[0].rsplit('@', 1)[-1]}"
+    return shown + url[len(core) :]
 
 
 class ToolMissingError(AssetprepError):
@@ -92,7 +112,7 @@ class ManifestError(AssetprepError):
 
     def __init__(self, message: str, *, problems: Sequence[str] = (), hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
-        self.problems = list(problems)
+        self.problems = [_URL.sub(_redact, p) for p in problems]
 
     def __str__(self) -> str:
         head = super().__str__()

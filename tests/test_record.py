@@ -236,6 +236,11 @@ def test_unreachable_and_missing_path(tmp_path):
         port = s.getsockname()[1]
     with pytest.raises(RecordError, match=r"cannot load .*connection refused"):
         record(f"http://127.0.0.1:{port}/", tmp_path / "u.mp4", opts(duration=1, fps=5))
+    # Credentials and a query token in the URL stay out of the message (Chromium repeats the URL in its own words).
+    with pytest.raises(RecordError) as err:
+        record(f"http://user:secretpw@127.0.0.1:{port}/p?token=abc123", tmp_path / "u.mp4", opts(duration=1, fps=5))
+    assert f"cannot load http://127.0.0.1:{port}/p?…" in str(err.value)
+    assert "secretpw" not in str(err.value) and "abc123" not in str(err.value)
     # DNS failure without a DNS query: Chromium's resolver rules answer NOTFOUND for this name.
     rules = ["--host-resolver-rules=MAP nowhere.invalid ~NOTFOUND"]
     with pytest.raises(RecordError, match=r"cannot load http://nowhere.invalid/: host name not found \(DNS\)"):
