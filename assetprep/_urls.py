@@ -11,7 +11,11 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    try:
+        port: int | str | None = parts.port
+    except ValueError:  # over 65535 or not a number: shown as written, never a second error while reporting one
+        port = parts.netloc.rpartition(":")[2]
+    netloc = f"{host}:{port}" if port else host
     return f"{parts.scheme}://{netloc}{parts.path}{'?…' if parts.query else ''}"
 
 

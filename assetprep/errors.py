@@ -35,12 +35,7 @@ _URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]+", re.IGNORECASE)
 def _redact(match: re.Match[str]) -> str:
     url = match.group(0)
     core = url.rstrip(").,;:")  # sentence punctuation after a URL is not part of it
-    try:
-        shown = redact_url(core)
-    except ValueError:  # urlsplit refuses it (a port over 65535): cut the same parts by hand
-        scheme, _, rest = core.partition("://")
-        shown = f"{scheme}://{rest.split('?', 1)[0].split('#', 1)[0].rsplit('@', 1)[-1]}"
-    return shown + url[len(core) :]
+    return redact_url(core) + url[len(core) :]
 
 
 class ToolMissingError(AssetprepError):

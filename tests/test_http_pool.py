@@ -196,6 +196,8 @@ def test_preflight_is_bounded_when_a_server_never_answers_or_is_not_there(server
     assert "secret" not in str(info.value)
     with pytest.raises(PreflightError, match="not reachable: ValueError"):
         preflight("ftp://example.invalid/a.wav")
+    with pytest.raises(PreflightError, match=r"http://127\.0\.0\.1:99999/a\.wav\?… is not reachable: ValueError"):
+        preflight("http://127.0.0.1:99999/a.wav?X-Amz-Signature=secret")  # the message itself used to raise
 
 
 def test_a_file_body_cut_off_by_the_server_takes_back_what_it_counted(tmp_path):

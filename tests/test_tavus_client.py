@@ -127,6 +127,7 @@ def test_progress_and_redaction():
     assert Video(video_id="v", generation_progress="37/100").progress == pytest.approx(0.37)
     assert Video(video_id="v", generation_progress="n/a").progress is None
     assert redact_url("https://user:pw@h.example.com:8443/p/a.wav?sig=1") == "https://h.example.com:8443/p/a.wav?…"
+    assert redact_url("http://user:pw@h.example.com:99999/a.wav?sig=1") == "http://h.example.com:99999/a.wav?…"
 
 
 def test_invalid_video_id_refused(offline):
