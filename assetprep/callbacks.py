@@ -44,11 +44,9 @@ class CallbackReceiver:
 
             def do_POST(self) -> None:
                 length = self.headers.get("Content-Length") or "0"
-                if not length.isdigit():
-                    self.send_response(400)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                if not length.isdigit():  # no framing to trust: answer and end the connection
                     self.close_connection = True
+                    self.answer(400)
                     return
                 ok = self.path == f"/callback/{receiver.token}"
                 body = self.rfile.read(min(int(length), MAX_BODY))
@@ -60,7 +58,10 @@ class CallbackReceiver:
                         ok = False
                     if ok:
                         receiver.events.put(event)
-                self.send_response(200 if ok else 404)
+                self.answer(200 if ok else 404)
+
+            def answer(self, status: int) -> None:
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
