@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import _process
 from ._executor import Executor, make_executor
-from ._files import atomic_output
+from ._files import atomic_output, file_sha256
 from ._journal import BatchJournal, RunLock, open_checked
 from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded
 from ._s3http import HttpPool
@@ -55,7 +55,14 @@ from .probe import probe
 from .progress import Progress
 from .publish import BackgroundSpec, PublishOptions, PublishSettings, background_kind, request_fields
 from .tavus import TavusClient, Video
-from .upload import PREFLIGHT_TIMEOUT, S3Settings, abort_stale_uploads, make_s3_client, preflight, presign
+from .upload import (
+    PREFLIGHT_TIMEOUT,
+    S3Settings,
+    abort_stale_uploads,
+    make_s3_client,
+    preflight,
+    presign,
+)
 
 log = logging.getLogger("assetprep.batch")
 
@@ -170,11 +177,7 @@ def _prep_key(kind: str, source: str, extra: dict[str, Any]) -> str:
         p = Path(source)
         target = p / "index.html" if p.is_dir() else p
         if target.is_file():
-            h = hashlib.sha256()
-            with open(target, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-            identity["sha256"] = h.hexdigest()
+            identity["sha256"] = file_sha256(target)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -278,9 +281,10 @@ class _Batch:
     def state(self, row_id: str) -> dict[str, Any]:
         return self.journal.row(row_id)
 
-    def fail(self, row_id: str, reason: str) -> None:
+    def fail(self, row_id: str, reason: str, *, step: str | None = None) -> None:
+        """`step="download"`: the video is made and stays in the journal; the next run downloads it again."""
         with self.lock:
-            self.journal.update_row(row_id, state="failed", error=reason)
+            self.journal.update_row(row_id, state="failed", error=reason, data={"failed_step": step})
             self.failures += 1
             self.results_dirty = True
         log.warning("%s failed: %s", self.rows[row_id].where, reason)
@@ -522,7 +526,14 @@ class _Batch:
         t0 = time.monotonic()
         try:
             if video is None or not video.download_url:
-                video = self.client.get_video(self.state(row_id)["video_id"], verbose=True)
+                try:
+                    video = self.client.get_video(self.state(row_id)["video_id"], verbose=True)
+                except NotFoundError as exc:  # the video is gone: only --retry-failed (a new video) can help
+                    self.fail(row_id, f"download: {exc}")
+                    return
+                if video.status in ("error", "deleted"):
+                    self.route(row_id, video)  # a failure of the video itself, not of its download
+                    return
 
             def check_stop(_p: Progress) -> None:
                 if self.stop.is_set():
@@ -542,15 +553,15 @@ class _Batch:
             else:
                 self.client.download(video, row.output, on_progress=check_stop)
             info = probe(row.output)
-            sha = hashlib.sha256(row.output.read_bytes()).hexdigest()
+            sha = file_sha256(row.output)  # streamed: four downloads of big videos at once stay small
             poster = self.poster(row.output, row_id)
         except CancelledError:
             return
         except AssetprepError as exc:
-            self.fail(row_id, f"download: {exc}")
+            self.fail(row_id, f"download: {exc}", step="download")
             return
         except Exception as exc:
-            self.fail(row_id, f"download: {type(exc).__name__}: {exc}")
+            self.fail(row_id, f"download: {type(exc).__name__}: {exc}", step="download")
             return
         self.journal.update_row(row_id, state="downloaded", error=None, data={
             "output": str(row.output), "sha256": sha, "download_s": round(time.monotonic() - t0, 3),
@@ -576,7 +587,7 @@ class _Batch:
                 continue
             out = self.rows[r["row_id"]].output
             ok = out.is_file() and str(out) == r["data"].get("output")
-            if ok and out.stat().st_size and hashlib.sha256(out.read_bytes()).hexdigest() == r["data"].get("sha256"):
+            if ok and out.stat().st_size and file_sha256(out) == r["data"].get("sha256"):
                 continue
             self.journal.update_row(r["row_id"], state="ready")
 
@@ -835,6 +846,11 @@ def batch_publish(
 
 def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]]) -> None:
     o = run.o
+    for r in run.journal.rows():
+        # The video was made; only its download failed (a full disk, a dropped connection): fetch it again on
+        # any rerun instead of paying for another one, with or without --retry-failed.
+        if r["row_id"] in run.rows and r["state"] == "failed" and r["data"].get("failed_step") == "download":
+            run.journal.update_row(r["row_id"], state="ready", error=None, data={"failed_step": None})
     if o.retry_failed:
         for r in run.journal.rows():
             if r["row_id"] in run.rows and r["state"] == "failed":

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ._files import atomic_output, check_output_path
+from ._files import atomic_output, check_output_path, file_sha256
 from ._journal import Journal, RunLock, check_host
 from ._units import parse_duration
 from ._urls import redact_url
@@ -161,14 +161,6 @@ class PublishResult(BaseModel):
         }  # fmt: skip
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def is_url(text: str) -> bool:
     return urlsplit(text).scheme.lower() in ("http", "https")
 
@@ -257,7 +249,7 @@ def run_id_for(options: PublishOptions) -> str:
     for name in ("audio", "background"):
         value = getattr(options, name)
         if value is not None and not is_url(str(value)) and Path(value).is_file():
-            parts[f"{name}_sha256"] = _sha256(Path(value))
+            parts[f"{name}_sha256"] = file_sha256(Path(value))
     blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -303,13 +295,13 @@ class _Run:
         """The step's output when the journal says it finished and the file is still intact."""
         entry = self.journal.get(step)
         path = Path(entry["path"]) if entry.get("path") else None
-        if path is not None and path.is_file() and _sha256(path) == entry.get("sha256"):
+        if path is not None and path.is_file() and file_sha256(path) == entry.get("sha256"):
             self.skipped.append(step)
             return path
         return None
 
     def _finish_file(self, step: str, path: Path) -> Path:
-        self.journal.put(step, path=str(path), sha256=_sha256(path))
+        self.journal.put(step, path=str(path), sha256=file_sha256(path))
         return path
 
     def background(self) -> tuple[Path | None, str | None]:

@@ -30,6 +30,7 @@ from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
 from s3transfer.utils import ReadFileChunk
 
+from ._files import file_sha256
 from ._s3http import Answer, FileSlice, Headers, HttpPool, SignedS3
 from ._urls import redact_url, s3_error_reason
 from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
@@ -219,14 +220,6 @@ def ensure_bucket(client: Any, bucket: str, *, create: bool = False) -> None:
         client.create_bucket(Bucket=bucket)
     except Exception as exc:
         raise storage_error(exc, f"creating bucket '{bucket}'", client) from None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class FileDigest(_Model):
