@@ -22,7 +22,7 @@ import jinja2
 import jinja2.sandbox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._files import read_text_file
+from ._files import file_sha256, read_text_file
 from .errors import ManifestError
 from .tavus import ID_PATTERN
 
@@ -91,14 +91,6 @@ class Manifest(BaseModel):
     path: Path
     columns: list[str]  # input columns in their order (variables and options)
     rows: list[Row]
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_http_url(text: str) -> bool:
@@ -216,6 +208,16 @@ def _render(template: str, variables: dict[str, Any], where: str, column: str, p
     return None
 
 
+def _output_problem(output: Path) -> str | None:
+    """Why `output` cannot be written (found now, not after its video was paid for)."""
+    if output.is_dir():
+        return f"{output} is a folder"
+    for folder in output.parents:
+        if folder.exists():
+            return None if folder.is_dir() else f"cannot make a folder under {folder}: it is a file"
+    return None
+
+
 def _local(base: Path, text: str) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else (base / path)
@@ -252,6 +254,7 @@ def load_manifest(
     names: dict[str, str] = {}
     script_files: dict[Path, str | None] = {}
     shas: dict[Path, str] = {}
+    inputs: dict[Path, str] = {}  # every local input file → where it is named first
     for number, where, given in raw_rows:
         merged = {**(defaults or {}), **file_defaults, **given}
         variables = {k: v for k, v in merged.items() if k not in OPTION_COLUMNS}
@@ -360,7 +363,7 @@ def load_manifest(
                 continue
             p = Path(local_path)
             if p.is_file():
-                shas.setdefault(p, _file_sha(p))
+                shas.setdefault(p, file_sha256(p))
                 identity[f"{key}_sha256"] = shas[p]
         row_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
         if row_id in seen_ids:
@@ -388,14 +391,20 @@ def load_manifest(
         if output in outputs:
             problems.append(f"{where}, column output: {output} is written by {outputs[output]} too")
         outputs[output] = where
-        inputs = [Path(p).resolve() for p in (audio, background, watermark) if p and not is_http_url(str(p))]
-        if output in inputs:
-            problems.append(f"{where}, column output: {output} is one of the row's inputs")
+        if problem := _output_problem(output):
+            problems.append(f"{where}, column output: {problem}")
+        for column, value in (("audio", audio), ("background", background), ("watermark", watermark),
+                              ("script_file", merged.get("script_file"))):  # fmt: skip
+            if value is not None and not is_http_url(str(value)):
+                inputs.setdefault(_local(base, str(value)).resolve(), f"{where}, column {column}")
         rows.append(Row(
             number=number, where=where, row_id=row_id, values={k: str(v) for k, v in given.items()},
             options=options, script=script, audio=audio, background=background, watermark=watermark,
             video_name=video_name, output=output,
         ))  # fmt: skip
+    for row in rows:  # a download must not replace an input another row (or this one) still reads
+        if row.output in inputs:
+            problems.append(f"{row.where}, column output: {row.output} is an input ({inputs[row.output]})")
     if problems:
         raise ManifestError(
             f"{path}: {len(problems)} problem(s); nothing was started",

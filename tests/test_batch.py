@@ -72,11 +72,12 @@ def world(own_sandboxes, s3_client, tmp_path):
         sb, env = own_sandboxes(tmp_path / "state" / "runs", **options)
         settings = PublishSettings(runs_dir=tmp_path / "state" / "runs", bucket=TEST_BUCKET)
 
-        def run(manifest, **fields):
+        def run(manifest, on_event=None, **fields):
             client = TavusClient(api_key=sb.api_key, base_url=sb.base_url, timeout=20)
             opts = BatchOptions(**{"poll_interval": 0.2, "deadline": 300, "replica_id": DEFAULT_REPLICA,
                                    "allow_private_networks": True, **fields})  # fmt: skip
-            return batch_publish(manifest, opts, client=client, s3_client=s3_client, settings=settings)
+            return batch_publish(manifest, opts, client=client, s3_client=s3_client, settings=settings,
+                                 on_event=on_event)  # fmt: skip
 
         return sb, run, env
 
@@ -150,6 +151,29 @@ def test_a_list_or_mapping_or_a_malformed_id_as_an_option_is_a_problem_of_its_ro
     )
     rows = load_manifest(tmp_path / "ok.yaml", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows
     assert [r.script for r in rows] == ["a;b;"]
+
+
+def test_an_output_that_is_any_rows_input_or_cannot_be_made_is_found_before_anything_starts(tmp_path):
+    """Row 2's video would replace row 3's audio (an .mp4) after row 3 had read it, or before; a folder in the
+    way would fail the download only after the video was paid for. All three are validation problems."""
+    write(tmp_path / "talk.mp4", "an audio track in an mp4; it only has to exist here")
+    (tmp_path / "out" / "taken.mp4").mkdir(parents=True)
+    write(tmp_path / "out" / "blocker", "a file where a folder would go")
+    manifest = write(tmp_path / "m.csv", (
+        "script,audio,output\n"
+        "Hi,,../talk.mp4\n"            # 2: row 3's input
+        ",talk.mp4,three.mp4\n"         # 3
+        "Hi again,,taken.mp4\n"        # 4: a folder
+        "Bye,,blocker/x.mp4\n"         # 5: under a file
+    ))  # fmt: skip
+    with pytest.raises(ManifestError) as err:
+        load_manifest(manifest, defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path / "out")
+    out = (tmp_path / "out").resolve()
+    assert err.value.problems == [
+        f"row 4, column output: {out / 'taken.mp4'} is a folder",
+        f"row 5, column output: cannot make a folder under {out / 'blocker'}: it is a file",
+        f"row 2, column output: {tmp_path.resolve() / 'talk.mp4'} is an input (row 3, column audio)",
+    ]
 
 
 def test_rows_selects_by_number_and_an_open_ended_range_is_cut_at_the_last_row(tmp_path, sandbox):
@@ -373,6 +397,39 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
     names = [c.video_name for c in account(sb)]
     assert again.counts == {"downloaded": 2, "failed": 4}
     assert sum(n.endswith("-retry1") for n in names) == 1 and len(creates(sb)) == 4
+
+
+def test_a_failed_download_is_fetched_again_by_a_rerun_never_made_again(world, tmp_path):
+    """The videos are made, then their downloads fail (a file where the output folder goes, put there after the
+    checks). The rows fail with the reason; a plain rerun downloads them, and --retry-failed does not pay for new
+    videos. A video that is gone by then fails again; only --retry-failed makes it anew."""
+    sb, run, _ = world()
+    manifest = write(tmp_path / "m.csv", "first_name,script,output\n"
+                     "Ann,Hi {{ first_name }}.,sub/ann.mp4\nBob,Hi {{ first_name }}.,sub/bob.mp4\n")  # fmt: skip
+    out = tmp_path / "videos"
+    blocker = out / "sub"
+
+    def block(_progress):
+        if not blocker.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            blocker.write_text("not a folder")
+
+    first = run(manifest, out_dir=out, on_event=block)
+    assert first.counts == {"failed": 2} and len(creates(sb)) == 2
+    assert all(r["error"].startswith("download: ") and r["video_id"] for r in first.rows), first.rows
+    blocker.unlink()
+    again = run(manifest, out_dir=out, rows="2")
+    assert again.ok and len(creates(sb)) == 2, again.rows
+    assert again.rows[0]["video_id"] == first.rows[0]["video_id"]
+    assert probe(out / "sub" / "ann.mp4").video.frames > 10
+    # Row 3: its video is deleted before the retry; the download's rerun says so, --retry-failed makes it again.
+    with TavusClient(api_key=sb.api_key, base_url=sb.base_url) as c:
+        c.delete_video(first.rows[1]["video_id"], hard=True)
+    gone = run(manifest, out_dir=out)
+    assert gone.counts == {"downloaded": 1, "failed": 1} and len(creates(sb)) == 2, gone.rows
+    retried = run(manifest, out_dir=out, retry_failed=True)
+    assert retried.ok and len(creates(sb)) == 3, retried.rows
+    assert retried.rows[1]["video_id"] != first.rows[1]["video_id"] and probe(out / "sub" / "bob.mp4").video.frames > 10
 
 
 def test_guard_blocks_manifest_urls_to_loopback_by_default(world, site, tmp_path):
