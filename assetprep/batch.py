@@ -59,6 +59,7 @@ from .upload import (
     PREFLIGHT_TIMEOUT,
     S3Settings,
     abort_stale_uploads,
+    ensure_bucket,
     make_s3_client,
     preflight,
     presign,
@@ -722,7 +723,9 @@ body{{font-family:sans-serif;margin:24px;background:#fafafa}}.grid{{display:flex
     return path
 
 
-def _check_replicas(client: TavusClient, rows: list[Row]) -> list[str]:
+def _check_replicas(client: TavusClient, rows: list[Row], *, broken_too: bool = True) -> list[str]:
+    """Replica ids the API does not know (and, with `broken_too`, those in an error state), as problems. A wrong
+    API key raises AuthenticationError here, before anything is prepared."""
     problems = []
     for rid in sorted({r.options.replica_id for r in rows}):
         try:
@@ -731,7 +734,7 @@ def _check_replicas(client: TavusClient, rows: list[Row]) -> list[str]:
             where = ", ".join(r.where for r in rows if r.options.replica_id == rid)[:200]
             problems.append(f"replica_id {rid!r} ({where}): not found at {client.base_url}")
             continue
-        if replica.status == "error":
+        if broken_too and replica.status == "error":
             problems.append(f"replica_id {rid!r} is in an error state: {replica.error_message or ''}".rstrip(": "))
     return problems
 
@@ -811,9 +814,16 @@ def batch_publish(
                                fresh_flag=f"--batch-id NEW (or delete {folder})")  # fmt: skip
         journal.set_meta("manifest", str(loaded.path))
         journal.add_rows([(r.row_id, r.number) for r in rows])
+        done = {r["row_id"] for r in journal.rows() if r["state"] == "downloaded"}
+        todo = [r for r in rows if r.row_id not in done]
+        # A wrong API key, an unknown replica or a missing bucket would fail every row, after every background
+        # was recorded: one request each finds them first. A finished batch's rerun sends nothing.
+        if todo and (problems := _check_replicas(client, todo, broken_too=False)):
+            raise ManifestError(f"{path}: {len(problems)} problem(s); nothing was started", problems=problems)
         if needs_upload and s3_client is None:
             s3_client = make_s3_client(s3_settings)
-        if needs_upload:
+        if needs_upload and todo:
+            ensure_bucket(s3_client, target.bucket)
             abort_stale_uploads(s3_client, target.bucket, target.prefix)  # parts of killed runs' uploads
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
         run = _Batch(loaded, rows, options, settings, client, s3_client, executor, journal, folder, out_dir, on_event)

@@ -214,7 +214,8 @@ def ensure_bucket(client: Any, bucket: str, *, create: bool = False) -> None:
         raise storage_error(exc, f"checking bucket '{bucket}'", client) from None
     if not create:
         raise StorageError(
-            f"bucket '{bucket}' does not exist at {_where(client)}", hint="create it or pass --create-bucket"
+            f"bucket '{bucket}' does not exist at {_where(client)}",
+            hint="create it (assetprep upload FILE --create-bucket does) or name another: --bucket, ASSETPREP_BUCKET",
         )
     try:
         client.create_bucket(Bucket=bucket)

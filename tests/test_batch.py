@@ -432,6 +432,26 @@ def test_a_failed_download_is_fetched_again_by_a_rerun_never_made_again(world, t
     assert retried.rows[1]["video_id"] != first.rows[1]["video_id"] and probe(out / "sub" / "bob.mp4").video.frames > 10
 
 
+def test_a_wrong_key_an_unknown_replica_or_a_missing_bucket_stops_the_batch_before_any_recording(world, tmp_path):
+    """Each would fail every row, after every background was recorded; one request each finds it first."""
+    sb, _, env = world()
+    manifest = leads_manifest(tmp_path, 2)
+    args = [str(manifest), "--allow-private-networks", "--poll", "0.2"]
+    key = {**env, "TAVUS_API_KEY": "wrong-key-0123456789"}
+    cases = [
+        (key, [*args, "--replica", DEFAULT_REPLICA], "(HTTP 401)"),
+        (env, [*args, "--replica", "r0000000000"], "replica_id 'r0000000000' (row 2, row 3): not found"),
+        ({**env, "ASSETPREP_BUCKET": "no-such-bucket-x"}, [*args, "--replica", DEFAULT_REPLICA],
+         "bucket 'no-such-bucket-x' does not exist"),
+    ]  # fmt: skip
+    for case_env, case_args, said in cases:
+        proc = cli(case_env, *case_args, timeout=120)
+        assert proc.returncode == 1 and said in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "wrong-key-0123456789" not in proc.stderr + proc.stdout
+    folder = batch_dir_for(manifest, PublishSettings(runs_dir=tmp_path / "state" / "runs"), None)[1]
+    assert not list((folder / "prep").glob("*")) and not creates(sb)  # nothing recorded, nothing made
+
+
 def test_guard_blocks_manifest_urls_to_loopback_by_default(world, site, tmp_path):
     sb, run, _ = world()
     manifest = write(tmp_path / "g.csv", f"background,script,background_seconds\n{site}/red.html,Hi,3\n")
