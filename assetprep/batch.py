@@ -819,7 +819,8 @@ def batch_publish(
         # A wrong API key, an unknown replica or a missing bucket would fail every row, after every background
         # was recorded: one request each finds them first. A finished batch's rerun sends nothing.
         if todo and (problems := _check_replicas(client, todo, broken_too=False)):
-            raise ManifestError(f"{path}: {len(problems)} problem(s); nothing was started", problems=problems)
+            raise ManifestError(f"{path}: {len(problems)} problem(s); nothing was started", problems=problems,
+                                hint="`assetprep replicas list` shows the replicas of this API key")  # fmt: skip
         if needs_upload and s3_client is None:
             s3_client = make_s3_client(s3_settings)
         if needs_upload and todo:

@@ -33,12 +33,12 @@ from ._units import parse_duration
 from ._urls import redact_url
 from .callbacks import CallbackReceiver
 from .composite import Layout, composite
-from .errors import ConfigError, MediaError, OutcomeUnknownError, OutputCheckError, VideoFailedError
+from .errors import ConfigError, MediaError, NotFoundError, OutcomeUnknownError, OutputCheckError, VideoFailedError
 from .normalize import normalize_audio, normalize_video, tavus_audio_problem
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
 from .tavus import TavusClient, Video
-from .upload import S3Settings, make_s3_client, upload_and_presign
+from .upload import S3Settings, ensure_bucket, make_s3_client, upload_and_presign
 
 log = logging.getLogger("assetprep.publish")
 
@@ -304,6 +304,27 @@ class _Run:
         self.journal.put(step, path=str(path), sha256=file_sha256(path))
         return path
 
+    def check_before_work(self, uploads: bool) -> None:
+        """A wrong API key, an unknown replica or a missing bucket, found before a background is recorded (each
+        would fail the run at its upload or submit, after the recording). Skipped once the video exists."""
+        if self.journal.get("submit").get("video_id"):
+            return
+        try:
+            self.client.get_replica(self.o.replica_id)
+        except NotFoundError:
+            raise ConfigError(
+                f"replica {self.o.replica_id!r} not found at {self.client.base_url}",
+                hint="`assetprep replicas list` shows the replicas of this API key",
+            ) from None
+        if not uploads or self.journal.get("upload").get("urls"):
+            return
+        bucket = self.o.bucket or self.settings.bucket
+        if not bucket:
+            raise ConfigError("no bucket for the prepared files", hint="pass --bucket or set ASSETPREP_BUCKET")
+        if self.s3_client is None:
+            self.s3_client = make_s3_client(S3Settings())
+        ensure_bucket(self.s3_client, bucket)
+
     def background(self) -> tuple[Path | None, str | None]:
         """(local background file, background_url for Tavus)."""
         spec = self.o.background
@@ -500,6 +521,12 @@ def publish(
 
 def _publish(run: _Run, options: PublishOptions, client: TavusClient,
              on_progress: ProgressCallback | None) -> PublishResult:  # fmt: skip
+    local_background = options.background is not None and options.background_via != "tavus"
+    run.check_before_work(
+        options.audio is not None
+        or (local_background and not options.composite_locally)
+        or bool(options.watermark and not is_url(options.watermark))
+    )
     background, background_url = run.background()
     audio = run.audio()
     files = {"audio": audio} if audio else {}

@@ -157,6 +157,21 @@ def test_failed_video_needs_retry_failed(world, tmp_path):
     assert journal["submit"]["history"][0]["failure"].startswith("An error occurred while generating")
 
 
+def test_an_unknown_replica_or_a_missing_bucket_is_found_before_the_background_is_made(world, red_clip, tmp_path):
+    sb, _, env = world()
+    cases = [
+        (env, "r0000000000", "replica 'r0000000000' not found at"),
+        ({**env, "ASSETPREP_BUCKET": "no-such-bucket-x"}, DEFAULT_REPLICA, "bucket 'no-such-bucket-x' does not exist"),
+    ]  # fmt: skip
+    for case_env, replica, said in cases:
+        proc = subprocess.run([sys.executable, "-m", "assetprep", "publish", "--replica", replica, "--script", "Hi.",
+                               "--background", str(red_clip), "-o", str(tmp_path / "v.mp4")], env=case_env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    made = list((tmp_path / "runs").rglob("background*.mp4"))
+    assert made == [] and posts(sb) == [] and not (tmp_path / "v.mp4").exists()  # no clip normalized, no video
+
+
 def _cli_publish(env, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "assetprep", "publish", "--replica", DEFAULT_REPLICA, "--script",
                              "Killed and resumed.", "--poll", "0.2", "-o", str(out), "--json", *extra], env=env,
