@@ -286,6 +286,28 @@ def test_restart_resumes_rendering(own_sandbox):
         restarted.stop()
 
 
+def test_a_sandbox_restarted_on_another_port_links_its_old_videos_at_the_new_one(own_sandbox, tmp_path):
+    """The demo's sandbox gets a new port when the old one is taken: its finished videos must stay downloadable."""
+    sb, client = own_sandbox()
+    video = client.wait(client.create_video(replica_id=DEFAULT_REPLICA, script="made before").video_id, 60,
+                        poll_interval=0.2)  # fmt: skip
+    first = client.download(video, tmp_path / "first.mp4").read_bytes()
+    sb.stop()
+    moved = LocalSandbox(sb.data_dir, speed=20).start()
+    try:
+        assert moved.base_url != sb.base_url
+        with TavusClient(api_key=moved.api_key, base_url=moved.base_url) as again:
+            record = again.get_video(video.video_id, verbose=True)
+            listed = next(v for v in again.list_videos() if v.video_id == video.video_id)
+            urls = [record.download_url, record.hosted_url, record.stream_url, listed.download_url, listed.hosted_url]
+            assert all(u.startswith(moved.base_url + "/") for u in urls), urls
+            assert again.download(record, tmp_path / "again.mp4").read_bytes() == first
+        page = httpx.get(record.hosted_url, timeout=10).text
+        assert f'src="{moved.base_url}/files/' in page
+    finally:
+        moved.stop()
+
+
 def test_cli_videos_and_errors(sandbox, tavus, tmp_path):
     env = {"TAVUS_API_KEY": sandbox.api_key, "TAVUS_API_BASE_URL": sandbox.base_url, "PATH": "/usr/bin:/bin"}
     cli = [sys.executable, "-m", "assetprep"]

@@ -33,7 +33,7 @@ from ..errors import InvalidRequestError
 from ..tavus import validate_request
 from .config import MAX_BODY_BYTES, REPLICAS, SCRIPT_MAX_CHARS, SandboxConfig, http_time
 from .store import Store
-from .worker import Lifecycle
+from .worker import Lifecycle, at_base
 
 log = logging.getLogger("assetprep.sandbox")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -111,7 +111,8 @@ def _by_method(**handlers: Handler) -> Handler:
     return dispatch
 
 
-def public(record: dict[str, Any], *, verbose: bool = True) -> dict[str, Any]:
+def public(record: dict[str, Any], base: str, *, verbose: bool = True) -> dict[str, Any]:
+    record = at_base(record, base)
     out = {k: record.get(k) for k in _LIST_FIELDS}
     if not verbose:
         for k in _VERBOSE_ONLY:
@@ -258,12 +259,13 @@ class Sandbox:
         record = self._video(request)
         if record is None:
             return _error("Invalid video_id")
-        return JSONResponse(public(record, verbose=request.query_params.get("verbose") == "true"))
+        verbose = request.query_params.get("verbose") == "true"
+        return JSONResponse(public(record, self.config.public_url, verbose=verbose))
 
     async def list_videos(self, request: Request) -> Response:
         limit, page = _paging(request)
         records, total = self.store.page(limit, page)
-        return JSONResponse({"data": [public(r) for r in records], "total_count": total})
+        return JSONResponse({"data": [public(r, self.config.public_url) for r in records], "total_count": total})
 
     async def delete_video(self, request: Request) -> Response:
         vid = request.path_params["video_id"]
@@ -329,7 +331,8 @@ class Sandbox:
         if record["status"] != "ready":
             body = f"<p>{html.escape(record['status'])} {html.escape(record.get('generation_progress') or '')}</p>"
         else:
-            body = f'<video controls width="960" src="{html.escape(record["download_url"])}"></video>'
+            url = at_base(record, self.config.public_url)["download_url"]
+            body = f'<video controls width="960" src="{html.escape(url)}"></video>'
         return HTMLResponse(f"<!doctype html><title>{title}</title><h1>{title}</h1>{body}")
 
     async def files(self, request: Request) -> Response:

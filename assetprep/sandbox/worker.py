@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -238,7 +239,7 @@ class Lifecycle:
             threading.Thread(target=self._callback, args=(url, record), daemon=True).start()
 
     def _callback(self, url: str, record: dict[str, Any]) -> None:
-        payload = callback_payload(record)
+        payload = callback_payload(record, self.config.public_url)
         delay = 1.0 / self.config.speed
         for attempt in range(self.config.callback_attempts):
             status = 0
@@ -251,11 +252,27 @@ class Lifecycle:
                 return
 
 
-def callback_payload(record: dict[str, Any]) -> dict[str, Any]:
+OWN_URLS = ("download_url", "hosted_url", "stream_url", "still_image_thumbnail_url", "gif_thumbnail_url")
+
+
+def at_base(record: dict[str, Any], base: str) -> dict[str, Any]:
+    """The record with the sandbox's own URLs at its address now. They are stored with the address of the process
+    that made them; a sandbox restarted on another port (same data folder) would hand out dead links."""
+    out = dict(record)
+    for key in OWN_URLS:
+        if url := out.get(key):
+            parts = urlsplit(url)
+            if parts.path.startswith(("/files/", "/v/")):
+                out[key] = base + parts.path + (f"?{parts.query}" if parts.query else "")
+    return out
+
+
+def callback_payload(record: dict[str, Any], base: str) -> dict[str, Any]:
     """The record in the callback's shape (API.md: timestamps without timezone, error_details only on error)."""
     keys = ("created_at", "data", "download_url", "generation_progress", "hosted_url", "replica_id", "status",
             "status_details", "stream_url", "updated_at", "video_id", "video_name")  # fmt: skip
-    out = {k: record.get(k) for k in keys}
+    rebased = at_base(record, base)
+    out = {k: rebased.get(k) for k in keys}
     out["created_at"] = callback_time(record["_created"])
     out["updated_at"] = callback_time(time.time())
     if out["status_details"] == "video_success":  # the callback example's words for it
