@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,17 +25,34 @@ STATE = ROOT / ".assetprep" / "demo"
 BUCKET = "assetprep-demo"
 
 
+def sandbox_port() -> int:
+    """The port the last demo's sandbox had, while it is free: a publish journal remembers its API's address and
+    refuses another one, so a rerun must find the sandbox where the finished run left it (runs are kept per port:
+    when the old port is taken, the demo starts over instead of being refused)."""
+    saved = STATE / "sandbox.port"
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the last run's sockets may sit in TIME_WAIT
+        try:
+            s.bind(("127.0.0.1", int(saved.read_text())))
+        except (OSError, ValueError):
+            s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    saved.write_text(str(port))
+    return port
+
+
 def main() -> int:
     started = time.monotonic()
     STATE.mkdir(parents=True, exist_ok=True)
+    port = sandbox_port()
     try:
-        with LocalS3(STATE / "s3") as s3, LocalSandbox(STATE / "sandbox", speed=4) as sandbox:
+        with LocalS3(STATE / "s3") as s3, LocalSandbox(STATE / "sandbox", speed=4, port=port) as sandbox:
             print(f"[demo] embedded S3 at {s3.endpoint_url}, Tavus sandbox at {sandbox.base_url}", flush=True)
             client = make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
                                                secret_access_key=s3.secret_key))  # fmt: skip
             ensure_bucket(client, BUCKET, create=True)
             env = {**os.environ, **s3.env(), **sandbox.env(), "ASSETPREP_BUCKET": BUCKET,
-                   "ASSETPREP_RUNS_DIR": str(STATE / "runs")}  # fmt: skip
+                   "ASSETPREP_RUNS_DIR": str(STATE / f"runs-{port}")}  # fmt: skip
             command = [
                 sys.executable, "-m", "assetprep", "publish", "--replica", DEFAULT_REPLICA,
                 "--script-file", str(ROOT / "examples" / "script.txt"),
