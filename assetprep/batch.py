@@ -49,7 +49,7 @@ from .errors import (
     RateLimitError,
     TavusError,
 )
-from .manifest import Manifest, Row, is_http_url, load_manifest, parse_rows
+from .manifest import OPTION_COLUMNS, Manifest, Row, is_http_url, load_manifest, parse_rows
 from .normalize import tavus_audio_problem
 from .probe import probe
 from .progress import Progress
@@ -619,7 +619,8 @@ class _Batch:
             if status == "pending" and self.o.max_failures is not None and self.failures >= self.o.max_failures:
                 error = error or f"not started: --max-failures {self.o.max_failures} reached"
             out.append({
-                **row.values, "row": row.number, "row_id": rid, "video_name": st["video_name"] or "",
+                **{input_column(k): v for k, v in row.values.items()},
+                "row": row.number, "row_id": rid, "video_name": st["video_name"] or "",
                 "video_id": st["video_id"] or "", "status": status, "hosted_url": data.get("hosted_url") or "",
                 "output": str(row.output) if status == "downloaded" else "", "error": error,
                 "prepare_s": data.get("prepare_s", ""), "submit_s": data.get("submit_s", ""),
@@ -647,9 +648,20 @@ RESULT_COLUMNS = ("row", "video_name", "video_id", "status", "hosted_url", "outp
                   "wait_s", "download_s", "prepared_on")  # fmt: skip
 
 
+# A lead's own "status" or "error" column is data to keep, not the batch's word: it goes to "status (input)".
+# video_name and output are options, and their results are what the row's templates made of them.
+_OUTCOME_NAMES = (set(RESULT_COLUMNS) | {"row_id"}) - set(OPTION_COLUMNS)
+
+
+def input_column(name: str) -> str:
+    """The results' name for an input column."""
+    return f"{name} (input)" if name in _OUTCOME_NAMES else name
+
+
 def write_results_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
     """Every input column, then the outcome columns; atomically replaced (a reader never sees half a sheet)."""
-    head = [c for c in columns if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
+    head = [input_column(c) for c in columns if c not in RESULT_COLUMNS or input_column(c) != c]
+    head += list(RESULT_COLUMNS)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, head, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
