@@ -115,6 +115,19 @@ def _url_problem(text: str) -> str | None:
 # --- reading ---------------------------------------------------------------------------------------------------------
 
 
+def _delimiter(text: str, suffix: str) -> str:
+    """Spreadsheets in many locales export "CSV" with semicolons (or tabs): a header without a comma but with
+    one of those is split by it, instead of becoming one column and every row a problem."""
+    if suffix == ".tsv":
+        return "\t"
+    header = text.split("\n", 1)[0]
+    if "," not in header:
+        for other in (";", "\t"):
+            if other in header:
+                return other
+    return ","
+
+
 def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[str, Any], list[str]]:
     """(rows as (number, where, values), YAML defaults, problems) of a manifest file."""
     try:
@@ -131,8 +144,8 @@ def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[s
     problems: list[str] = []
     rows: list[tuple[int, str, dict[str, Any]]] = []
     defaults: dict[str, Any] = {}
-    if suffix == ".csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
+    if suffix in (".csv", ".tsv"):
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text, suffix))
         try:
             records = list(reader)
         except csv.Error as exc:
@@ -184,7 +197,8 @@ def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[s
                 continue
             rows.append((i + 1, f"rows[{i}]", {str(k): v for k, v in value.items() if v is not None and v != ""}))
     else:
-        raise ManifestError(f"{path}: unknown manifest type {suffix or '(none)'}", hint="use .csv, .yaml or .jsonl")
+        raise ManifestError(f"{path}: unknown manifest type {suffix or '(none)'}",
+                            hint="use .csv (or .tsv), .yaml or .jsonl")  # fmt: skip
     if not rows and not problems:
         raise ManifestError(f"{path} has no rows")
     return rows, defaults, problems

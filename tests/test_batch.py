@@ -228,8 +228,13 @@ def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
                                " output: 'out/{{ company | slug }}.mp4'}\n")  # fmt: skip
     write(tmp_path / "m.jsonl", json.dumps({"first_name": "Anna", "company": "Acme Café", "script_file": "pitch.txt",
                                             "output": "out/{{ company | slug }}.mp4"}) + "\n")  # fmt: skip
+    # A spreadsheet's "CSV" export with semicolons (many locales), and a .tsv: the same row
+    write(tmp_path / "semi.csv", "first_name;company;script_file;output\nAnna;Acme Café;pitch.txt;"
+                                 "out/{{ company | slug }}.mp4\n")  # fmt: skip
+    write(tmp_path / "m.tsv", "first_name\tcompany\tscript_file\toutput\nAnna\tAcme Café\tpitch.txt\t"
+                              "out/{{ company | slug }}.mp4\n")  # fmt: skip
     rows = {}
-    for name in ("m.csv", "m.yaml", "m.jsonl"):
+    for name in ("m.csv", "m.yaml", "m.jsonl", "semi.csv", "m.tsv"):
         m = load_manifest(tmp_path / name, defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
         assert len(m.rows) == 1
         rows[name] = m.rows[0]
@@ -238,6 +243,7 @@ def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
     assert (rows["m.csv"].where, rows["m.yaml"].where, rows["m.jsonl"].where) == ("row 2", "rows[0]", "line 1")
     assert rows["m.yaml"].options.replica_id == "r79e1c033f" and rows["m.yaml"].options.background_seconds == 4
     assert rows["m.csv"].row_id == rows["m.jsonl"].row_id != rows["m.yaml"].row_id  # different replica and length
+    assert rows["semi.csv"].row_id == rows["m.tsv"].row_id == rows["m.csv"].row_id
     assert script.exists()
 
 
@@ -430,6 +436,21 @@ def test_a_failed_download_is_fetched_again_by_a_rerun_never_made_again(world, t
     retried = run(manifest, out_dir=out, retry_failed=True)
     assert retried.ok and len(creates(sb)) == 3, retried.rows
     assert retried.rows[1]["video_id"] != first.rows[1]["video_id"] and probe(out / "sub" / "bob.mp4").video.frames > 10
+
+
+def test_a_leads_own_status_or_error_column_is_kept_in_the_results_beside_the_batchs(world, tmp_path):
+    sb, run, _ = world()
+    manifest = write(tmp_path / "crm.csv", "first_name,status,error,row_id,script\n"
+                     "Ann,customer,none,A-1,Hi {{ first_name }}.\nBob,lead,bounced,B-2,Hi {{ first_name }}.\n")  # fmt: skip
+    result = run(manifest, out_dir=tmp_path / "out")
+    assert result.ok, result.rows
+    rows = read_results(result.results_csv)
+    assert list(rows[0])[:6] == ["first_name", "status (input)", "error (input)", "row_id (input)", "script", "row"]
+    assert [(r["status (input)"], r["error (input)"], r["row_id (input)"]) for r in rows] == [
+        ("customer", "none", "A-1"), ("lead", "bounced", "B-2")]  # fmt: skip
+    assert [(r["status"], r["error"]) for r in rows] == [("downloaded", ""), ("downloaded", "")]
+    assert [r["status (input)"] for r in result.rows] == ["customer", "lead"]  # --json gives the same
+    assert len(creates(sb)) == 2
 
 
 def test_a_wrong_key_an_unknown_replica_or_a_missing_bucket_stops_the_batch_before_any_recording(world, tmp_path):
