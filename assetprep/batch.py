@@ -96,6 +96,7 @@ class BatchOptions(BaseModel):
     rows: set[int] | str | None = None  # only these row numbers, or them as text: "3-10,17"
     max_failures: int | None = Field(default=None, ge=1)
     listen: str | None = None  # HOST:PORT of one callback receiver for the whole batch
+    listen_url: str | None = None  # the public URL that reaches it (default http://HOST:PORT)
     allow_private_networks: bool = False  # manifest URLs are third-party input: the guard is on by default
     batch_id: str | None = None
     deadline: float | None = Field(default=None, gt=0)  # seconds for this run; rendering rows stay for a rerun
@@ -882,7 +883,7 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
     run.recheck_downloaded()
     run.reconcile()
     if o.listen:
-        run.receiver = CallbackReceiver(o.listen)
+        run.receiver = CallbackReceiver(o.listen, o.listen_url)
     run.submitter_thread = threading.Thread(target=run.submitter, name="assetprep-submit", daemon=True)
     run.start_preps(preps, per_row)
     run.submitter_thread.start()

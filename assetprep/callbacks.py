@@ -12,8 +12,10 @@ import logging
 import queue
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._server import ThreadedServer
+from ._urls import redact_url
 from .errors import ConfigError
 
 MAX_BODY = 1 << 20
@@ -30,9 +32,22 @@ class CallbackReceiver:
     """Collects callback bodies in `events` (a queue of dicts with at least a video_id)."""
 
     def __init__(self, listen: str, public_base: str | None = None, *, idle_timeout: float = 10.0) -> None:
+        """`public_base`: the URL Tavus reaches this port at (a proxy, a tunnel, a public host name); by default
+        http://HOST:PORT of `listen`, which must then be an address Tavus can reach."""
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"--listen must look like HOST:PORT (port 0-65535), got {listen!r}")
+        if public_base is not None:
+            parts = urlsplit(public_base)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ConfigError(
+                    f"--listen-url must be an http(s) URL without a query, got {redact_url(public_base)!r}"
+                )
+        elif host.strip("[]") in ("0.0.0.0", "::"):
+            raise ConfigError(
+                f"--listen {listen} takes callbacks on every interface, but Tavus needs an address to send them to",
+                hint="add --listen-url with the public URL that reaches this port (e.g. https://hooks.example.com)",
+            )
         self.token = secrets.token_urlsafe(18)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         receiver = self
@@ -48,7 +63,8 @@ class CallbackReceiver:
                     self.close_connection = True
                     self.answer(400)
                     return
-                ok = self.path == f"/callback/{receiver.token}"
+                # A proxy in front (--listen-url) may forward its own path prefix too; the token is the secret.
+                ok = self.path.endswith(f"/callback/{receiver.token}")
                 body = self.rfile.read(min(int(length), MAX_BODY))
                 if ok:
                     try:

@@ -594,6 +594,7 @@ def publish_cmd(
     layout: Annotated[str, typer.Option(help="bubble-bottom-right | left-third | full.")] = "bubble-bottom-right",
     callback_url: Annotated[str | None, typer.Option(help="Your own callback receiver.")] = None,
     listen: Annotated[str | None, typer.Option(help="Receive callbacks here (HOST:PORT) instead of polling.")] = None,
+    listen_url: Annotated[str | None, typer.Option(help="Public URL that reaches --listen (proxy, tunnel).")] = None,
     deadline: Annotated[str | None, typer.Option(help="Give up waiting after: 30m, 2h (default 2h).")] = None,
     poll: Annotated[float | None, typer.Option(help="First poll interval in seconds (default 5).")] = None,
     bucket: Annotated[str | None, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket for prepared files.")] = None,
@@ -628,7 +629,7 @@ def publish_cmd(
             replica_id=replica, script=script, audio=audio, background=background, background_via=background_via,
             background_seconds=background_seconds, background_preset=background_preset, scroll=scroll,
             video_name=name, fast=fast, composite_locally=composite_locally, layout=layout,
-            callback_url=callback_url, listen=listen,
+            callback_url=callback_url, listen=listen, listen_url=listen_url,
             deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
             bucket=bucket, prefix=prefix, output=output, run_id=run_id, retry_failed=retry_failed,
             watermark=watermark, block_private_networks=block_private_networks,
@@ -658,6 +659,7 @@ def batch_cmd(
     rows: Annotated[str | None, typer.Option(help="Only these rows (as numbered in messages): 3-10,17.")] = None,
     max_failures: Annotated[int | None, typer.Option(help="Stop submitting new rows after N failures.")] = None,
     listen: Annotated[str | None, typer.Option(help="One callback receiver for the batch (HOST:PORT).")] = None,
+    listen_url: Annotated[str | None, typer.Option(help="Public URL that reaches --listen (proxy, tunnel).")] = None,
     allow_private_networks: Annotated[
         bool, typer.Option("--allow-private-networks", help="Let recordings reach localhost/private addresses.")
     ] = False,
@@ -686,7 +688,7 @@ def batch_cmd(
         options = BatchOptions(
             out_dir=out, dry_run=dry_run, jobs=jobs, submit_rate=parse_rate(submit_rate), max_in_flight=max_in_flight,
             retry_failed=retry_failed, rows=rows or None, max_failures=max_failures,
-            listen=listen, allow_private_networks=allow_private_networks, batch_id=batch_id,
+            listen=listen, listen_url=listen_url, allow_private_networks=allow_private_networks, batch_id=batch_id,
             deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
             bucket=bucket, prefix=prefix, replica_id=replica, ray_address=ray_address,
             background_preset=background_preset,

@@ -129,6 +129,7 @@ class PublishOptions(BaseModel):
     layout: Layout = "bubble-bottom-right"
     callback_url: str | None = None
     listen: str | None = None  # HOST:PORT of a local callback receiver
+    listen_url: str | None = None  # the public URL that reaches it (default http://HOST:PORT)
     deadline: float | None = Field(default=None, gt=0)  # seconds; None: the deadline setting (2h)
     poll_interval: float | None = Field(default=None, gt=0)  # None: the poll_interval setting (5 s)
     bucket: str | None = None
@@ -241,11 +242,22 @@ def request_fields(options: PublishOptions, urls: dict[str, str], background_url
     return fields
 
 
+# How to wait and where to put the result do not change the video: a rerun with other ones resumes the same run.
+_NOT_IN_RUN_ID = {
+    "run_id",
+    "retry_failed",
+    "deadline",
+    "poll_interval",
+    "output",
+    "listen",
+    "listen_url",
+    "callback_url",
+}
+
+
 def run_id_for(options: PublishOptions) -> str:
     """Same inputs and options → same run (so a rerun resumes); any change → a new run."""
-    parts: dict[str, Any] = options.model_dump(
-        mode="json", exclude={"run_id", "retry_failed", "deadline", "poll_interval", "output", "listen", "callback_url"}
-    )
+    parts: dict[str, Any] = options.model_dump(mode="json", exclude=_NOT_IN_RUN_ID)
     for name in ("audio", "background"):
         value = getattr(options, name)
         if value is not None and not is_url(str(value)) and Path(value).is_file():
@@ -539,7 +551,7 @@ def _publish(run: _Run, options: PublishOptions, client: TavusClient,
     urls = run.upload(files)
 
     fields = request_fields(options, urls, background_url)
-    receiver = CallbackReceiver(options.listen) if options.listen else None
+    receiver = CallbackReceiver(options.listen, options.listen_url) if options.listen else None
     try:
         if receiver is not None:
             fields["callback_url"] = receiver.url

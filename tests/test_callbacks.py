@@ -18,6 +18,28 @@ def test_a_port_out_of_range_is_a_clear_error():
         CallbackReceiver("127.0.0.1:99999")
 
 
+def test_every_interface_needs_a_public_url_and_one_given_is_what_tavus_gets():
+    with pytest.raises(ConfigError, match=r"--listen 0.0.0.0:0 takes callbacks on every interface") as err:
+        CallbackReceiver("0.0.0.0:0")  # refused before anything is bound
+    assert "--listen-url" in (err.value.hint or "")
+    for bad in ("ftp://hooks.example.com", "https://hooks.example.com/x?token=s3cret", "hooks.example.com"):
+        with pytest.raises(ConfigError, match="--listen-url must be an http") as err:
+            CallbackReceiver("127.0.0.1:0", bad)
+        assert "s3cret" not in str(err.value)
+    receiver = CallbackReceiver("127.0.0.1:0", "https://hooks.example.com/tavus/")
+    try:
+        assert receiver.url == f"https://hooks.example.com/tavus/callback/{receiver.token}"
+        port = receiver.serving.server.server_address[1]
+        for path in (f"/callback/{receiver.token}", f"/tavus/callback/{receiver.token}"):  # a proxy may keep its prefix
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("POST", path, body=json.dumps({"video_id": "v1", "status": "ready"}))
+            assert conn.getresponse().status == 200
+            conn.close()
+        assert receiver.drain() == [{"video_id": "v1", "status": "ready"}] * 2
+    finally:
+        receiver.close()
+
+
 def test_idle_garbled_and_wrong_requests_are_answered_or_dropped_without_a_traceback(capfd):
     receiver = CallbackReceiver("127.0.0.1:0", idle_timeout=0.5)
     try:
