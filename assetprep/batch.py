@@ -53,7 +53,7 @@ from .manifest import OPTION_COLUMNS, Manifest, Row, is_http_url, load_manifest,
 from .normalize import tavus_audio_problem
 from .probe import probe
 from .progress import Progress
-from .publish import BackgroundSpec, PublishOptions, PublishSettings, background_kind, request_fields
+from .publish import BackgroundSpec, FolderName, PublishOptions, PublishSettings, background_kind, request_fields
 from .tavus import TavusClient, Video
 from .upload import (
     PREFLIGHT_TIMEOUT,
@@ -98,7 +98,7 @@ class BatchOptions(BaseModel):
     listen: str | None = None  # HOST:PORT of one callback receiver for the whole batch
     listen_url: str | None = None  # the public URL that reaches it (default http://HOST:PORT)
     allow_private_networks: bool = False  # manifest URLs are third-party input: the guard is on by default
-    batch_id: str | None = None
+    batch_id: FolderName = None
     deadline: float | None = Field(default=None, gt=0)  # seconds for this run; rendering rows stay for a rerun
     poll_interval: float | None = Field(default=None, gt=0)
     bucket: str | None = None

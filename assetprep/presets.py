@@ -115,6 +115,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"] if x not in ("video", "audio")) or "(top level)"
         msg = "unknown key (check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "value_error":  # our own validators' words, without pydantic's "Value error, "
+            msg = str(err["ctx"]["error"])
         parts.append(f"{loc}: {msg}")
     return f"{source}: " + "; ".join(parts)
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import time
@@ -21,10 +22,10 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ._files import atomic_output, check_output_path, file_sha256
@@ -41,6 +42,16 @@ from .tavus import TavusClient, Video
 from .upload import S3Settings, ensure_bucket, make_s3_client, upload_and_presign
 
 log = logging.getLogger("assetprep.publish")
+
+
+def _folder_name(value: str | None) -> str | None:
+    """Run and batch ids name folders (and default video names): no "/", no "..", nothing a shell mangles."""
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise ValueError(f"letters, digits, '.', '_' and '-' (at most 64, first a letter or digit), got {value!r}")
+    return value
+
+
+FolderName = Annotated[str | None, AfterValidator(_folder_name)]
 
 _VIDEO_EXT = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg"}
 _URL_MARGIN = 3600.0  # presigned URLs must outlive the deadline by this much (Tavus may fetch late in the queue)
@@ -135,7 +146,7 @@ class PublishOptions(BaseModel):
     bucket: str | None = None
     prefix: str | None = None
     output: Path | None = None
-    run_id: str | None = None
+    run_id: FolderName = None
     retry_failed: bool = False
 
 

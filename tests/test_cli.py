@@ -162,6 +162,18 @@ def test_a_script_file_that_is_no_regular_file_is_one_line_not_a_wait(tmp_path, 
     assert f"cannot read --script-file {named}: not a regular file (a FIFO, a device or a folder)" in run.stderr
 
 
+def test_a_run_or_batch_id_that_would_leave_its_folder_is_one_line(tmp_path):
+    (tmp_path / "m.csv").write_text("script\nHi\n")
+    for args, what, bad in (
+        (["batch", "m.csv", "--replica", "r90bbd427f71", "--dry-run", "--batch-id", "../../escape"], "batch_id",
+         "../../escape"),
+        (["publish", "--replica", "r90bbd427f71", "--script", "Hi", "--run-id", "a/b", "-o", "v.mp4"], "run_id", "a/b"),
+    ):  # fmt: skip
+        proc = cli(*args, cwd=tmp_path)
+        assert_one_line_error(proc, f"{what}: letters, digits", f"got {bad!r}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]  # nothing made
+
+
 def test_ctrl_c_during_record_is_one_line_and_leaves_no_part(tmp_path):
     import signal
     import time
