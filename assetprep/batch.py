@@ -53,7 +53,15 @@ from .manifest import OPTION_COLUMNS, Manifest, Row, is_http_url, load_manifest,
 from .normalize import tavus_audio_problem
 from .probe import probe
 from .progress import Progress
-from .publish import BackgroundSpec, FolderName, PublishOptions, PublishSettings, background_kind, request_fields
+from .publish import (
+    BackgroundSpec,
+    FolderName,
+    PublishOptions,
+    PublishSettings,
+    background_kind,
+    request_fields,
+    warn_if_training,
+)
 from .tavus import TavusClient, Video
 from .upload import (
     PREFLIGHT_TIMEOUT,
@@ -749,6 +757,8 @@ def _check_replicas(client: TavusClient, rows: list[Row], *, broken_too: bool = 
             continue
         if broken_too and replica.status == "error":
             problems.append(f"replica_id {rid!r} is in an error state: {replica.error_message or ''}".rstrip(": "))
+        else:
+            warn_if_training(replica)
     return problems
 
 

@@ -38,7 +38,7 @@ from .errors import ConfigError, MediaError, NotFoundError, OutcomeUnknownError,
 from .normalize import normalize_audio, normalize_video, tavus_audio_problem
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
-from .tavus import TavusClient, Video
+from .tavus import Replica, TavusClient, Video
 from .upload import S3Settings, ensure_bucket, make_s3_client, upload_and_presign
 
 log = logging.getLogger("assetprep.publish")
@@ -280,6 +280,12 @@ def run_id_for(options: PublishOptions) -> str:
 # --- steps -----------------------------------------------------------------------------------------------------------
 
 
+def warn_if_training(replica: Replica) -> None:
+    if replica.status == "started":  # still training: Tavus keeps its videos queued until it is done
+        log.warning("replica %s is still training (%s): its videos stay queued until it is done, and this run waits "
+                    "for them up to its deadline", replica.replica_id, replica.training_progress or "?")  # fmt: skip
+
+
 class _Run:
     def __init__(self, options: PublishOptions, settings: PublishSettings, client: TavusClient, s3: Any,
                  on_progress: ProgressCallback | None) -> None:  # fmt: skip
@@ -333,7 +339,7 @@ class _Run:
         if self.journal.get("submit").get("video_id"):
             return
         try:
-            self.client.get_replica(self.o.replica_id)
+            warn_if_training(self.client.get_replica(self.o.replica_id))
         except NotFoundError:
             raise ConfigError(
                 f"replica {self.o.replica_id!r} not found at {self.client.base_url}",

@@ -31,6 +31,7 @@ from assetprep.tavus import TavusClient
 
 PAGES = Path(__file__).parent / "pages"
 BROKEN_REPLICA = "re8e740a42"  # the sandbox's replica in an error state: its videos end in error
+TRAINING_REPLICA = "rb17cf590e15"  # the sandbox's replica still training: its videos stay queued
 
 
 def write(path: Path, text: str) -> Path:
@@ -186,6 +187,8 @@ def test_rows_selects_by_number_and_an_open_ended_range_is_cut_at_the_last_row(t
     proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA, "--dry-run", "--rows", "3-1000000000")
     assert proc.returncode == 0, proc.stderr
     assert "2 rows → 2 videos" in proc.stdout and "row 3: Hi two" in proc.stdout and "row 2:" not in proc.stdout
+    proc = cli(env, str(manifest), "--replica", TRAINING_REPLICA, "--dry-run")
+    assert proc.returncode == 0 and f"replica {TRAINING_REPLICA} is still training" in proc.stderr, proc.stderr
     for rows, said in [("5-3", "--rows must look like 3-10,17"), ("9", "--rows selects none of the 3 rows")]:
         proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA, "--dry-run", "--rows", rows)
         assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr
