@@ -282,6 +282,7 @@ class _Batch:
         self.failures = 0
         self.results_dirty = True
         self.results_written = 0.0
+        self.results_every = 1.0
         self.preps: dict[str, _Prep] = {}
         self.per_row: dict[str, dict[str, str]] = {}
         self.submitter_thread: threading.Thread | None = None
@@ -384,8 +385,8 @@ class _Batch:
     # -- submit --
 
     def in_flight(self) -> int:
-        return sum(1 for r in self.journal.rows() if r["state"] in ("submitting", "submitted", "ready")
-                   and r["row_id"] in self.rows)  # fmt: skip
+        return sum(1 for r in self.journal.states() if r.state in ("submitting", "submitted", "ready")
+                   and r.row_id in self.rows)  # fmt: skip
 
     def submitter(self) -> None:
         bucket = _TokenBucket(self.o.submit_rate)
@@ -479,13 +480,13 @@ class _Batch:
 
     def waiting(self) -> dict[str, str]:
         """video_id → row_id of the submitted rows not yet ready."""
-        return {r["video_id"]: r["row_id"] for r in self.journal.rows()
-                if r["state"] == "submitted" and r["row_id"] in self.rows and r["video_id"]}  # fmt: skip
+        return {r.video_id: r.row_id for r in self.journal.states()
+                if r.state == "submitted" and r.row_id in self.rows and r.video_id}  # fmt: skip
 
     def poll(self) -> None:
         ids = self.waiting()
-        unsure = {r["video_name"]: r["row_id"] for r in self.journal.rows()
-                  if r["state"] == "submitting" and r["row_id"] in self.rows}  # fmt: skip
+        unsure = {r.video_name: r.row_id for r in self.journal.states()
+                  if r.state == "submitting" and r.row_id in self.rows}  # fmt: skip
         if not ids and not unsure:
             return
         seen: dict[str, Video] = {}
@@ -604,10 +605,10 @@ class _Batch:
     # -- progress and results --
 
     def snapshot(self) -> BatchProgress:
-        rows = [r for r in self.journal.rows() if r["row_id"] in self.rows]
-        states = Counter(r["state"] for r in rows)
+        rows = [r for r in self.journal.states() if r.row_id in self.rows]
+        states = Counter(r.state for r in rows)
         elapsed = time.monotonic() - self.started
-        done_now = sum(1 for r in rows if r["state"] in FINAL and r["updated"] >= time.time() - elapsed)
+        done_now = sum(1 for r in rows if r.state in FINAL and r.updated >= time.time() - elapsed)
         rate = done_now / elapsed * 60 if elapsed > 1 and done_now else None
         remaining = len(rows) - states["downloaded"] - states["failed"]
         preps = list(self.preps.values())
@@ -645,11 +646,14 @@ class _Batch:
 
     def write_results(self, *, force: bool = False) -> Path:
         path = self.out_dir / "results.csv"
-        if not force and (not self.results_dirty or time.monotonic() - self.results_written < 1.0):
+        if not force and (not self.results_dirty or time.monotonic() < self.results_written + self.results_every):
             return path
         self.results_dirty = False
-        self.results_written = time.monotonic()
+        started = time.monotonic()
         write_results_csv(path, self.manifest.columns, self.result_rows())
+        self.results_written = time.monotonic()
+        # About once a second, but a sheet of thousands of rows takes a while to write: at most 5 % of the time.
+        self.results_every = max(1.0, 20 * (self.results_written - started))
         return path
 
 
@@ -937,7 +941,7 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
 
 
 def _finished(run: _Batch) -> bool:
-    states = [r["state"] for r in run.journal.rows() if r["row_id"] in run.rows]
+    states = [r.state for r in run.journal.states() if r.row_id in run.rows]
     if any(s in ("submitting", "submitted", "ready") for s in states):
         return False
     if any(not f.done() for f in run.download_futures.values()):
