@@ -49,7 +49,7 @@ from .errors import (
     RateLimitError,
     TavusError,
 )
-from .manifest import OPTION_COLUMNS, Manifest, Row, is_http_url, load_manifest, parse_rows
+from .manifest import OPTION_COLUMNS, Manifest, Row, is_http_url, load_manifest, output_problem, parse_rows
 from .normalize import tavus_audio_problem
 from .probe import probe
 from .progress import Progress
@@ -805,6 +805,11 @@ def batch_publish(
     if options.rows is not None and not rows:
         raise ManifestError(f"--rows selects none of the {len(loaded.rows)} rows of {path}")
     out_dir = (options.out_dir or loaded.path.parent / f"{loaded.path.stem}-videos").resolve()
+    if problem := output_problem(out_dir / "results.csv"):
+        raise ConfigError(f"--out {out_dir}: {problem}", hint="name a folder for the videos and the results sheet")
+    if (out_dir / "results.csv").resolve() == loaded.path:
+        raise ConfigError(f"the results sheet would replace the manifest {loaded.path}",
+                          hint="pass --out with another folder, or rename the manifest")  # fmt: skip
     options = options.model_copy(update={
         "deadline": options.deadline or parse_duration(settings.deadline, what="deadline setting"),
         "poll_interval": options.poll_interval or settings.poll_interval,

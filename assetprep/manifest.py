@@ -230,7 +230,7 @@ def _render(template: str, variables: dict[str, Any], where: str, column: str, p
     return None
 
 
-def _output_problem(output: Path) -> str | None:
+def output_problem(output: Path) -> str | None:
     """Why `output` cannot be written (found now, not after its video was paid for)."""
     if output.is_dir():
         return f"{output} is a folder"
@@ -413,7 +413,7 @@ def load_manifest(
         if output in outputs:
             problems.append(f"{where}, column output: {output} is written by {outputs[output]} too")
         outputs[output] = where
-        if problem := _output_problem(output):
+        if problem := output_problem(output):
             problems.append(f"{where}, column output: {problem}")
         for column, value in (("audio", audio), ("background", background), ("watermark", watermark),
                               ("script_file", merged.get("script_file"))):  # fmt: skip

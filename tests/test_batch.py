@@ -22,7 +22,7 @@ from _media import TEST_BUCKET, frame_rgb, pixel
 
 from assetprep._journal import BatchJournal, RunLock
 from assetprep.batch import BatchOptions, batch_dir_for, batch_publish
-from assetprep.errors import JournalError, ManifestError
+from assetprep.errors import ConfigError, JournalError, ManifestError
 from assetprep.manifest import load_manifest
 from assetprep.probe import probe
 from assetprep.publish import PublishSettings
@@ -175,6 +175,13 @@ def test_an_output_that_is_any_rows_input_or_cannot_be_made_is_found_before_anyt
         f"row 5, column output: cannot make a folder under {out / 'blocker'}: it is a file",
         f"row 2, column output: {tmp_path.resolve() / 'talk.mp4'} is an input (row 3, column audio)",
     ]
+    # The sheet itself: a manifest named results.csv with --out its own folder, or --out a file.
+    sheet = write(tmp_path / "results.csv", "script,output\nHi,videos/hi.mp4\n")
+    for out, said in ((tmp_path, "the results sheet would replace the manifest"),
+                      (tmp_path / "talk.mp4", "cannot make a folder under")):  # fmt: skip
+        with pytest.raises((ConfigError, ManifestError), match=said):
+            batch_publish(sheet, BatchOptions(out_dir=out, replica_id=DEFAULT_REPLICA))
+    assert sheet.read_text() == "script,output\nHi,videos/hi.mp4\n"
 
 
 def test_rows_selects_by_number_and_an_open_ended_range_is_cut_at_the_last_row(tmp_path, sandbox):
