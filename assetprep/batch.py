@@ -225,6 +225,11 @@ def plan_preparations(
     return preps, per_row
 
 
+def _file_stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def default_video_name(row: Row, attempt: int, batch_id: str) -> str:
     """The row's video_name: the manifest's, else one from the batch and the row's content (unique, stable)."""
     base = row.video_name or f"assetprep-{batch_id}-{row.row_id[:12]}"
@@ -575,7 +580,8 @@ class _Batch:
             self.fail(row_id, f"download: {type(exc).__name__}: {exc}", step="download")
             return
         self.journal.update_row(row_id, state="downloaded", error=None, data={
-            "output": str(row.output), "sha256": sha, "download_s": round(time.monotonic() - t0, 3),
+            "output": str(row.output), "sha256": sha, "stat": _file_stat(row.output),
+            "download_s": round(time.monotonic() - t0, 3),
             "duration": info.duration, "poster": str(poster) if poster else None, "hosted_url": video.hosted_url,
         })  # fmt: skip
         self.results_dirty = True
@@ -592,14 +598,19 @@ class _Batch:
         return out
 
     def recheck_downloaded(self) -> None:
-        """A downloaded row whose file is gone or changed (or whose output moved) is downloaded again."""
+        """A downloaded row whose file is gone or changed (or whose output moved) is downloaded again. A file with
+        the size, mtime and inode it was left with is not hashed again: a rerun after adding rows to a campaign of
+        thousands would otherwise read every finished video."""
         for r in self.journal.rows():
             if r["row_id"] not in self.rows or r["state"] != "downloaded":
                 continue
             out = self.rows[r["row_id"]].output
-            ok = out.is_file() and str(out) == r["data"].get("output")
-            if ok and out.stat().st_size and file_sha256(out) == r["data"].get("sha256"):
-                continue
+            if out.is_file() and str(out) == r["data"].get("output") and out.stat().st_size:
+                if r["data"].get("stat") == _file_stat(out):
+                    continue
+                if file_sha256(out) == r["data"].get("sha256"):
+                    self.journal.update_row(r["row_id"], data={"stat": _file_stat(out)})  # touched, not changed
+                    continue
             self.journal.update_row(r["row_id"], state="ready")
 
     # -- progress and results --

@@ -482,6 +482,32 @@ def test_a_failed_download_is_fetched_again_by_a_rerun_never_made_again(world, t
     assert retried.rows[1]["video_id"] != first.rows[1]["video_id"] and probe(out / "sub" / "bob.mp4").video.frames > 10
 
 
+def test_a_rerun_hashes_only_outputs_that_were_touched_and_fetches_only_changed_ones(world, tmp_path, monkeypatch):
+    """A campaign of thousands rerun after adding rows must not read every finished video again: a file left as it
+    was (size, mtime, inode) is trusted; a touched one is hashed; a changed one is downloaded again."""
+    import assetprep.batch as batch_module
+
+    sb, run, _ = world()
+    manifest = write(tmp_path / "m.csv", "first_name,script\nAnn,Hi {{ first_name }}.\nBob,Hi {{ first_name }}.\n")
+    first = run(manifest, out_dir=tmp_path / "out")
+    assert first.ok, first.rows
+    ann, bob = (Path(r["output"]) for r in first.rows)
+    original = ann.read_bytes()
+    hashed: list[Path] = []
+    real = batch_module.file_sha256
+    monkeypatch.setattr(batch_module, "file_sha256", lambda p: hashed.append(Path(p)) or real(p))
+    assert run(manifest, out_dir=tmp_path / "out").ok and hashed == []  # untouched: nothing read
+    os.utime(bob)  # touched, same bytes: hashed once, kept
+    damaged = ann.with_suffix(".tmp")
+    damaged.write_bytes(bytes(len(original)))  # same size, other bytes, a new inode
+    damaged.replace(ann)
+    again = run(manifest, out_dir=tmp_path / "out")
+    assert again.ok and ann.read_bytes() == original and len(creates(sb)) == 2
+    assert sorted(hashed) == sorted([ann, ann, bob])  # the check of each, then Ann's fresh download
+    hashed.clear()
+    assert run(manifest, out_dir=tmp_path / "out").ok and hashed == []  # and both are trusted again
+
+
 def test_a_leads_own_status_or_error_column_is_kept_in_the_results_beside_the_batchs(world, tmp_path):
     sb, run, _ = world()
     manifest = write(tmp_path / "crm.csv", "first_name,status,error,row_id,script\n"
