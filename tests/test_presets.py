@@ -47,7 +47,7 @@ def test_typo_names_the_field_and_file(tmp_path):
 def test_invalid_values(tmp_path):
     bad = tmp_path / "odd.toml"
     bad.write_text('kind = "video"\nwidth = 1281\nheight = 720\nfps = 30\n')
-    with pytest.raises(PresetError, match="width: Value error, must be even"):
+    with pytest.raises(PresetError, match="width: must be even"):
         load_preset(bad)
     broken = tmp_path / "broken.toml"
     broken.write_text("kind = ")
