@@ -92,11 +92,38 @@ def find_uploaded(task: PrepTask, client: Any) -> dict[str, Any] | None:
             "content_type": head.get("ContentType", ""), "facts": facts}  # fmt: skip
 
 
+_WORK_PREFIX = "assetprep-prep-"
+
+
+def sweep_stale_work(parent: Path) -> int:
+    """Remove the work folders of preparations whose process is gone. A worker killed mid-recording (kill -9, OOM, a
+    Ray retry) never reaches its own cleanup; its folder names its PID, so the next task on the node removes it."""
+    removed = 0
+    for folder in parent.glob(f"{_WORK_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_WORK_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or a PID reused since: then it stays, which is harmless)
+        except ProcessLookupError:
+            pass
+        except OSError:  # another user's live process
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) -> PrepResult:
     """Prepare and upload one task; the prepared file is kept in task.keep_dir or deleted."""
     started = time.monotonic()
     client = s3_client or make_s3_client(S3Settings(endpoint_url=task.s3.endpoint_url, region=task.s3.region))
-    work = Path(task.keep_dir) if task.keep_dir else Path(tempfile.mkdtemp(prefix="assetprep-prep-"))
+    if task.keep_dir:
+        work = Path(task.keep_dir)
+    else:
+        sweep_stale_work(Path(tempfile.gettempdir()))
+        work = Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         if task.kind == "watermark":

@@ -291,6 +291,22 @@ def test_the_journals_row_states_in_memory_agree_with_the_file_from_threads_and_
     again.close()
 
 
+def test_work_folders_of_killed_preparations_are_swept_by_the_next_one(tmp_path):
+    """A worker killed mid-recording never runs its own cleanup: its folder (named by its PID) is removed later."""
+    from assetprep._prepare import sweep_stale_work
+
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait(timeout=10)
+    dead = tmp_path / f"assetprep-prep-{dead_pid.pid}-abc123"
+    live = tmp_path / f"assetprep-prep-{os.getpid()}-def456"
+    other = tmp_path / "assetprep-prep-oldstyle"  # not ours to judge: kept
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "bg.mp4.part").write_bytes(b"x" * 1000)
+    assert sweep_stale_work(tmp_path) == 1
+    assert not dead.exists() and live.is_dir() and other.is_dir()
+
+
 # --- the pipeline ----------------------------------------------------------------------------------------------------
 
 
