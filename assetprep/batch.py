@@ -605,11 +605,11 @@ class _Batch:
             if r["row_id"] not in self.rows or r["state"] != "downloaded":
                 continue
             out = self.rows[r["row_id"]].output
-            if out.is_file() and str(out) == r["data"].get("output") and out.stat().st_size:
-                if r["data"].get("stat") == _file_stat(out):
+            if out.is_file() and str(out) == r["data"].get("output") and (stat := _file_stat(out))[0]:
+                if r["data"].get("stat") == stat:
                     continue
                 if file_sha256(out) == r["data"].get("sha256"):
-                    self.journal.update_row(r["row_id"], data={"stat": _file_stat(out)})  # touched, not changed
+                    self.journal.update_row(r["row_id"], data={"stat": stat})  # touched, not changed
                     continue
             self.journal.update_row(r["row_id"], state="ready")
 
@@ -684,8 +684,7 @@ def input_column(name: str) -> str:
 
 def write_results_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
     """Every input column, then the outcome columns; atomically replaced (a reader never sees half a sheet)."""
-    head = [input_column(c) for c in columns if c not in RESULT_COLUMNS or input_column(c) != c]
-    head += list(RESULT_COLUMNS)
+    head = [name for name in map(input_column, columns) if name not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, head, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -857,7 +856,7 @@ def batch_publish(
                                fresh_flag=f"--batch-id NEW (or delete {folder})")  # fmt: skip
         journal.set_meta("manifest", str(loaded.path))
         journal.add_rows([(r.row_id, r.number) for r in rows])
-        done = {r["row_id"] for r in journal.rows() if r["state"] == "downloaded"}
+        done = {r.row_id for r in journal.states() if r.state == "downloaded"}
         todo = [r for r in rows if r.row_id not in done]
         # A wrong API key, an unknown replica or a missing bucket would fail every row, after every background
         # was recorded: one request each finds them first. A finished batch's rerun sends nothing.
@@ -901,15 +900,15 @@ def batch_publish(
 def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]]) -> None:
     o = run.o
     for r in run.journal.rows():
-        # The video was made; only its download failed (a full disk, a dropped connection): fetch it again on
-        # any rerun instead of paying for another one, with or without --retry-failed.
-        if r["row_id"] in run.rows and r["state"] == "failed" and r["data"].get("failed_step") == "download":
+        if r["row_id"] not in run.rows or r["state"] != "failed":
+            continue
+        if r["data"].get("failed_step") == "download":
+            # The video was made; only its download failed (a full disk, a dropped connection): fetch it again
+            # on any rerun instead of paying for another one, with or without --retry-failed.
             run.journal.update_row(r["row_id"], state="ready", error=None, data={"failed_step": None})
-    if o.retry_failed:
-        for r in run.journal.rows():
-            if r["row_id"] in run.rows and r["state"] == "failed":
-                attempt = r["attempt"] + (1 if r["video_id"] or r["video_name"] else 0)
-                run.journal.update_row(r["row_id"], state="pending", error=None, video_id=None, attempt=attempt)
+        elif o.retry_failed:
+            attempt = r["attempt"] + (1 if r["video_id"] or r["video_name"] else 0)
+            run.journal.update_row(r["row_id"], state="pending", error=None, video_id=None, attempt=attempt)
     run.recheck_downloaded()
     run.reconcile()
     if o.listen:

@@ -333,7 +333,28 @@ class _Run:
         self.journal.put(step, path=str(path), sha256=file_sha256(path))
         return path
 
-    def check_before_work(self, uploads: bool) -> None:
+    def uploaded(self) -> list[str]:
+        """Which prepared files go to S3: audio, a background recorded or normalized here (not one Tavus records,
+        not one composited here), a local watermark."""
+        o = self.o
+        names = ["audio"] if o.audio is not None else []
+        if o.background is not None and o.background_via != "tavus" and not o.composite_locally:
+            names.append("background")
+        if o.watermark and not is_url(o.watermark):
+            names.append("watermark")
+        return names
+
+    def bucket(self) -> str:
+        if not (bucket := self.o.bucket or self.settings.bucket):
+            raise ConfigError("no bucket for the prepared files", hint="pass --bucket or set ASSETPREP_BUCKET")
+        return bucket
+
+    def s3(self) -> Any:
+        if self.s3_client is None:
+            self.s3_client = make_s3_client(S3Settings())
+        return self.s3_client
+
+    def check_before_work(self) -> None:
         """A wrong API key, an unknown replica or a missing bucket, found before a background is recorded (each
         would fail the run at its upload or submit, after the recording). Skipped once the video exists."""
         if self.journal.get("submit").get("video_id"):
@@ -345,14 +366,8 @@ class _Run:
                 f"replica {self.o.replica_id!r} not found at {self.client.base_url}",
                 hint="`assetprep replicas list` shows the replicas of this API key",
             ) from None
-        if not uploads or self.journal.get("upload").get("urls"):
-            return
-        bucket = self.o.bucket or self.settings.bucket
-        if not bucket:
-            raise ConfigError("no bucket for the prepared files", hint="pass --bucket or set ASSETPREP_BUCKET")
-        if self.s3_client is None:
-            self.s3_client = make_s3_client(S3Settings())
-        ensure_bucket(self.s3_client, bucket)
+        if self.uploaded() and not self.journal.get("upload").get("urls"):
+            ensure_bucket(self.s3(), self.bucket())
 
     def background(self) -> tuple[Path | None, str | None]:
         """(local background file, background_url for Tavus)."""
@@ -393,13 +408,11 @@ class _Run:
         if entry.get("urls") and set(entry["urls"]) == set(files) and entry.get("expires_at", 0) > now + need:
             self.skipped.append("upload")
             return dict(entry["urls"])
-        bucket = self.o.bucket or self.settings.bucket
-        if not bucket:
-            raise ConfigError("no bucket for the prepared files", hint="pass --bucket or set ASSETPREP_BUCKET")
+        bucket = self.bucket()
         with self.step("upload"):
             expires = min(7 * 24 * 3600.0, max(need, 6 * 3600.0))
             presigned = upload_and_presign(
-                list(files.values()), bucket=bucket, client=self.s3_client,
+                list(files.values()), bucket=bucket, client=self.s3(),
                 prefix=self.o.prefix or self.settings.prefix, expires_in=expires, on_progress=self.on_progress,
             )  # fmt: skip
         urls = {name: p.url for name, p in zip(files, presigned, strict=True)}
@@ -550,22 +563,12 @@ def publish(
 
 def _publish(run: _Run, options: PublishOptions, client: TavusClient,
              on_progress: ProgressCallback | None) -> PublishResult:  # fmt: skip
-    local_background = options.background is not None and options.background_via != "tavus"
-    run.check_before_work(
-        options.audio is not None
-        or (local_background and not options.composite_locally)
-        or bool(options.watermark and not is_url(options.watermark))
-    )
+    run.check_before_work()
     background, background_url = run.background()
     audio = run.audio()
-    files = {"audio": audio} if audio else {}
-    if background is not None and not options.composite_locally:
-        files["background"] = background
-    if options.watermark and not is_url(options.watermark):
-        files["watermark"] = Path(options.watermark)
-    if files and run.s3_client is None:
-        run.s3_client = make_s3_client(S3Settings())
-    urls = run.upload(files)
+    watermark = Path(options.watermark) if options.watermark else None
+    prepared = {"audio": audio, "background": background, "watermark": watermark}
+    urls = run.upload({name: path for name in run.uploaded() if (path := prepared[name]) is not None})
 
     fields = request_fields(options, urls, background_url)
     receiver = CallbackReceiver(options.listen, options.listen_url) if options.listen else None
