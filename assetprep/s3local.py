@@ -49,9 +49,14 @@ class LocalS3(ManagedServer):
     title = "embedded S3 server"
     log_name = "weed.log"
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str], *, port: int | None = None, volume_size_mb: int | None = None
+    ) -> None:
+        """`volume_size_mb`: when the server opens a new volume (mini's default 128 MB, so every 128 MB written),
+        writes stall while it grows; bigger volumes stall less often under large uploads."""
         super().__init__(data_dir)
         self.requested_port = port
+        self.volume_size_mb = volume_size_mb
         self.port = 0
         self.access_key, self.secret_key = self._credentials()
         self._client: object = None
@@ -92,6 +97,7 @@ class LocalS3(ManagedServer):
             f"-filer.port={filer}", f"-s3.port={s3}", f"-admin.port={admin}", "-s3.port.iceberg=0",
             "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
             "-s3.autoCreateBucket=false",
+            *([f"-master.volumeSizeLimitMB={self.volume_size_mb}"] if self.volume_size_mb else []),
         ]  # fmt: skip
 
     def child_env(self) -> dict[str, str]:

@@ -228,6 +228,21 @@ def test_server_killed_during_multipart_upload(tmp_path):
     assert server.proc is None
 
 
+def test_embedded_server_volume_size_is_settable(tmp_path):
+    """The benchmark runs SeaweedFS with big volumes (fewer stalls while it opens new ones): the limit reaches it."""
+    server = LocalS3(tmp_path / "s3", volume_size_mb=1).start()
+    try:
+        c = make_s3_client(settings_for(server))
+        c.create_bucket(Bucket="volumes")
+        for i in range(12):
+            c.put_object(Bucket="volumes", Key=f"k{i}", Body=os.urandom(700_000))
+        sizes = [p.stat().st_size for p in (tmp_path / "s3").rglob("*.dat")]
+        # mini's default (128 MB) keeps all 8.4 MB in one volume; a 1 MB limit spreads them (measured: 6 x 1.4 MB)
+        assert len(sizes) >= 4 and max(sizes) < 3_000_000, sizes
+    finally:
+        server.stop()
+
+
 def test_server_killed_during_many_small_uploads(tmp_path):
     """The fast path meets a dead server: every file still ends as uploaded or as one clear error (botocore asked
     again and named it), within bounded time; what was uploaded survives and is whole."""
