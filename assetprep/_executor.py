@@ -6,11 +6,15 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from ._prepare import PrepResult, PrepTask, run_prep
+from ._prepare import PrepResult, PrepTask, S3Target, run_prep
 
 
 class Executor(Protocol):
     name: str
+
+    def check(self, target: S3Target, kinds: set[str]) -> list[str]:
+        """Problems that would fail every task of these kinds where they run (one line each); [] when none."""
+        ...
 
     def submit(self, task: PrepTask) -> Future[PrepResult]: ...
 
@@ -32,6 +36,9 @@ class LocalExecutor:
         self._heavy = ThreadPoolExecutor(self.jobs, thread_name_prefix="assetprep-prepare")
         self._light = ThreadPoolExecutor(2, thread_name_prefix="assetprep-prepare-audio")
         self._s3 = s3_client
+
+    def check(self, target: S3Target, kinds: set[str]) -> list[str]:
+        return []  # this machine: the caller has checked the bucket; a missing tool fails its first task in a second
 
     def submit(self, task: PrepTask) -> Future[PrepResult]:
         pool = self._heavy if task.kind == "background" else self._light

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ._prepare import PrepResult, PrepTask
+from ._prepare import PrepResult, PrepTask, S3Target
 from .errors import AssetprepError, ConfigError
 
 # CPUs a task asks for. A 720p30 recording keeps about one core busy (Chromium drawing + x264 veryfast: ~1 core-s
@@ -146,6 +146,13 @@ class RayExecutor:
         ref.future().add_done_callback(done)
         return out
 
+    def check(self, target: S3Target, kinds: set[str]) -> list[str]:
+        """Every alive node, before the first task: a node without ffmpeg, Chromium (for recordings) or access to
+        the bucket would fail each row that lands on it, a recording's worth of work later."""
+        nodes = _check_nodes(self.ray, bucket=target.bucket, endpoint_url=target.endpoint_url, region=target.region,
+                             browser="background" in kinds)  # fmt: skip
+        return [f"node {n['node'][:12]} ({n['host']}): {'; '.join(p)}" for n in nodes if (p := node_problems(n))]
+
     def close(self, *, cancel: bool = False) -> None:
         if cancel:
             for ref in self._refs:
@@ -156,16 +163,16 @@ class RayExecutor:
         self.ray.shutdown()
 
 
-def _check_node(bucket: str | None, endpoint_url: str | None) -> dict[str, Any]:
-    """Runs on one node: tools and S3 as that node sees them."""
+def _check_node(bucket: str | None, endpoint_url: str | None, region: str | None, browser: bool) -> dict[str, Any]:
+    """Runs on one node: tools and S3 as that node sees them (its PATH, its own credentials)."""
     import ray
 
     from .upload import S3Settings, make_s3_client, storage_error
 
     out: dict[str, Any] = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-                           "missing": _node_tools("background"), "s3": None}  # fmt: skip
+                           "missing": _node_tools("background" if browser else "audio"), "s3": None}  # fmt: skip
     if bucket:
-        client = make_s3_client(S3Settings(endpoint_url=endpoint_url))
+        client = make_s3_client(S3Settings(endpoint_url=endpoint_url, region=region))
         try:
             client.head_bucket(Bucket=bucket)
             out["s3"] = "ok"
@@ -174,17 +181,46 @@ def _check_node(bucket: str | None, endpoint_url: str | None) -> dict[str, Any]:
     return out
 
 
+def _check_nodes(ray: Any, *, bucket: str | None, endpoint_url: str | None, region: str | None = None,
+                 browser: bool = True, timeout: float = 120) -> list[dict[str, Any]]:  # fmt: skip
+    """One check task pinned to every alive node; a node that does not answer in `timeout` is reported as such."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    remote = ray.remote(_check_node)
+    refs = [remote.options(num_cpus=0, max_retries=0,
+                           scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(bucket, endpoint_url, region, browser) for n in nodes]  # fmt: skip
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    answers = []
+    for node, ref in zip(nodes, refs, strict=True):
+        blank = {"node": node["NodeID"], "host": node.get("NodeManagerHostname", "?"), "missing": [], "s3": None}
+        if ref not in ready:
+            ray.cancel(ref, force=True)
+            answers.append({**blank, "error": f"did not answer a check within {timeout:.0f} s"})
+            continue
+        try:
+            answers.append(ray.get(ref))
+        except Exception as exc:  # the check's worker died, or the node went away meanwhile
+            answers.append({**blank, "error": f"its check failed: {type(exc).__name__}"})
+    return answers
+
+
+def node_problems(node: dict[str, Any]) -> list[str]:
+    """What keeps a checked node from preparing: missing tools, no answer, no access to the bucket."""
+    problems = [f"lacks {m}" for m in node["missing"]]
+    if node.get("error"):
+        problems.append(node["error"])
+    if node["s3"] not in (None, "ok"):
+        problems.append(f"S3: {node['s3']}")
+    return problems
+
+
 def check_cluster(address: str, *, bucket: str | None, endpoint_url: str | None, timeout: float = 120) -> list[dict]:
     """One check task pinned to every alive node: what each lacks (tools) and whether it reaches the bucket."""
     ray = connect(address)
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     try:
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        remote = ray.remote(_check_node)
-        refs = [remote.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(bucket, endpoint_url) for n in nodes]  # fmt: skip
-        return list(ray.get(refs, timeout=timeout))
+        return _check_nodes(ray, bucket=bucket, endpoint_url=endpoint_url, timeout=timeout)
     finally:
         ray.shutdown()
 

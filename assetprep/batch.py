@@ -869,6 +869,15 @@ def batch_publish(
             ensure_bucket(s3_client, target.bucket)
             abort_stale_uploads(s3_client, target.bucket, target.prefix)  # parts of killed runs' uploads
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
+        kinds = {p.task.kind for p in preps.values()}
+        if needs_upload and todo and kinds and (problems := executor.check(target, kinds)):
+            executor.close()
+            raise ConfigError(
+                f"{len(problems)} node(s) of the cluster cannot prepare this batch; nothing was started:\n  "
+                + "\n  ".join(problems),
+                hint="install what a node lacks or give it S3 credentials for the bucket, or take it out of the "
+                "cluster (`assetprep doctor --ray-address ...` checks every node)",
+            )
         run = _Batch(loaded, rows, options, settings, client, s3_client, executor, journal, folder, out_dir, on_event)
         _run(run, preps, per_row)
         _shutdown(run)

@@ -80,15 +80,13 @@ def run_checks(bucket: str | None = None) -> list[Check]:
 def ray_checks(address: str, bucket: str | None) -> list[Check]:
     """One check per alive node of a Ray cluster: the tools a preparation needs and the bucket, as that node sees
     them (its own PATH and S3 credentials)."""
-    from ._ray import check_cluster
+    from ._ray import check_cluster, node_problems
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     checks = []
     for node in check_cluster(address, bucket=bucket, endpoint_url=endpoint):
         name = f"ray node {node['node'][:12]}"
-        problems = [f"lacks {m}" for m in node["missing"]]
-        if node["s3"] not in (None, "ok"):
-            problems.append(f"S3: {node['s3']}")
+        problems = node_problems(node)
         detail = f"{node['host']}: " + ("; ".join(problems) if problems else "ffmpeg, ffprobe, Chromium"
                                          + (", bucket reachable" if node["s3"] == "ok" else ""))  # fmt: skip
         fix = "install what it lacks on that node, or give it AWS credentials for the bucket" if problems else ""

@@ -6,7 +6,8 @@ it measured to WORK/facts.json; every server is stopped by PID at the end. Phase
   ray     the same manifest on the cluster (prefix ray/), one Ray worker SIGKILLed while it records
   driver  the driver SIGKILLed with tasks in flight, then the same command again
   wrong   --ray-address pointing at nothing
-  doctor  a third node without ffmpeg: doctor names it, and a task pinned to it names node and tool
+  doctor  a third node without ffmpeg nor S3 credentials: doctor names it, and a task pinned to it names node and tool
+  refused a batch on that cluster stops before its first task, naming the node and both of its problems
 """
 
 from __future__ import annotations
@@ -193,14 +194,27 @@ def main(work: Path) -> None:
         wrong = batch(env, work, "--batch-id", "wrong", "--ray-address", f"127.0.0.1:{free_port()}", timeout=60)
         facts["wrong"] = {"rc": wrong.returncode, "stderr": wrong.stderr, "seconds": time.monotonic() - t}
 
-        # A node without ffmpeg joins: doctor names it, and a task that lands there names node and tool.
-        bad = cluster.add_node({"FFMPEG": "/nonexistent"})
+        # A node without ffmpeg (and with a wrong S3 secret) joins: doctor names it, and a task that lands there
+        # names node and tool.
+        bad = cluster.add_node({"FFMPEG": "/nonexistent", "AWS_SECRET_ACCESS_KEY": "not-the-secret"})
         doctor = subprocess.run([sys.executable, "-m", "assetprep", "doctor", "--ray-address", address, "--json"],
                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         facts["doctor"] = {"rc": doctor.returncode, "checks": json.loads(doctor.stdout)["checks"], "bad_node": bad}
         pinned = subprocess.run([sys.executable, "-c", PINNED % (address, BUCKET, s3.endpoint_url, bad)], env=env,
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         facts["pinned"] = {"rc": pinned.returncode, "stdout": pinned.stdout, "stderr": pinned.stderr[-2000:]}
+
+        # A batch on that cluster: refused before any task runs, the node named with both problems.
+        posts_before = sum(1 for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos")
+        t = time.monotonic()
+        refused = batch(env, work, "--batch-id", "refused", "--prefix", "refused", "--out", str(work / "out-refused"),
+                        "--ray-address", address, timeout=180)  # fmt: skip
+        facts["refused"] = {
+            "rc": refused.returncode, "stderr": refused.stderr, "seconds": time.monotonic() - t,
+            "posts": sum(1 for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos") - posts_before,
+            "objects": [o["Key"] for o in s3c.list_objects_v2(Bucket=BUCKET, Prefix="refused/").get("Contents", [])],
+        }  # fmt: skip
+        log(f"refused batch: rc {refused.returncode}")
     finally:
         if cluster is not None:
             cluster.stop()

@@ -83,6 +83,17 @@ def test_a_wrong_address_fails_in_seconds_and_a_node_without_ffmpeg_is_named(fac
     assert len(nodes) == 3 and doctor["rc"] == 1
     bad = [c for c in nodes if not c["ok"]]
     assert len(bad) == 1 and bad[0]["name"] == f"ray node {doctor['bad_node'][:12]}" and "ffmpeg" in bad[0]["detail"]
+    assert "S3:" in bad[0]["detail"]  # its wrong secret: the bucket as that node sees it
     assert all("bucket reachable" in c["detail"] for c in nodes if c["ok"])
     pinned = json.loads(facts["pinned"]["stdout"].strip().splitlines()[-1])
     assert pinned["error"].startswith(f"node {doctor['bad_node'][:12]}") and "lacks ffmpeg" in pinned["error"]
+
+
+def test_a_batch_on_a_cluster_with_a_broken_node_stops_before_any_work(facts):
+    refused, bad = facts["refused"], facts["doctor"]["bad_node"]
+    assert refused["rc"] == 1 and "Traceback" not in refused["stderr"], refused["stderr"]
+    assert "1 node(s) of the cluster cannot prepare this batch; nothing was started" in refused["stderr"]
+    line = next(x for x in refused["stderr"].splitlines() if bad[:12] in x)
+    assert "lacks ffmpeg" in line and "S3:" in line and "not-the-secret" not in refused["stderr"]
+    assert refused["posts"] == 0 and refused["objects"] == []  # nothing recorded, uploaded or created
+    assert refused["seconds"] < 60
