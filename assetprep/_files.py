@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import hashlib
@@ -109,10 +110,14 @@ def atomic_output(
         tmp.unlink(missing_ok=True)
 
 
-def read_text_file(path: str | os.PathLike[str], encoding: str = "utf-8") -> str:
+def read_text_file(path: str | os.PathLike[str], encoding: str | None = "utf-8") -> str:
     """A text file the user named (manifest, script): only a regular file is read — a FIFO would block the open
     until some writer comes, a device (/dev/zero) would never end. Raises FileNotFoundError, OSError (its
-    strerror says why) or UnicodeDecodeError."""
+    strerror says why) or UnicodeDecodeError (`not_text` words it).
+
+    `encoding=None`: text as editors and spreadsheets save it — UTF-8 with or without a BOM, or UTF-16 with its
+    BOM (Notepad's "Unicode", Excel's "Unicode Text"); a BOM is never part of the text. Other bytes are refused,
+    not guessed: a wrong guess would put "JosÃ©" into a video."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once this way; a regular file ignores the flag
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -122,7 +127,17 @@ def read_text_file(path: str | os.PathLike[str], encoding: str = "utf-8") -> str
         os.close(fd)
         raise
     with f:
-        return f.read().decode(encoding)
+        data = f.read()
+    if encoding is None:
+        utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        encoding = "utf-16" if utf16 else "utf-8-sig"
+    return data.decode(encoding)
+
+
+def not_text(path: str | os.PathLike[str], exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8, in words a user can act on: the line, the byte and its offset."""
+    line = exc.object[: exc.start].count(b"\n") + 1
+    return f"{path} is not UTF-8 text (line {line}: byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from . import __version__, normalize, presets
-from ._files import read_text_file
+from ._files import not_text, read_text_file
 from ._units import parse_duration, parse_rate
 from ._urls import redact_url
 from .errors import INTERRUPTED, AssetprepError, ConfigError, ProcessError, UploadError
@@ -381,12 +381,11 @@ def _read_script(script: str | None, script_file: Path | None) -> str | None:
     if script_file is None:
         return script
     try:
-        return read_text_file(script_file, "utf-8-sig")  # a BOM from Notepad is not part of the script
+        return read_text_file(script_file, None)  # UTF-8 (a BOM from Notepad is not part of it) or UTF-16
     except OSError as exc:
         raise ConfigError(f"cannot read --script-file {script_file}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"--script-file {script_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-                          f"offset {exc.start})", hint="save it as UTF-8 and run again") from None  # fmt: skip
+        raise ConfigError(f"--script-file {not_text(script_file, exc)}", hint="save it as UTF-8") from None
 
 
 def _video_line(v: Any) -> str:

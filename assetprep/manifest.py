@@ -23,7 +23,7 @@ import jinja2
 import jinja2.sandbox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._files import file_sha256, read_text_file
+from ._files import file_sha256, not_text, read_text_file
 from .errors import ManifestError
 from .tavus import ID_PATTERN
 
@@ -132,11 +132,11 @@ def _delimiter(text: str, suffix: str) -> str:
 def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[str, Any], list[str]]:
     """(rows as (number, where, values), YAML defaults, problems) of a manifest file."""
     try:
-        text = read_text_file(path, "utf-8-sig")
+        text = read_text_file(path, None)
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {path}") from None
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path} is not UTF-8 text (byte {exc.start})", hint="save it as UTF-8") from None
+        raise ManifestError(not_text(path, exc), hint="save it as UTF-8 (Excel: Save As, CSV UTF-8)") from None
     except OSError as exc:
         raise ManifestError(
             f"cannot read manifest {path}: {exc.strerror}", hint="pass a CSV, YAML or JSONL file"
@@ -298,13 +298,13 @@ def load_manifest(
             sf = _local(base, str(merged["script_file"]))
             if sf not in script_files:
                 try:
-                    script_files[sf] = read_text_file(sf)
+                    script_files[sf] = read_text_file(sf, None)
                 except FileNotFoundError:
                     script_files[sf] = None
                     problems.append(f"{where}, column script_file: file not found: {sf}")
-                except UnicodeDecodeError:
+                except UnicodeDecodeError as exc:
                     script_files[sf] = None
-                    problems.append(f"{where}, column script_file: {sf} is not UTF-8 text")
+                    problems.append(f"{where}, column script_file: {not_text(sf, exc)}")
                 except OSError as exc:
                     script_files[sf] = None
                     problems.append(f"{where}, column script_file: cannot read {sf}: {exc.strerror}")

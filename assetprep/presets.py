@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from ._files import read_text_file
+from ._files import not_text, read_text_file
 from .errors import PresetError
 
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
@@ -127,7 +127,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise PresetError(f"cannot read preset file {path}: {exc.strerror}", hint="check the path") from None
     except UnicodeDecodeError as exc:
-        raise PresetError(f"preset file {path} is not UTF-8 text (byte {exc.start})", hint="save it as UTF-8") from None
+        raise PresetError(f"preset file {not_text(path, exc)}", hint="save it as UTF-8") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:

@@ -5,6 +5,7 @@ Real SeaweedFS, the sandbox over HTTP, real Chromium on pages served from 127.0.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -255,6 +256,30 @@ def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
     assert rows["m.csv"].row_id == rows["m.jsonl"].row_id != rows["m.yaml"].row_id  # different replica and length
     assert rows["semi.csv"].row_id == rows["m.tsv"].row_id == rows["m.csv"].row_id
     assert script.exists()
+    # Excel's "Unicode Text" (UTF-16 with its BOM, tabs) and a script Notepad saved with a UTF-8 BOM: the BOM was
+    # read as the script's first character (sent to Tavus), and a UTF-16 file was refused as not UTF-8.
+    (tmp_path / "x16.tsv").write_bytes("first_name\tcompany\tscript_file\toutput\nAnna\tAcme Café\tbom.txt\t"
+                                       "out/{{ company | slug }}.mp4\n".encode("utf-16"))  # fmt: skip
+    (tmp_path / "bom.txt").write_bytes(codecs.BOM_UTF8 + script.read_bytes())
+    row = load_manifest(tmp_path / "x16.tsv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows[0]
+    assert row.script == "Hello Anna from Acme Café!" and row.output == rows["m.csv"].output
+
+
+def test_a_manifest_or_script_in_a_legacy_encoding_is_refused_with_its_line(tmp_path):
+    """Excel's plain "CSV" on Windows is cp1252: guessing would put "JosÃ©" in a video; the error says where."""
+    write(tmp_path / "pitch.txt", "Hello {{ first_name }}")
+    (tmp_path / "leads.csv").write_bytes(b"first_name,script_file\nAnna,pitch.txt\nJos\xe9,pitch.txt\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(tmp_path / "leads.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+    assert caught.value.message == f"{tmp_path / 'leads.csv'} is not UTF-8 text (line 3: byte 0xe9 at offset 41)"
+    assert "CSV UTF-8" in (caught.value.hint or "")
+    (tmp_path / "cp.txt").write_bytes(b"Hello\nGr\xfc\xdfe {{ first_name }}")
+    write(tmp_path / "m.csv", "first_name,script_file\nAnna,cp.txt\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(tmp_path / "m.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+    assert caught.value.problems == [
+        f"row 2, column script_file: {tmp_path / 'cp.txt'} is not UTF-8 text (line 2: byte 0xfc at offset 8)"
+    ]
 
 
 def test_the_journals_row_states_in_memory_agree_with_the_file_from_threads_and_after_reopening(tmp_path):

@@ -137,11 +137,11 @@ def test_probe_command_prints_the_facts(gen):
 
 def test_a_script_file_that_is_not_utf8_is_one_line_before_anything_runs(tmp_path):
     bad = tmp_path / "script.txt"
-    bad.write_bytes(b"\xff\xfeH\x00i\x00")  # UTF-16, as some editors save
+    bad.write_bytes(b"Hi Jos\xe9")  # cp1252, as Windows editors save "ANSI"
     run = subprocess.run([sys.executable, "-m", "assetprep", "publish", "--replica", "r90bbd427f71", "--script-file",
                           str(bad), "-o", str(tmp_path / "o.mp4")], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "TAVUS_API_BASE_URL": "http://127.0.0.1:9/v2"})  # fmt: skip
-    assert run.returncode == 1 and "is not UTF-8 text (byte 0xff at offset 0)" in run.stderr
+    assert run.returncode == 1 and "is not UTF-8 text (line 1: byte 0xe9 at offset 6)" in run.stderr
     assert "Traceback" not in run.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["script.txt"]
 
 

@@ -55,7 +55,7 @@ def test_invalid_values(tmp_path):
         load_preset(broken)
     utf16 = tmp_path / "utf16.toml"
     utf16.write_bytes('kind = "video"'.encode("utf-16"))  # was an internal error (UnicodeDecodeError)
-    with pytest.raises(PresetError, match=r"utf16\.toml is not UTF-8 text \(byte 0\)"):
+    with pytest.raises(PresetError, match=r"utf16\.toml is not UTF-8 text \(line 1: byte 0xff at offset 0\)"):
         load_preset(utf16)
 
 
