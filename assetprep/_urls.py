@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from urllib.parse import urlsplit
+
+# A host name with a dot and an alphabetic top-level label, then an optional port and path: "acme.com/team".
+_SITE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}(?::\d{1,5})?(?:[/?#]\S*)?$")
+_FILE_SUFFIXES = (".html", ".htm", ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg",
+                  ".pdf", ".txt", ".csv", ".json", ".zip", ".wav", ".mp3", ".m4a")  # fmt: skip
+
+
+def site_url(text: str) -> str | None:
+    """Lead lists hold websites as "acme.com" or "www.acme.com/team": the https URL of such a value, None for
+    anything else (a missing "intro.mp4" stays a file). Callers first check that no local file has that name."""
+    host = re.split(r"[/?#:]", text, maxsplit=1)[0]
+    if not _SITE.match(text) or Path(host).suffix.lower() in _FILE_SUFFIXES:
+        return None
+    return f"https://{text}"
 
 
 def redact_url(url: str) -> str:

@@ -31,7 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ._files import atomic_output, check_output_path, file_sha256
 from ._journal import Journal, RunLock, check_host
 from ._units import parse_duration
-from ._urls import redact_url
+from ._urls import redact_url, site_url
 from .callbacks import CallbackReceiver
 from .composite import Layout, composite
 from .errors import ConfigError, MediaError, NotFoundError, OutcomeUnknownError, OutputCheckError, VideoFailedError
@@ -52,6 +52,14 @@ def _folder_name(value: str | None) -> str | None:
 
 
 FolderName = Annotated[str | None, AfterValidator(_folder_name)]
+
+
+def _site_or_path(value: str | None) -> str | None:
+    """ "acme.com" is the website unless a file or folder of that name is here (as batch reads its manifests)."""
+    if value is None or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value) or Path(value).expanduser().exists():
+        return value
+    return site_url(value) or value
+
 
 _VIDEO_EXT = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg"}
 _URL_MARGIN = 3600.0  # presigned URLs must outlive the deadline by this much (Tavus may fetch late in the queue)
@@ -125,7 +133,7 @@ class PublishOptions(BaseModel):
     replica_id: str = Field(min_length=1)
     script: str | None = None
     audio: Path | None = None
-    background: str | None = None  # URL, .html file, folder, or a clip/image
+    background: Annotated[str | None, AfterValidator(_site_or_path)] = None  # URL, .html file, folder, clip/image
     background_via: Literal["local", "tavus"] = "local"
     background_seconds: float = Field(default=10.0, gt=0, le=120)  # recorded website length (Tavus loops it)
     background_preset: str | None = None

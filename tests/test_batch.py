@@ -265,6 +265,23 @@ def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
     assert row.script == "Hello Anna from Acme Café!" and row.output == rows["m.csv"].output
 
 
+def test_a_website_written_without_its_scheme_is_its_https_url(tmp_path):
+    """CRM exports hold websites as "acme.com": every such row was a "file not found" problem."""
+    (tmp_path / "site.com").mkdir()
+    write(tmp_path / "site.com" / "index.html", "<h1>a local folder of that name wins</h1>")
+    write(tmp_path / "m.csv", "script,background\nHi,acme.com\nHi,www.acme.co.uk/team?ref=1\nHi,acme.com:8443/x\n"
+                              "Hi,site.com\nHi,https://acme.com/a\n")  # fmt: skip
+    rows = load_manifest(tmp_path / "m.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows
+    assert [r.background for r in rows] == ["https://acme.com", "https://www.acme.co.uk/team?ref=1",
+                                            "https://acme.com:8443/x", str(tmp_path / "site.com"),
+                                            "https://acme.com/a"]  # fmt: skip
+    write(tmp_path / "n.csv", "script,background\nHi,intro.mp4\nHi,promo\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(tmp_path / "n.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+    assert caught.value.problems == [f"row 2, column background: file not found: {tmp_path / 'intro.mp4'}",
+                                     f"row 3, column background: file not found: {tmp_path / 'promo'}"]  # fmt: skip
+
+
 def test_a_manifest_or_script_in_a_legacy_encoding_is_refused_with_its_line(tmp_path):
     """Excel's plain "CSV" on Windows is cp1252: guessing would put "JosÃ©" in a video; the error says where."""
     write(tmp_path / "pitch.txt", "Hello {{ first_name }}")

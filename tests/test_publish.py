@@ -254,3 +254,13 @@ def test_doctor_names_what_to_fix(world, s3):
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 1 and "FAIL tavus" in bad.stdout and "Invalid access token" in bad.stdout
     assert "wrong-9" not in bad.stdout + bad.stderr
+
+
+def test_a_background_written_without_its_scheme_is_the_website(tmp_path, monkeypatch):
+    """`--background acme.com` was "not a URL, page, folder or video file"; a file or folder of that name wins."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "site.com").mkdir()
+    got = [PublishOptions(replica_id="r", background=b).background
+           for b in ("acme.com", "www.acme.co.uk/team?ref=1", "acme.com:8443/x", "site.com", "intro.mp4")]  # fmt: skip
+    assert got == ["https://acme.com", "https://www.acme.co.uk/team?ref=1", "https://acme.com:8443/x", "site.com",
+                   "intro.mp4"]  # fmt: skip
