@@ -379,6 +379,7 @@ _NET_ERRORS = {  # Chromium's codes in words
     "ERR_CONNECTION_REFUSED": "connection refused (nothing listens there)",
     "ERR_CONNECTION_TIMED_OUT": "connection timed out",
     "ERR_CERT_": "TLS certificate rejected",
+    "Download is starting": "it answers with a file to download (a PDF, a zip), not a web page",
 }
 
 

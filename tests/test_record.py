@@ -250,6 +250,28 @@ def test_unreachable_and_missing_path(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_url_that_answers_with_a_download_is_named_as_such(tmp_path):
+    """A lead's "website" that is a PDF: Chromium's "Download is starting" said nothing to a user."""
+    import http.server
+
+    class Pdf(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"%PDF-1.4\n%%EOF\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/pdf")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http_server(Pdf) as server, pytest.raises(RecordError) as err:
+        record(f"http://127.0.0.1:{server.server_port}/deck.pdf", tmp_path / "p.mp4", opts(duration=1, fps=5))
+    assert "answers with a file to download (a PDF, a zip), not a web page" in err.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_local_file_and_cli(tmp_path):
     out = tmp_path / "cli.mp4"
     run = subprocess.run([sys.executable, "-m", "assetprep", "record", str(PAGES / "clock.html"), "-o", str(out),
