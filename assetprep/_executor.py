@@ -12,8 +12,8 @@ from ._prepare import PrepResult, PrepTask, S3Target, run_prep
 class Executor(Protocol):
     name: str
 
-    def check(self, target: S3Target, kinds: set[str]) -> list[str]:
-        """Problems that would fail every task of these kinds where they run (one line each); [] when none."""
+    def check(self, target: S3Target, tasks: list[PrepTask]) -> list[str]:
+        """Problems that would fail these tasks where they run (one line each); [] when none."""
         ...
 
     def submit(self, task: PrepTask) -> Future[PrepResult]: ...
@@ -37,7 +37,7 @@ class LocalExecutor:
         self._light = ThreadPoolExecutor(2, thread_name_prefix="assetprep-prepare-audio")
         self._s3 = s3_client
 
-    def check(self, target: S3Target, kinds: set[str]) -> list[str]:
+    def check(self, target: S3Target, tasks: list[PrepTask]) -> list[str]:
         return []  # this machine: the caller has checked the bucket; a missing tool fails its first task in a second
 
     def submit(self, task: PrepTask) -> Future[PrepResult]:

@@ -8,6 +8,7 @@ by Ray (`max_retries`); a retried task writes the same key, so there is never a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -146,11 +147,11 @@ class RayExecutor:
         ref.future().add_done_callback(done)
         return out
 
-    def check(self, target: S3Target, kinds: set[str]) -> list[str]:
-        """Every alive node, before the first task: a node without ffmpeg, Chromium (for recordings) or access to
-        the bucket would fail each row that lands on it, a recording's worth of work later."""
+    def check(self, target: S3Target, tasks: list[PrepTask]) -> list[str]:
+        """Every alive node, before the first task: a node without ffmpeg, Chromium (for recordings), access to
+        the bucket or the manifest's local files would fail each row that lands on it, often after a recording."""
         nodes = _check_nodes(self.ray, bucket=target.bucket, endpoint_url=target.endpoint_url, region=target.region,
-                             browser="background" in kinds)  # fmt: skip
+                             browser=any(t.kind == "background" for t in tasks), files=local_inputs(tasks))  # fmt: skip
         return [f"node {n['node'][:12]} ({n['host']}): {'; '.join(p)}" for n in nodes if (p := node_problems(n))]
 
     def close(self, *, cancel: bool = False) -> None:
@@ -163,14 +164,43 @@ class RayExecutor:
         self.ray.shutdown()
 
 
-def _check_node(bucket: str | None, endpoint_url: str | None, region: str | None, browser: bool) -> dict[str, Any]:
-    """Runs on one node: tools and S3 as that node sees them (its PATH, its own credentials)."""
+def local_inputs(tasks: list[PrepTask]) -> dict[str, int]:
+    """Path -> size (-1: a folder) of every input the tasks read from disk rather than from a URL."""
+    from .manifest import is_http_url
+
+    files: dict[str, int] = {}
+    for task in tasks:
+        if not is_http_url(task.source):
+            with contextlib.suppress(OSError):  # the manifest check found it; gone since: its task will say so
+                files[task.source] = -1 if os.path.isdir(task.source) else os.stat(task.source).st_size
+    return files
+
+
+def unseen_inputs(files: dict[str, int]) -> list[str]:
+    """The inputs this machine does not see as the driver does: absent here, or of another size."""
+    unseen = []
+    for path, size in files.items():
+        try:
+            seen = os.path.isdir(path) if size < 0 else os.stat(path).st_size == size
+        except OSError:
+            seen = False
+        if not seen:
+            unseen.append(path)
+    return unseen
+
+
+def _check_node(bucket: str | None, endpoint_url: str | None, region: str | None, browser: bool,
+                files: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    """Runs on one node: tools, S3 and the driver's local inputs as that node sees them (its PATH, its own
+    credentials, its file systems)."""
     import ray
 
     from .upload import S3Settings, make_s3_client, storage_error
 
+    unseen = unseen_inputs(files)
     out: dict[str, Any] = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-                           "missing": _node_tools("background" if browser else "audio"), "s3": None}  # fmt: skip
+                           "missing": _node_tools("background" if browser else "audio"), "s3": None,
+                           "unseen": [len(unseen), len(files), unseen[:3]]}  # fmt: skip
     if bucket:
         client = make_s3_client(S3Settings(endpoint_url=endpoint_url, region=region))
         try:
@@ -182,7 +212,8 @@ def _check_node(bucket: str | None, endpoint_url: str | None, region: str | None
 
 
 def _check_nodes(ray: Any, *, bucket: str | None, endpoint_url: str | None, region: str | None = None,
-                 browser: bool = True, timeout: float = 120) -> list[dict[str, Any]]:  # fmt: skip
+                 browser: bool = True, files: dict[str, int] | None = None,
+                 timeout: float = 120) -> list[dict[str, Any]]:  # fmt: skip
     """One check task pinned to every alive node; a node that does not answer in `timeout` is reported as such."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -190,7 +221,7 @@ def _check_nodes(ray: Any, *, bucket: str | None, endpoint_url: str | None, regi
     remote = ray.remote(_check_node)
     refs = [remote.options(num_cpus=0, max_retries=0,
                            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(bucket, endpoint_url, region, browser) for n in nodes]  # fmt: skip
+            .remote(bucket, endpoint_url, region, browser, files or {}) for n in nodes]  # fmt: skip
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
     answers = []
     for node, ref in zip(nodes, refs, strict=True):
@@ -213,6 +244,10 @@ def node_problems(node: dict[str, Any]) -> list[str]:
         problems.append(node["error"])
     if node["s3"] not in (None, "ok"):
         problems.append(f"S3: {node['s3']}")
+    unseen, total, some = node.get("unseen") or (0, 0, [])
+    if unseen:
+        problems.append(f"does not see {unseen} of the {total} local input(s) at their path and size (e.g. "
+                        f"{', '.join(some)}): put them where all nodes mount one path, or give URLs")  # fmt: skip
     return problems
 
 
@@ -239,7 +274,7 @@ class LocalRayCluster:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.address = ""
 
-    def _start(self, name: str, args: list[str], env: dict[str, str] | None) -> None:
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None, hide: Path | None = None) -> None:
         from . import _process
 
         common = ["--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--object-store-memory=200000000",
@@ -247,7 +282,10 @@ class LocalRayCluster:
         ray_bin = Path(sys.executable).parent / "ray"
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env, **(env or {})}
         log = self.folder / f"ray-{name}.log"
-        self.procs.append(_process.spawn([ray_bin, "start", *args, *common], log_path=log, env=env))
+        command: list[str | Path] = [ray_bin, "start", *args, *common]
+        if hide is not None:  # own mount namespace, an empty tmpfs over `hide`; unshare and sh exec: same PID
+            command = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(hide), *command]
+        self.procs.append(_process.spawn(command, log_path=log, env=env))
 
     def start(self, timeout: float = 120) -> LocalRayCluster:
         from .sandbox.server import free_port
@@ -261,10 +299,11 @@ class LocalRayCluster:
         self.wait_nodes(self.count, timeout)
         return self
 
-    def add_node(self, env: dict[str, str], timeout: float = 120) -> str:
-        """Start one more node with `env`; its node id."""
+    def add_node(self, env: dict[str, str], timeout: float = 120, *, hide: Path | None = None) -> str:
+        """Start one more node with `env`; its node id. `hide`: a folder that node sees empty, as a machine without
+        the driver's files would (needs root: a mount namespace)."""
         before = set(self.wait_nodes(len(self.procs), timeout))
-        self._start(f"worker{len(self.procs)}", [f"--address={self.address}"], env)
+        self._start(f"worker{len(self.procs)}", [f"--address={self.address}"], env, hide)
         return next(n for n in self.wait_nodes(len(self.procs), timeout) if n not in before)
 
     def wait_nodes(self, count: int, timeout: float = 120) -> list[str]:

@@ -869,8 +869,8 @@ def batch_publish(
             ensure_bucket(s3_client, target.bucket)
             abort_stale_uploads(s3_client, target.bucket, target.prefix)  # parts of killed runs' uploads
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
-        kinds = {p.task.kind for p in preps.values()}
-        if needs_upload and todo and kinds and (problems := executor.check(target, kinds)):
+        tasks = [preps[key].task for key in dict.fromkeys(k for r in todo for k in per_row[r.row_id].values())]
+        if needs_upload and tasks and (problems := executor.check(target, tasks)):
             executor.close()
             raise ConfigError(
                 f"{len(problems)} node(s) of the cluster cannot prepare this batch; nothing was started:\n  "

@@ -6,8 +6,9 @@ it measured to WORK/facts.json; every server is stopped by PID at the end. Phase
   ray     the same manifest on the cluster (prefix ray/), one Ray worker SIGKILLed while it records
   driver  the driver SIGKILLed with tasks in flight, then the same command again
   wrong   --ray-address pointing at nothing
-  doctor  a third node without ffmpeg nor S3 credentials: doctor names it, and a task pinned to it names node and tool
-  refused a batch on that cluster stops before its first task, naming the node and both of its problems
+  doctor  a third node without ffmpeg, S3 credentials or the pages: doctor names it, a task pinned to it names node
+          and tool
+  refused a batch on that cluster stops before its first task, naming the node and each of its problems
 """
 
 from __future__ import annotations
@@ -196,7 +197,9 @@ def main(work: Path) -> None:
 
         # A node without ffmpeg (and with a wrong S3 secret) joins: doctor names it, and a task that lands there
         # names node and tool.
-        bad = cluster.add_node({"FFMPEG": "/nonexistent", "AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+        bad = cluster.add_node(
+            {"FFMPEG": "/nonexistent", "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, hide=PAGES
+        )  # and the manifest's pages are not there, as on another machine
         doctor = subprocess.run([sys.executable, "-m", "assetprep", "doctor", "--ray-address", address, "--json"],
                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         facts["doctor"] = {"rc": doctor.returncode, "checks": json.loads(doctor.stdout)["checks"], "bad_node": bad}

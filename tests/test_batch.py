@@ -683,3 +683,23 @@ def test_max_failures_stops_submitting_new_rows(world, site, tmp_path):
     assert [r["status"] for r in rows] == ["failed"] * 3 + ["pending"] * 3
     assert all(r["error"] == "not started: --max-failures 1 reached" for r in rows[3:])
     assert creates(sb) == []  # nothing was submitted after the limit
+
+
+def test_the_local_inputs_a_ray_node_must_see_at_the_same_path_and_size(tmp_path):
+    from assetprep._prepare import PrepTask, S3Target
+    from assetprep._ray import local_inputs, unseen_inputs
+
+    (tmp_path / "site").mkdir()
+    page = write(tmp_path / "site" / "index.html", "<h1>hi</h1>")
+    audio = tmp_path / "anna.wav"
+    audio.write_bytes(b"RIFF" + bytes(40))
+    s3 = S3Target(bucket="b")
+    tasks = [PrepTask(key=f"{i}" * 64, kind=kind, source=str(src), s3=s3) for i, (kind, src) in
+             enumerate([("background", page.parent), ("audio", audio), ("background", "https://acme.com")])]  # fmt: skip
+    files = local_inputs(tasks)
+    assert files == {str(page.parent): -1, str(audio): 44}  # URLs are fetched by the node itself
+    assert unseen_inputs(files) == []
+    audio.write_bytes(b"RIFF")  # another file under that path on "another machine"
+    (page.parent / "index.html").unlink()
+    page.parent.rmdir()
+    assert unseen_inputs(files) == [str(page.parent), str(audio)]

@@ -95,5 +95,6 @@ def test_a_batch_on_a_cluster_with_a_broken_node_stops_before_any_work(facts):
     assert "1 node(s) of the cluster cannot prepare this batch; nothing was started" in refused["stderr"]
     line = next(x for x in refused["stderr"].splitlines() if bad[:12] in x)
     assert "lacks ffmpeg" in line and "S3:" in line and "not-the-secret" not in refused["stderr"]
+    assert "does not see 3 of the 3 local input(s) at their path and size" in line  # the three pages
     assert refused["posts"] == 0 and refused["objects"] == []  # nothing recorded, uploaded or created
     assert refused["seconds"] < 60
