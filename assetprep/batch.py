@@ -776,6 +776,25 @@ def _check_replicas(client: TavusClient, rows: list[Row], *, broken_too: bool = 
     return problems
 
 
+def _check_first(path: Path, client: TavusClient, rows: list[Row], s3_client: Any, target: S3Target,
+                 executor: Executor, tasks: list[PrepTask], *, broken_too: bool) -> None:  # fmt: skip
+    """What would fail every row, after every background was recorded, found first with a request or two each: a
+    wrong API key, an unknown replica, a missing bucket, a Ray node that cannot prepare (tools, S3, local files)."""
+    if problems := _check_replicas(client, rows, broken_too=broken_too):
+        raise ManifestError(f"{path}: {len(problems)} problem(s); nothing was started", problems=problems,
+                            hint="`assetprep replicas list` shows the replicas of this API key")  # fmt: skip
+    if not tasks:
+        return
+    ensure_bucket(s3_client, target.bucket)
+    if problems := executor.check(target, tasks):
+        raise ConfigError(
+            f"{len(problems)} node(s) of the cluster cannot prepare this batch; nothing was started:\n  "
+            + "\n  ".join(problems),
+            hint="install what a node lacks or give it S3 credentials for the bucket, or take it out of the "
+            "cluster (`assetprep doctor --ray-address ...` checks every node)",
+        )
+
+
 def _plan(manifest: Manifest, rows: list[Row], preps: dict[str, _Prep]) -> dict[str, Any]:
     kinds = Counter(p.task.kind for p in preps.values())
     return {
@@ -838,10 +857,14 @@ def batch_publish(
     preps, per_row = plan_preparations(rows, settings=settings, options=options, s3=target, keep_dir=keep)
     client = client or TavusClient()
 
-    if options.dry_run:
-        problems = _check_replicas(client, rows)
-        if problems:
-            raise ManifestError(f"{path}: {len(problems)} problem(s)", problems=problems)
+    if options.dry_run:  # every check a run makes before its first recording; nothing is started or written
+        s3_client = s3_client or (make_s3_client(s3_settings) if needs_upload else None)
+        executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
+        try:
+            _check_first(path, client, rows, s3_client, target, executor, [p.task for p in preps.values()],
+                         broken_too=True)  # fmt: skip
+        finally:
+            executor.close()
         plan = _plan(loaded, rows, preps)
         return BatchResult(batch_id=batch_id, batch_dir=folder, out_dir=out_dir, results_csv=None, report_html=None,
                            counts={}, rows=[], superseded=[], preparations=len(preps), prepared_now=0,
@@ -858,26 +881,18 @@ def batch_publish(
         journal.add_rows([(r.row_id, r.number) for r in rows])
         done = {r.row_id for r in journal.states() if r.state == "downloaded"}
         todo = [r for r in rows if r.row_id not in done]
-        # A wrong API key, an unknown replica or a missing bucket would fail every row, after every background
-        # was recorded: one request each finds them first. A finished batch's rerun sends nothing.
-        if todo and (problems := _check_replicas(client, todo, broken_too=False)):
-            raise ManifestError(f"{path}: {len(problems)} problem(s); nothing was started", problems=problems,
-                                hint="`assetprep replicas list` shows the replicas of this API key")  # fmt: skip
         if needs_upload and s3_client is None:
             s3_client = make_s3_client(s3_settings)
-        if needs_upload and todo:
-            ensure_bucket(s3_client, target.bucket)
-            abort_stale_uploads(s3_client, target.bucket, target.prefix)  # parts of killed runs' uploads
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
         tasks = [preps[key].task for key in dict.fromkeys(k for r in todo for k in per_row[r.row_id].values())]
-        if needs_upload and tasks and (problems := executor.check(target, tasks)):
-            executor.close()
-            raise ConfigError(
-                f"{len(problems)} node(s) of the cluster cannot prepare this batch; nothing was started:\n  "
-                + "\n  ".join(problems),
-                hint="install what a node lacks or give it S3 credentials for the bucket, or take it out of the "
-                "cluster (`assetprep doctor --ray-address ...` checks every node)",
-            )
+        if todo:  # a finished batch's rerun sends nothing
+            try:
+                _check_first(path, client, todo, s3_client, target, executor, tasks, broken_too=False)
+            except BaseException:
+                executor.close()
+                raise
+        if tasks:
+            abort_stale_uploads(s3_client, target.bucket, target.prefix)  # parts of killed runs' uploads
         run = _Batch(loaded, rows, options, settings, client, s3_client, executor, journal, folder, out_dir, on_event)
         _run(run, preps, per_row)
         _shutdown(run)

@@ -217,7 +217,9 @@ def main(work: Path) -> None:
             "posts": sum(1 for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos") - posts_before,
             "objects": [o["Key"] for o in s3c.list_objects_v2(Bucket=BUCKET, Prefix="refused/").get("Contents", [])],
         }  # fmt: skip
-        log(f"refused batch: rc {refused.returncode}")
+        dry = batch(env, work, "--batch-id", "refused", "--ray-address", address, "--dry-run", timeout=180)
+        facts["refused"]["dry_run"] = {"rc": dry.returncode, "stderr": dry.stderr}
+        log(f"refused batch: rc {refused.returncode}, dry run rc {dry.returncode}")
     finally:
         if cluster is not None:
             cluster.stop()

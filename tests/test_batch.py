@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -593,9 +594,9 @@ def test_a_wrong_key_an_unknown_replica_or_a_missing_bucket_stops_the_batch_befo
         ({**env, "ASSETPREP_BUCKET": "no-such-bucket-x"}, [*args, "--replica", DEFAULT_REPLICA],
          "bucket 'no-such-bucket-x' does not exist"),
     ]  # fmt: skip
-    for case_env, case_args, said in cases:
-        proc = cli(case_env, *case_args, timeout=120)
-        assert proc.returncode == 1 and said in proc.stderr, proc.stderr
+    for (case_env, case_args, said), dry in itertools.product(cases, ([], ["--dry-run"])):
+        proc = cli(case_env, *case_args, *dry, timeout=120)  # --dry-run: the same checks (it missed the bucket)
+        assert proc.returncode == 1 and said in proc.stderr, (dry, proc.stderr)
         assert "Traceback" not in proc.stderr and "wrong-key-0123456789" not in proc.stderr + proc.stdout
     folder = batch_dir_for(manifest, PublishSettings(runs_dir=tmp_path / "state" / "runs"), None)[1]
     assert not list((folder / "prep").glob("*")) and not creates(sb)  # nothing recorded, nothing made

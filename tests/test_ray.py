@@ -98,3 +98,6 @@ def test_a_batch_on_a_cluster_with_a_broken_node_stops_before_any_work(facts):
     assert "does not see 3 of the 3 local input(s) at their path and size" in line  # the three pages
     assert refused["posts"] == 0 and refused["objects"] == []  # nothing recorded, uploaded or created
     assert refused["seconds"] < 60
+    dry = refused["dry_run"]  # --dry-run makes the same check
+    assert dry["rc"] == 1 and "Traceback" not in dry["stderr"]
+    assert any(bad[:12] in x and "lacks ffmpeg" in x for x in dry["stderr"].splitlines()), dry["stderr"]
