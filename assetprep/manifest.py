@@ -241,6 +241,16 @@ def output_problem(output: Path) -> str | None:
     return None
 
 
+def _climbs(template: str, rendered: str) -> bool:
+    """Whether a variable's value moved a path where the template's own text does not: a '..' or a root ('/', '~')
+    that only the value brings. Leads' cells come from third parties: a company '../../x' must not choose where a
+    video is written, nor a website '/home/me/private.mp4' which local file becomes a background sent to Tavus."""
+    if rendered == template:
+        return False
+    rooted = rendered.lstrip().startswith(("/", "~")) and not template.lstrip().startswith(("/", "~"))
+    return rooted or Path(rendered).parts.count("..") > template.count("..")
+
+
 def _local(base: Path, text: str) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else (base / path)
@@ -334,6 +344,9 @@ def load_manifest(
             if is_http_url(background) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", background):
                 if problem := _url_problem(background):
                     problems.append(f"{where}, column background: {problem}")
+            elif _climbs(str(merged["background"]), background):
+                problems.append(f"{where}, column background: a template variable makes it the local path "
+                                f"{background!r}; a lead's value may name a website, not a file here")  # fmt: skip
             else:
                 local = _local(base, background)
                 is_page = local.suffix.lower() in _PAGE_SUFFIXES or local.is_dir()
@@ -402,6 +415,10 @@ def load_manifest(
             elif video_name in names:
                 problems.append(f"{where}, column video_name: {video_name!r} is used by {names[video_name]} too")
             names[video_name] = where
+        if rendered["output"] is not None and _climbs(str(merged["output"]), rendered["output"]):
+            problems.append(f"{where}, column output: a template variable takes it out of its folder: "
+                            f"{rendered['output']!r} (pass names from the data through `| slug`)")  # fmt: skip
+            continue
         if rendered["output"] is not None:
             output = (
                 (out_dir / rendered["output"])
