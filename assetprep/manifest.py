@@ -216,8 +216,27 @@ def _compiled(template: str) -> jinja2.Template:
     return _ENV.from_string(template)
 
 
+_FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def _fields_only(template: str) -> list[str] | None:
+    """A template made of text and `{{ name }}` fields, split as [text, name, text, …, text] the way Jinja reads it
+    (newlines normalized, one trailing newline dropped); None for anything else. Per-row scripts (each lead's own
+    text, written by hand or by a model) are all distinct templates: compiling each took ~1 ms, so a 20,000-row
+    manifest spent 15 s before its first check."""
+    text = re.sub(r"\r\n|\r", "\n", template)
+    text = text[:-1] if text.endswith("\n") else text
+    parts = _FIELD.split(text)
+    return None if any("{" in t or "}" in t for t in parts[::2]) else parts
+
+
 def _render(template: str, variables: dict[str, Any], where: str, column: str, problems: list[str]) -> str | None:
     try:
+        if (parts := _fields_only(template)) is not None:
+            for name in parts[1::2]:
+                if name not in variables:
+                    raise jinja2.exceptions.UndefinedError(f"'{name}' is undefined")
+            return "".join(t if i % 2 == 0 else str(variables[t]) for i, t in enumerate(parts))
         return _compiled(template).render(variables)
     except jinja2.exceptions.UndefinedError as exc:
         known = ", ".join(sorted(variables)) or "none"

@@ -303,6 +303,43 @@ def test_csv_bom_yaml_defaults_and_jsonl_render_the_same_rows(tmp_path):
     assert row.script == "Hello Anna from Acme Café!" and row.output == rows["m.csv"].output
 
 
+def test_text_and_field_templates_render_without_jinja_exactly_as_jinja_does():
+    """Per-row scripts are distinct templates; those made of text and {{ name }} only skip Jinja's compile (20,000
+    rows: 15 s -> 3 s). The short cut must give Jinja's text, newlines and errors."""
+    import jinja2
+
+    from assetprep.manifest import _ENV, _fields_only, _render
+
+    variables = {"first_name": "Anna", "n": 3, "ok": True, "x": 1.5, "tags": ["a", "b"], "_p": "p"}
+    quick = [
+        "Hi",
+        "Hi\n",
+        "Hi\r\nthere\r\n",
+        "a\rb\n\n",
+        "{{ first_name }}",
+        "{{\n first_name\n}}!",
+        "Hi {{first_name}}, {{ n }} {{ ok }} {{ x }} {{ tags }} {{ _p }}\n",
+        "a > b; x = y.",
+        "",
+    ]
+    jinja = ["{ {{ first_name }} }", "{{ first_name }}}", "{% if ok %}y{% endif %}", "{# c #}x", "a } b",
+             "{{ first_name | upper }}", "{{ tags[0] }}", "{{ 'x' }}"]  # fmt: skip
+    assert all(_fields_only(t) is not None for t in quick) and all(_fields_only(t) is None for t in jinja)
+    for template in quick + jinja:
+        problems: list[str] = []
+        assert _render(template, variables, "row 2", "script", problems) == _ENV.from_string(template).render(
+            variables
+        ), template
+        assert problems == []
+    with pytest.raises(jinja2.exceptions.UndefinedError) as caught:
+        _ENV.from_string("{{ missing }}").render(variables)
+    for template in ("Hi {{ missing }}", "Hi {{ missing | upper }}"):
+        problems = []
+        assert _render(template, variables, "row 2", "script", problems) is None
+        assert problems == [f"row 2, column script: template variable missing: {caught.value.message} "
+                            "(columns: _p, first_name, n, ok, tags, x)"]  # fmt: skip
+
+
 def test_a_website_written_without_its_scheme_is_its_https_url(tmp_path):
     """CRM exports hold websites as "acme.com": every such row was a "file not found" problem."""
     (tmp_path / "site.com").mkdir()
