@@ -1,4 +1,5 @@
-"""The README's main job, end to end on embedded services: examples/page.html + examples/script.txt → a finished video.
+"""The README's main job, end to end on embedded services: examples/page.html + examples/script.txt → a finished video,
+then the campaign examples/leads.csv → one personalized video per lead over its website, results.csv and report.html.
 
 Starts the embedded S3 (SeaweedFS) and the Tavus sandbox as managed subprocesses, runs `assetprep publish` exactly as
 a user would (only the env vars point at the local services), prints the video's path, hosted_url and step timings,
@@ -66,6 +67,18 @@ def main() -> int:
             if done.returncode != 0:
                 return done.returncode
             result = json.loads(done.stdout)
+            # The campaign: one personalized video per lead, over each lead's own website, exactly once. The batch
+            # id carries the port for the same reason as the runs folder (its journal remembers the API's address).
+            campaign = [
+                sys.executable, "-m", "assetprep", "batch", str(ROOT / "examples" / "leads.csv"),
+                "--replica", DEFAULT_REPLICA, "--background-preset", "background-720p", "--poll", "1",
+                "--deadline", "10m", "--batch-id", f"demo-{port}", "--out", str(STATE / "campaign"), "--json",
+            ]  # fmt: skip
+            print("[demo] assetprep batch examples/leads.csv --replica … --out .assetprep/demo/campaign", flush=True)
+            ran = subprocess.run(campaign, env=env, stdout=subprocess.PIPE, text=True, timeout=900)
+            if ran.returncode != 0:
+                return ran.returncode
+            batch = json.loads(ran.stdout)
     except AssetprepError as exc:
         print(f"[demo] error: {exc}", file=sys.stderr)
         return 1
@@ -82,6 +95,15 @@ def main() -> int:
         print(f"  {step:<11} {seconds:6.1f} s")
     if result["skipped"]:
         print(f"  reused from the last run: {', '.join(result['skipped'])}")
+    print()
+    print(
+        f"Campaign: {len(batch['rows'])} leads of examples/leads.csv -> {batch['counts'].get('downloaded', 0)} "
+        f"videos over {batch['preparations']} recorded website(s) ({batch['prepared_now']} recorded now)"
+    )
+    for row in batch["rows"]:
+        print(f"  row {row['row']} {row['first_name']} ({row['company']}): {row['status']}  {row['output']}")
+    print(f"  results: {batch['results_csv']}")
+    print(f"  report:  {batch['report_html']}")
     print(f"Total {time.monotonic() - started:.1f} s")
     return 0
 

@@ -340,6 +340,19 @@ def test_text_and_field_templates_render_without_jinja_exactly_as_jinja_does():
                             "(columns: _p, first_name, n, ok, tags, x)"]  # fmt: skip
 
 
+def test_the_demo_campaign_is_three_personal_rows_over_two_recordings(tmp_path):
+    """scripts/demo runs examples/leads.csv: it must stay valid, and show sharing (3 rows, 2 recordings)."""
+    from assetprep.batch import S3Target, plan_preparations
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    rows = load_manifest(examples / "leads.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows
+    assert [r.script.split(",")[0] for r in rows if r.script] == ["Hi Maria", "Hi Jon", "Hi Lena"]
+    assert [r.output.name for r in rows] == ["acme-analytics-maria.mp4", "acme-analytics-jon.mp4", "globex-lena.mp4"]
+    preps, _ = plan_preparations(rows, settings=PublishSettings(runs_dir=tmp_path / "runs"), options=BatchOptions(),
+                                 s3=S3Target(bucket="b", prefix="p"), keep_dir=None)  # fmt: skip
+    assert sorted(Path(p.task.source).name for p in preps.values()) == ["globex.html", "page.html"]
+
+
 def test_a_website_written_without_its_scheme_is_its_https_url(tmp_path):
     """CRM exports hold websites as "acme.com": every such row was a "file not found" problem."""
     (tmp_path / "site.com").mkdir()
