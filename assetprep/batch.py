@@ -729,22 +729,31 @@ def poster_jpeg(clip: str | os.PathLike[str]) -> bytes | None:
         return None
 
 
-def _image_uri(path: str | None, clip: str | None) -> str:
-    """The row's poster, else a frame of its background (a failed video), else a grey placeholder."""
-    data = Path(path).read_bytes() if path and Path(path).is_file() else None
-    if data is None and clip and Path(clip).is_file():
-        data = poster_jpeg(clip)
-    if data:
-        return "data:image/jpeg;base64," + base64.b64encode(data).decode()
+def _image_uri(path: str | None, clip: str | None, frames: dict[str, str]) -> str:
+    """The row's poster, else a frame of its background (a failed video; one ffmpeg per background, kept in
+    `frames`), else a grey placeholder."""
+    if path and Path(path).is_file():
+        return "data:image/jpeg;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+    if clip and Path(clip).is_file():
+        if clip not in frames:
+            data = poster_jpeg(clip)
+            frames[clip] = "data:image/jpeg;base64," + base64.b64encode(data).decode() if data else ""
+        if frames[clip]:
+            return frames[clip]
     return "data:image/svg+xml;base64," + base64.b64encode(_NO_PICTURE).decode()
 
 
 def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
-    """One self-contained HTML file (no external assets): totals and a card per row with a poster frame."""
+    """One self-contained HTML file (no external assets): totals and a card per row with a poster frame.
+
+    Each distinct picture is in the file once, as a CSS class: 1,000 rows that failed over 3 backgrounds are 3
+    frames (one ffmpeg each), not 1,000 (it took 0.3 s and 8 KB per row: 58 s and 1.6 MB for 200 such rows)."""
     counts = Counter(r["status"] for r in rows)
+    frames: dict[str, str] = {}
+    pictures: dict[str, str] = {}  # data URI -> its class
     cards = []
     for r in rows:
-        img = _image_uri(r.get("_poster"), r.get("_background"))
+        picture = pictures.setdefault(_image_uri(r.get("_poster"), r.get("_background"), frames), f"p{len(pictures)}")
         links = []
         if r.get("output"):
             rel = os.path.relpath(r["output"], path.parent)
@@ -753,18 +762,21 @@ def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
             links.append(f'<a href="{html.escape(r["hosted_url"])}">hosted</a>')
         error = f'<p class="err">{html.escape(r["error"])}</p>' if r.get("error") else ""
         cards.append(
-            f'<div class="card {html.escape(r["status"])}"><img alt="" src="{img}">'
+            f'<div class="card {html.escape(r["status"])}"><div class="poster {picture}" role="img"></div>'
             f"<h3>{html.escape(r.get('video_name') or 'row ' + str(r['row']))}</h3>"
             f"<p>row {r['row']} · <b>{html.escape(r['status'])}</b> · {html.escape(r.get('video_id') or '')}</p>"
             f"{error}<p>{' · '.join(links)}</p></div>"
         )
+    styles = "\n".join(f'.{name}{{background-image:url("{uri}")}}' for uri, name in pictures.items())
     totals = " · ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
 body{{font-family:sans-serif;margin:24px;background:#fafafa}}.grid{{display:flex;flex-wrap:wrap;gap:16px}}
 .card{{width:320px;background:#fff;border:1px solid #ddd;border-radius:6px;overflow:hidden}}
-.card img{{width:320px;display:block}}.card h3,.card p{{margin:6px 10px;font-size:14px;word-break:break-all}}
-.failed{{border-color:#c33}}.err{{color:#c33}}</style></head><body>
+.poster{{width:320px;aspect-ratio:16/9;background:#ddd center/contain no-repeat}}
+.card h3,.card p{{margin:6px 10px;font-size:14px;word-break:break-all}}
+.failed{{border-color:#c33}}.err{{color:#c33}}
+{styles}</style></head><body>
 <h1>{html.escape(title)}</h1><p class="totals">{len(rows)} rows · {html.escape(totals)} · {when}</p>
 <div class="grid">{"".join(cards)}</div></body></html>"""
     with atomic_output(path) as tmp:

@@ -545,6 +545,16 @@ def test_kill9_at_three_moments_then_rerun_makes_each_video_once(world, tmp_path
     assert leftovers == []
 
 
+# Each card's picture (a CSS background, one class per distinct picture), decoded by the browser: its width or 0.
+_DECODED_POSTERS = """async () => Promise.all([...document.querySelectorAll('.card .poster')].map(async el => {
+    const m = getComputedStyle(el).backgroundImage.match(/^url\\("(.+)"\\)$/);
+    if (!m) return 0;
+    const img = new Image(); img.src = m[1];
+    try { await img.decode(); } catch (e) { return 0; }
+    return img.naturalWidth;
+}))"""
+
+
 def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site, tmp_path):
     sb, run, _ = world()
     write(tmp_path / "corrupt.wav", "RIFF, but not really a wave file" * 10)
@@ -580,7 +590,7 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
         browser = pw.chromium.launch(executable_path=find_chromium(pw), timeout=30000)
         page = browser.new_page()
         page.goto(result.report_html.as_uri(), timeout=30000)
-        widths = page.eval_on_selector_all(".card img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        widths = page.evaluate(_DECODED_POSTERS)
         texts = page.eval_on_selector_all(".card", "cards => cards.map(c => c.innerText)")
         shot = page.screenshot(full_page=True)
         browser.close()
@@ -593,6 +603,45 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
     names = [c.video_name for c in account(sb)]
     assert again.counts == {"downloaded": 2, "failed": 4}
     assert sum(n.endswith("-retry1") for n in names) == 1 and len(creates(sb)) == 4
+
+
+def test_the_report_holds_each_distinct_picture_once_and_frames_each_background_once(gen, tmp_path, monkeypatch):
+    """300 rows that failed over 2 backgrounds took an ffmpeg and 8 KB each (0.3 s a row at the end of the batch)."""
+    import assetprep.batch as batch_module
+
+    clips = [gen(f"bg{i}.mp4", "-f", "lavfi", "-i", f"testsrc2=s=640x360:r=10:d=2,hue=h={90 * i}",
+                 "-c:v", "libx264", "-pix_fmt", "yuv420p") for i in range(2)]  # fmt: skip
+    posters = []
+    for i in range(3):  # downloaded rows: their own poster files
+        posters.append(tmp_path / f"poster{i}.jpg")
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"color=c=0x{40 * i:02x}80c0:s=320x180",
+                        "-frames:v", "1", str(posters[-1])], check=True, timeout=60)  # fmt: skip
+    framed = []
+    real = batch_module.poster_jpeg
+    monkeypatch.setattr(batch_module, "poster_jpeg", lambda clip: framed.append(clip) or real(clip))
+    rows = [{"row": n + 2, "status": "failed", "error": "render failed", "video_name": f"v{n}",
+             "_background": str(clips[n % 2])} for n in range(300)]  # fmt: skip
+    rows += [{"row": 302 + i, "status": "downloaded", "video_name": f"ok{i}", "_poster": str(p)}
+             for i, p in enumerate(posters)]  # fmt: skip
+    rows += [{"row": 305, "status": "failed", "error": "404", "video_name": "no picture"}]
+    report = batch_module.write_report(tmp_path / "report.html", "t", rows)
+    text = report.read_text()
+    assert sorted(framed) == sorted(map(str, clips))  # one frame per background
+    assert text.count("data:image/") == 6  # 2 frames + 3 posters + the placeholder, each once
+    assert text.count('class="poster ') == 304 and len(text) < 200_000
+    assert text.count('class="poster p0"') == 150 and text.count('class="poster p1"') == 150
+
+    from playwright.sync_api import sync_playwright
+
+    from assetprep.record import find_chromium
+
+    with sync_playwright() as pw:  # the classes reach the right cards in a real browser
+        browser = pw.chromium.launch(executable_path=find_chromium(pw), timeout=30000)
+        page = browser.new_page()
+        page.goto(report.as_uri(), timeout=30000)
+        widths = page.evaluate(_DECODED_POSTERS)
+        browser.close()
+    assert widths == [320] * 303 + [320], widths[-5:]
 
 
 def test_a_failed_download_is_fetched_again_by_a_rerun_never_made_again(world, tmp_path):
