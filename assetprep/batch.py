@@ -38,7 +38,7 @@ from ._journal import BatchJournal, RunLock, open_checked
 from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded
 from ._s3http import HttpPool
 from ._units import parse_duration
-from .callbacks import CallbackReceiver
+from .callbacks import CallbackReceiver, check_listen
 from .composite import composite
 from .errors import (
     AssetprepError,
@@ -811,7 +811,7 @@ def _check_first(path: Path, client: TavusClient, rows: list[Row], s3_client: An
                             hint="`assetprep replicas list` shows the replicas of this API key")  # fmt: skip
     if not tasks:
         return
-    ensure_bucket(s3_client, target.bucket)
+    ensure_bucket(s3_client, target.bucket, prefix=target.prefix)
     if problems := executor.check(target, tasks):
         raise ConfigError(
             f"{len(problems)} node(s) of the cluster cannot prepare this batch; nothing was started:\n  "
@@ -869,6 +869,8 @@ def batch_publish(
         "deadline": options.deadline or parse_duration(settings.deadline, what="deadline setting"),
         "poll_interval": options.poll_interval or settings.poll_interval,
     })  # fmt: skip
+    if options.listen:  # a typo in it would stop the run only after every check; --dry-run must find it too
+        check_listen(options.listen, options.listen_url)
     bucket = options.bucket or settings.bucket
     needs_upload = any(r.background or r.audio or (r.watermark and not is_http_url(r.watermark)) for r in rows)
     if needs_upload and not bucket:

@@ -28,26 +28,30 @@ class _Server(http.server.ThreadingHTTPServer):
         log.debug("callback connection from %s ended badly", client_address[0], exc_info=True)
 
 
+def check_listen(listen: str, public_base: str | None = None) -> tuple[str, str]:
+    """(host, port) of `listen`, or ConfigError: what --dry-run checks and the receiver needs."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--listen must look like HOST:PORT (port 0-65535), got {listen!r}")
+    if public_base is not None:
+        parts = urlsplit(public_base)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(f"--listen-url must be an http(s) URL without a query, got {redact_url(public_base)!r}")
+    elif host.strip("[]") in ("0.0.0.0", "::"):
+        raise ConfigError(
+            f"--listen {listen} takes callbacks on every interface, but Tavus needs an address to send them to",
+            hint="add --listen-url with the public URL that reaches this port (e.g. https://hooks.example.com)",
+        )
+    return host, port
+
+
 class CallbackReceiver:
     """Collects callback bodies in `events` (a queue of dicts with at least a video_id)."""
 
     def __init__(self, listen: str, public_base: str | None = None, *, idle_timeout: float = 10.0) -> None:
         """`public_base`: the URL Tavus reaches this port at (a proxy, a tunnel, a public host name); by default
         http://HOST:PORT of `listen`, which must then be an address Tavus can reach."""
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"--listen must look like HOST:PORT (port 0-65535), got {listen!r}")
-        if public_base is not None:
-            parts = urlsplit(public_base)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-                raise ConfigError(
-                    f"--listen-url must be an http(s) URL without a query, got {redact_url(public_base)!r}"
-                )
-        elif host.strip("[]") in ("0.0.0.0", "::"):
-            raise ConfigError(
-                f"--listen {listen} takes callbacks on every interface, but Tavus needs an address to send them to",
-                hint="add --listen-url with the public URL that reaches this port (e.g. https://hooks.example.com)",
-            )
+        host, port = check_listen(listen, public_base)
         self.token = secrets.token_urlsafe(18)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         receiver = self

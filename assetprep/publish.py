@@ -375,7 +375,7 @@ class _Run:
                 hint="`assetprep replicas list` shows the replicas of this API key",
             ) from None
         if self.uploaded() and not self.journal.get("upload").get("urls"):
-            ensure_bucket(self.s3(), self.bucket())
+            ensure_bucket(self.s3(), self.bucket(), prefix=self.o.prefix or self.settings.prefix)
 
     def background(self) -> tuple[Path | None, str | None]:
         """(local background file, background_url for Tavus)."""

@@ -161,7 +161,8 @@ def storage_error(exc: Exception, action: str, client: Any) -> StorageError:
             return StorageError(
                 f"{action}: not found at {where} ({code})", hint="create the bucket or pass --create-bucket"
             )
-        return StorageError(f"{action}: S3 at {where} answered {status} {code}")
+        answer = f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")  # a HEAD has no body
+        return StorageError(f"{action}: S3 at {where} answered {answer}")
     if isinstance(exc, botocore.exceptions.BotoCoreError | boto3.exceptions.S3UploadFailedError):
         # S3UploadFailedError wraps the ClientError text; its message carries no secrets.
         return StorageError(f"{action}: {exc}")
@@ -199,10 +200,25 @@ def abort_stale_uploads(client: Any, bucket: str, prefix: str, *, older_than: fl
     return aborted
 
 
-def ensure_bucket(client: Any, bucket: str, *, create: bool = False) -> None:
-    """Check the bucket exists (create it when asked)."""
+def prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot start S3 keys, in words (None when it can)."""
+    if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
+        # HTTP clients and servers normalize such paths: the object would land under another key or be refused
+        # (SeaweedFS answers a bare 400).
+        return "no '.' or '..' segment and no '//'"
+    if re.search(r"[\x00-\x1f\x7f]", prefix):
+        return "no control characters"
+    if len(prefix.encode()) > 512:
+        return "at most 512 bytes (a whole key may have 1,024)"
+    return None
+
+
+def ensure_bucket(client: Any, bucket: str, *, create: bool = False, prefix: str | None = None) -> None:
+    """Check the bucket exists (create it when asked) and, given, that `prefix` can start keys."""
     if problem := bucket_name_problem(bucket):
         raise StorageError(f"invalid bucket name {bucket!r}: {problem}", hint="fix --bucket or ASSETPREP_BUCKET")
+    if prefix is not None and (problem := prefix_problem(prefix)):
+        raise StorageError(f"invalid key prefix {prefix!r}: {problem}", hint="fix --prefix or ASSETPREP_PREFIX")
     try:
         client.head_bucket(Bucket=bucket)
         return
@@ -547,7 +563,7 @@ def upload_file(
 
     `metadata` is stored with the object next to its sha256 (x-amz-meta-*), for facts a later HEAD must find.
     """
-    ensure_bucket(client, bucket, create=create_bucket)
+    ensure_bucket(client, bucket, create=create_bucket, prefix=prefix if key is None else None)
     up = _Upload(client, bucket, prefix=prefix, config=transfer_config or DEFAULT_TRANSFER, on_progress=on_progress,
                  files=1)  # fmt: skip
     try:
@@ -563,7 +579,7 @@ def _session(
 ) -> Iterator[tuple[_Upload, HttpPool]]:  # fmt: skip
     """What every many-file call does first and last: the bucket checked once (not per file), parts of killed runs'
     uploads aborted, one HTTP pool for the small requests and preflights, shared state closed at the end."""
-    ensure_bucket(client, bucket, create=create_bucket)
+    ensure_bucket(client, bucket, create=create_bucket, prefix=prefix)
     abort_stale_uploads(client, bucket, prefix)
     http = HttpPool(jobs)
     up = _Upload(client, bucket, prefix=prefix, config=config or DEFAULT_TRANSFER, on_progress=on_progress, files=files,

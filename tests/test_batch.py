@@ -735,7 +735,8 @@ def test_a_leads_cell_that_a_spreadsheet_would_run_as_a_formula_is_text_in_the_r
 
 
 def test_a_wrong_key_an_unknown_replica_or_a_missing_bucket_stops_the_batch_before_any_recording(world, tmp_path):
-    """Each would fail every row, after every background was recorded; one request each finds it first."""
+    """Each would fail every row, after every background was recorded; one request each finds it first. A key
+    prefix that HTTP would rewrite and a malformed --listen the same, and --dry-run finds them all."""
     sb, _, env = world()
     manifest = leads_manifest(tmp_path, 2)
     args = [str(manifest), "--allow-private-networks", "--poll", "0.2"]
@@ -745,6 +746,8 @@ def test_a_wrong_key_an_unknown_replica_or_a_missing_bucket_stops_the_batch_befo
         (env, [*args, "--replica", "r0000000000"], "replica_id 'r0000000000' (row 2, row 3): not found"),
         ({**env, "ASSETPREP_BUCKET": "no-such-bucket-x"}, [*args, "--replica", DEFAULT_REPLICA],
          "bucket 'no-such-bucket-x' does not exist"),
+        (env, [*args, "--replica", DEFAULT_REPLICA, "--prefix", "a//b"], "invalid key prefix 'a//b'"),
+        (env, [*args, "--replica", DEFAULT_REPLICA, "--listen", "127.0.0.1:abc"], "--listen must look like HOST:PORT"),
     ]  # fmt: skip
     for (case_env, case_args, said), dry in itertools.product(cases, ([], ["--dry-run"])):
         proc = cli(case_env, *case_args, *dry, timeout=120)  # --dry-run: the same checks (it missed the bucket)

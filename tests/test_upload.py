@@ -175,6 +175,26 @@ def test_missing_bucket_and_create(client, tmp_path):
     assert client.head_object(Bucket="created-on-demand", Key=obj.key)["ContentLength"] == 100
 
 
+def test_a_prefix_that_http_would_rewrite_is_refused_before_any_request(s3, client, bucket, tmp_path):
+    """'../x' was sent as is: SeaweedFS answered a bare 400 ("answered 400 400"); a server that normalizes the path
+    would store the object under another key or bucket than the one the URL is presigned for."""
+    f = tmp_path / "a.mp4"
+    f.write_bytes(MP4_HEAD + b"x" * 84)
+    for prefix in ("../x", "a//b", "a/./b", "runs/..", "a\nb", "p" * 513):
+        with pytest.raises(StorageError, match=r"invalid key prefix .*(segment|control|512 bytes)"):
+            upload_files([f], bucket=bucket, client=client, prefix=prefix)
+        with pytest.raises(StorageError, match="invalid key prefix"):
+            upload_file(f, bucket=bucket, client=client, prefix=prefix)
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    for prefix in ("", "/", "campaign/2026-12/", "/a/b", "a.b/..c"):  # what keys may start with
+        assert upload_files([f], bucket=bucket, client=client, prefix=prefix)[0].key.endswith("/a.mp4")
+    proc = subprocess.run([sys.executable, "-m", "assetprep", "upload", str(f), "--bucket", bucket, "--prefix", "../x"],
+                          capture_output=True, text=True, env={**os.environ, **s3.env()}, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: invalid key prefix '../x': no '.' or '..' segment and no '//' (fix --prefix or ASSETPREP_PREFIX)"
+    ], proc.stderr
+
+
 def test_unreachable_endpoint_fails_fast(tmp_path):
     f = tmp_path / "a.mp4"
     f.write_bytes(MP4_HEAD)
