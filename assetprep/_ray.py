@@ -9,12 +9,16 @@ by Ray (`max_retries`); a retried task writes the same key, so there is never a 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -189,6 +193,20 @@ def unseen_inputs(files: dict[str, int]) -> list[str]:
     return unseen
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """This process's assetprep: its version and a hash of its source. A node with another build prepares with
+    other code (another encode, another object key, fields the driver does not expect) or fails on tasks it cannot
+    unpickle; an editable install changes without a version bump, hence the hash."""
+    from . import __version__
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes() + b"\0")
+    return f"{__version__}+{digest.hexdigest()[:10]}"
+
+
 def _check_node(bucket: str | None, endpoint_url: str | None, region: str | None, browser: bool,
                 files: dict[str, int]) -> dict[str, Any]:  # fmt: skip
     """Runs on one node: tools, S3 and the driver's local inputs as that node sees them (its PATH, its own
@@ -200,7 +218,7 @@ def _check_node(bucket: str | None, endpoint_url: str | None, region: str | None
     unseen = unseen_inputs(files)
     out: dict[str, Any] = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
                            "missing": _node_tools("background" if browser else "audio"), "s3": None,
-                           "unseen": [len(unseen), len(files), unseen[:3]]}  # fmt: skip
+                           "unseen": [len(unseen), len(files), unseen[:3]], "code": code_fingerprint()}  # fmt: skip
     if bucket:
         client = make_s3_client(S3Settings(endpoint_url=endpoint_url, region=region))
         try:
@@ -242,6 +260,10 @@ def node_problems(node: dict[str, Any]) -> list[str]:
     problems = [f"lacks {m}" for m in node["missing"]]
     if node.get("error"):
         problems.append(node["error"])
+    elif node.get("code") != code_fingerprint():  # an answer without it comes from an older build
+        found = f"assetprep {node['code']}" if node.get("code") else "an older assetprep"
+        problems.append(f"runs {found} where the driver runs {code_fingerprint()}: install the same build on every "
+                        "node")  # fmt: skip
     if node["s3"] not in (None, "ok"):
         problems.append(f"S3: {node['s3']}")
     unseen, total, some = node.get("unseen") or (0, 0, [])
@@ -274,7 +296,7 @@ class LocalRayCluster:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.address = ""
 
-    def _start(self, name: str, args: list[str], env: dict[str, str] | None, hide: Path | None = None) -> None:
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None, hide: Sequence[Path] = ()) -> None:
         from . import _process
 
         common = ["--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--object-store-memory=200000000",
@@ -283,8 +305,9 @@ class LocalRayCluster:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env, **(env or {})}
         log = self.folder / f"ray-{name}.log"
         command: list[str | Path] = [ray_bin, "start", *args, *common]
-        if hide is not None:  # own mount namespace, an empty tmpfs over `hide`; unshare and sh exec: same PID
-            command = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(hide), *command]
+        if hide:  # own mount namespace, an empty tmpfs over each of `hide`; unshare and sh exec: same PID
+            mounts = " && ".join(f"mount -t tmpfs none {shlex.quote(str(folder))}" for folder in hide)
+            command = ["unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh", *command]
         self.procs.append(_process.spawn(command, log_path=log, env=env))
 
     def start(self, timeout: float = 120) -> LocalRayCluster:
@@ -299,8 +322,8 @@ class LocalRayCluster:
         self.wait_nodes(self.count, timeout)
         return self
 
-    def add_node(self, env: dict[str, str], timeout: float = 120, *, hide: Path | None = None) -> str:
-        """Start one more node with `env`; its node id. `hide`: a folder that node sees empty, as a machine without
+    def add_node(self, env: dict[str, str], timeout: float = 120, *, hide: Sequence[Path] = ()) -> str:
+        """Start one more node with `env`; its node id. `hide`: folders that node sees empty, as a machine without
         the driver's files would (needs root: a mount namespace)."""
         before = set(self.wait_nodes(len(self.procs), timeout))
         self._start(f"worker{len(self.procs)}", [f"--address={self.address}"], env, hide)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from assetprep._ray import LocalRayCluster
+import assetprep
+from assetprep._ray import LocalRayCluster, code_fingerprint
 from assetprep.s3local import LocalS3
 from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
 from assetprep.sandbox.server import free_port
@@ -197,12 +199,19 @@ def main(work: Path) -> None:
 
         # A node without ffmpeg (and with a wrong S3 secret) joins: doctor names it, and a task that lands there
         # names node and tool.
-        bad = cluster.add_node(
-            {"FFMPEG": "/nonexistent", "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, hide=PAGES
-        )  # and the manifest's pages are not there, as on another machine
+        # It also runs another build of assetprep (a copy with one line more, on its PYTHONPATH; this build's
+        # folder is hidden there, since Ray puts the driver's sys.path first on every worker), and the manifest's
+        # pages are not there, as on another machine.
+        here, other = Path(assetprep.__file__).parent, work / "other-build"
+        shutil.copytree(here, other / "assetprep", ignore=shutil.ignore_patterns("__pycache__"))
+        with (other / "assetprep" / "_prepare.py").open("a") as f:
+            f.write("# another build\n")
+        bad = cluster.add_node({"FFMPEG": "/nonexistent", "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+                                "PYTHONPATH": str(other)}, hide=[PAGES, here])  # fmt: skip
         doctor = subprocess.run([sys.executable, "-m", "assetprep", "doctor", "--ray-address", address, "--json"],
                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-        facts["doctor"] = {"rc": doctor.returncode, "checks": json.loads(doctor.stdout)["checks"], "bad_node": bad}
+        facts["doctor"] = {"rc": doctor.returncode, "checks": json.loads(doctor.stdout)["checks"], "bad_node": bad,
+                           "code": code_fingerprint()}  # fmt: skip
         pinned = subprocess.run([sys.executable, "-c", PINNED % (address, BUCKET, s3.endpoint_url, bad)], env=env,
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         facts["pinned"] = {"rc": pinned.returncode, "stdout": pinned.stdout, "stderr": pinned.stderr[-2000:]}

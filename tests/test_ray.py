@@ -84,6 +84,9 @@ def test_a_wrong_address_fails_in_seconds_and_a_node_without_ffmpeg_is_named(fac
     bad = [c for c in nodes if not c["ok"]]
     assert len(bad) == 1 and bad[0]["name"] == f"ray node {doctor['bad_node'][:12]}" and "ffmpeg" in bad[0]["detail"]
     assert "S3:" in bad[0]["detail"]  # its wrong secret: the bucket as that node sees it
+    detail = bad[0]["detail"]
+    assert "runs assetprep 0.1.0+" in detail and f"where the driver runs {doctor['code']}" in detail
+    assert bad[0]["detail"].count(doctor["code"]) == 1  # its own build differs
     assert all("bucket reachable" in c["detail"] for c in nodes if c["ok"])
     pinned = json.loads(facts["pinned"]["stdout"].strip().splitlines()[-1])
     assert pinned["error"].startswith(f"node {doctor['bad_node'][:12]}") and "lacks ffmpeg" in pinned["error"]
@@ -96,6 +99,7 @@ def test_a_batch_on_a_cluster_with_a_broken_node_stops_before_any_work(facts):
     line = next(x for x in refused["stderr"].splitlines() if bad[:12] in x)
     assert "lacks ffmpeg" in line and "S3:" in line and "not-the-secret" not in refused["stderr"]
     assert "does not see 3 of the 3 local input(s) at their path and size" in line  # the three pages
+    assert "install the same build on every node" in line
     assert refused["posts"] == 0 and refused["objects"] == []  # nothing recorded, uploaded or created
     assert refused["seconds"] < 60
     dry = refused["dry_run"]  # --dry-run makes the same check
