@@ -648,6 +648,7 @@ class _Batch:
                 "prepare_s": data.get("prepare_s", ""), "submit_s": data.get("submit_s", ""),
                 "wait_s": data.get("wait_s", ""), "download_s": data.get("download_s", ""),
                 "prepared_on": json.dumps(data["prepared_on"]) if data.get("prepared_on") else "",
+                "script_sent": row.script or "",
                 "_poster": data.get("poster"), "_background": self._background_file(rid),
             })  # fmt: skip
         return out
@@ -669,8 +670,10 @@ class _Batch:
         return path
 
 
+# script_sent: the row's script as rendered for Tavus (its input column holds the template), to read what each
+# lead hears; last, since it is the longest.
 RESULT_COLUMNS = ("row", "video_name", "video_id", "status", "hosted_url", "output", "error", "prepare_s", "submit_s",
-                  "wait_s", "download_s", "prepared_on")  # fmt: skip
+                  "wait_s", "download_s", "prepared_on", "script_sent")  # fmt: skip
 
 
 # A lead's own "status" or "error" column is data to keep, not the batch's word: it goes to "status (input)".

@@ -715,6 +715,11 @@ def test_a_leads_own_status_or_error_column_is_kept_in_the_results_beside_the_ba
         ("customer", "none", "A-1"), ("lead", "bounced", "B-2")]  # fmt: skip
     assert [(r["status"], r["error"]) for r in rows] == [("downloaded", ""), ("downloaded", "")]
     assert [r["status (input)"] for r in result.rows] == ["customer", "lead"]  # --json gives the same
+    # The input column keeps the template; script_sent is what each lead hears, as Tavus got it.
+    assert [(r["script"], r["script_sent"]) for r in rows] == [("Hi {{ first_name }}.", "Hi Ann."),
+                                                              ("Hi {{ first_name }}.", "Hi Bob.")]  # fmt: skip
+    assert sorted((v.data or {}).get("script") for v in account(sb)) == ["Hi Ann.", "Hi Bob."]
+    assert list(rows[0])[-1] == "script_sent"
     assert len(creates(sb)) == 2
 
 
