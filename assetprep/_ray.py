@@ -102,15 +102,19 @@ def _node_tools(kind: str) -> list[str]:
     return missing
 
 
-def _prepare_on_node(data: dict[str, Any]) -> dict[str, Any]:
-    """The Ray task: runs on a worker; errors of the input come back as {"error": ...} (not retried)."""
+def _prepare_on_node(data: dict[str, Any], driver_code: str | None = None) -> dict[str, Any]:
+    """The Ray task: runs on a worker; errors of the input come back as {"error": ...} (not retried).
+    `driver_code`: the driver's build, for a node that joined after the check (before the task is even read)."""
     import ray
 
     from ._prepare import run_prep
 
-    task = PrepTask.model_validate(data)
     node = ray.get_runtime_context().get_node_id()
     where = f"node {node[:12]} ({socket.gethostname()})"
+    if driver_code is not None and driver_code != code_fingerprint():
+        return {"error": f"{where} runs assetprep {code_fingerprint()} where the driver runs {driver_code}: install "
+                         "the same build on every node"}  # fmt: skip
+    task = PrepTask.model_validate(data)
     missing = _node_tools(task.kind)
     if missing:
         return {"error": f"{where} lacks {', '.join(missing)}"}
@@ -131,7 +135,9 @@ class RayExecutor:
         self._refs: list[Any] = []
 
     def submit(self, task: PrepTask) -> Future[PrepResult]:
-        ref = self._remote.options(num_cpus=CPUS[task.kind], max_retries=MAX_RETRIES).remote(task.model_dump())
+        ref = self._remote.options(num_cpus=CPUS[task.kind], max_retries=MAX_RETRIES).remote(
+            task.model_dump(), code_fingerprint()
+        )
         self._refs.append(ref)
         out: Future[PrepResult] = Future()
 

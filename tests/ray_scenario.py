@@ -212,7 +212,7 @@ def main(work: Path) -> None:
                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         facts["doctor"] = {"rc": doctor.returncode, "checks": json.loads(doctor.stdout)["checks"], "bad_node": bad,
                            "code": code_fingerprint()}  # fmt: skip
-        pinned = subprocess.run([sys.executable, "-c", PINNED % (address, BUCKET, s3.endpoint_url, bad)], env=env,
+        pinned = subprocess.run([sys.executable, "-c", PINNED % (address, BUCKET, s3.endpoint_url, bad, code_fingerprint())], env=env,
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         facts["pinned"] = {"rc": pinned.returncode, "stdout": pinned.stdout, "stderr": pinned.stderr[-2000:]}
 
@@ -245,7 +245,8 @@ from assetprep._prepare import PrepTask, S3Target
 ray.init(address=%r, logging_level="ERROR", log_to_driver=False)
 task = PrepTask(key="0" * 64, kind="audio", source="/nonexistent.wav", s3=S3Target(bucket=%r, endpoint_url=%r))
 ref = ray.remote(_prepare_on_node).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(%r, soft=False))
-print(json.dumps(ray.get(ref.remote(task.model_dump()), timeout=60)))
+for code in (%r, None):  # the driver's build (a node that joined after the check), then none (its tools)
+    print(json.dumps(ray.get(ref.remote(task.model_dump(), code), timeout=60)))
 """
 
 

@@ -88,8 +88,9 @@ def test_a_wrong_address_fails_in_seconds_and_a_node_without_ffmpeg_is_named(fac
     assert "runs assetprep 0.1.0+" in detail and f"where the driver runs {doctor['code']}" in detail
     assert bad[0]["detail"].count(doctor["code"]) == 1  # its own build differs
     assert all("bucket reachable" in c["detail"] for c in nodes if c["ok"])
-    pinned = json.loads(facts["pinned"]["stdout"].strip().splitlines()[-1])
-    assert pinned["error"].startswith(f"node {doctor['bad_node'][:12]}") and "lacks ffmpeg" in pinned["error"]
+    build, tools = (json.loads(x)["error"] for x in facts["pinned"]["stdout"].strip().splitlines()[-2:])
+    assert build.startswith(f"node {doctor['bad_node'][:12]}") and f"where the driver runs {doctor['code']}" in build
+    assert tools.startswith(f"node {doctor['bad_node'][:12]}") and "lacks ffmpeg" in tools
 
 
 def test_a_batch_on_a_cluster_with_a_broken_node_stops_before_any_work(facts):
