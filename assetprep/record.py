@@ -477,8 +477,10 @@ def _record_url(
         bound = options.timeout  # per browser step (loading and waiting also have Playwright's timeout inside)
         args = ([_DETERMINISTIC] if exact else []) + guard_args + options.browser_args + [marker]
         try:
+            # Playwright turns Chromium's popup blocker off; a visitor's browser has it on.
             browser = pw.chromium.launch(executable_path=executable, headless=True, proxy=proxy, args=args,
-                                         chromium_sandbox=os.geteuid() != 0, timeout=30000)  # fmt: skip
+                                         chromium_sandbox=os.geteuid() != 0, timeout=30000,
+                                         ignore_default_args=["--disable-popup-blocking"])  # fmt: skip
         except PlaywrightError as exc:
             raise RecordError(
                 f"Chromium did not start: {_clean_page_error(exc)}", hint="check the chromium install"
@@ -492,7 +494,11 @@ def _record_url(
                 context.add_cookies([{"url": url, **c} if "domain" not in c else c for c in options.cookies])
             if exact:
                 context.add_init_script(TIME_SHIM)
+            # A page that opens windows on load (400 window.open calls made loading time out; 50 made the recording
+            # 4x slower) gets none, as a visitor's popup blocker would do; whatever opens anyway is closed.
+            context.add_init_script(_NO_POPUPS)
             page = context.new_page()
+            context.on("page", lambda other: other.close() if other is not page else None)
             cdp = context.new_cdp_session(page)
             page.set_default_timeout(timeout_ms)
             page.on("dialog", lambda d: d.dismiss())  # alert/confirm must not stall the recording
@@ -554,6 +560,19 @@ def _record_url(
         capture_fps=capture_fps, page_height=page_height, max_scroll=max_scroll, warnings=warnings,
         info=info.model_copy(update={"path": str(output)}),
     )  # fmt: skip
+
+
+# window.open gives null, as when a popup blocker stops it; a link or form that a script clicks or submits into
+# another window does nothing (no one clicks during a recording, so every such click is the page's own).
+_NO_POPUPS = """
+window.open = function () { return null; };
+const elsewhere = (t) => t && !["_self", "_top", "_parent"].includes(t.toLowerCase());
+addEventListener("click", (e) => {
+  const a = e.target && e.target.closest && e.target.closest("a[target], area[target]");
+  if (a && elsewhere(a.getAttribute("target"))) e.preventDefault();
+}, true);
+addEventListener("submit", (e) => { if (elsewhere(e.target.getAttribute("target"))) e.preventDefault(); }, true);
+"""
 
 
 def _wait_ready(page: Any, options: RecordOptions, timeout_ms: float, url: str) -> None:
