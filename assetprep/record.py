@@ -380,6 +380,7 @@ _NET_ERRORS = {  # Chromium's codes in words
     "ERR_CONNECTION_TIMED_OUT": "connection timed out",
     "ERR_CERT_": "TLS certificate rejected",
     "Download is starting": "it answers with a file to download (a PDF, a zip), not a web page",
+    "ms exceeded": "no page came within the timeout (--timeout)",
 }
 
 
@@ -438,6 +439,7 @@ def _record_url(
     trusted: str | None = None, inputs: tuple[Path, ...] = (),
 ) -> RecordResult:  # fmt: skip
     from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import sync_playwright
 
     started = time.monotonic()
@@ -503,11 +505,22 @@ def _record_url(
             page.set_default_timeout(timeout_ms)
             page.on("dialog", lambda d: d.dismiss())  # alert/confirm must not stall the recording
             failure: PlaywrightError | None = None
+            loading = time.monotonic()
             try:
                 with dog.step("while loading", bound + 5):
-                    response = page.goto(url, wait_until="load", timeout=timeout_ms)
+                    response = page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
             except PlaywrightError as exc:
                 response, failure = None, exc
+            if failure is None:
+                # The load event waits for every image and script: one that never ends (a hung tracker, a slow
+                # CDN) failed the whole recording of a page that a visitor sees. Record it as it is by then.
+                left = max(1.0, options.timeout - (time.monotonic() - loading))
+                try:
+                    with dog.step("while loading", left + 5):
+                        page.wait_for_load_state("load", timeout=left * 1000)
+                except PlaywrightTimeoutError:
+                    warnings.append(f"the page did not finish loading within {options.timeout:g} s (a resource "
+                                    "that never ends: a tracker, a slow image); recorded as it was then")  # fmt: skip
             # The guard refused the page itself: an https CONNECT fails the navigation, plain http gets its 403.
             if blocked and (failure or (response and response.headers.get(BLOCKED_HEADER.lower()))):
                 raise RecordError(f"{url}: blocked request to a private address ({blocked[0]})",

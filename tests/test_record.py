@@ -281,6 +281,45 @@ def test_a_url_that_answers_with_a_download_is_named_as_such(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_page_with_a_resource_that_never_ends_is_recorded_as_it_is(tmp_path):
+    """A hung tracker or image kept the load event from firing, and the whole recording failed ("Timeout 3000ms
+    exceeded", with a hint to check the URL) although a visitor sees the page. A page that never sends its HTML
+    stays an error, in words."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Hangs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/hang"):
+                release.wait(60)
+                return
+            body = (b'<!doctype html><html><body style="margin:0;background:rgb(0,160,0)"><img src="/hang.png">'
+                    b'<script async src="/hang.js"></script></body></html>')  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http_server(Hangs) as server:
+        try:
+            base = f"http://127.0.0.1:{server.server_port}"
+            result = record(f"{base}/", tmp_path / "p.mp4", opts(duration=1, fps=5, timeout=3))
+            with pytest.raises(RecordError, match=r"cannot load .*/hang\.html: no page came within the timeout"):
+                record(f"{base}/hang.html", tmp_path / "h.mp4", opts(duration=1, fps=5, timeout=3))
+        finally:
+            release.set()
+    assert [w for w in result.warnings if "did not finish loading within 3 s" in w], result.warnings
+    frames = frames_rgb(tmp_path / "p.mp4")
+    assert len(frames) == 5 and all(px(f, 10, 10)[1] > 120 for f in frames)  # the page, green
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.mp4"]
+
+
 def test_local_file_and_cli(tmp_path):
     out = tmp_path / "cli.mp4"
     run = subprocess.run([sys.executable, "-m", "assetprep", "record", str(PAGES / "clock.html"), "-o", str(out),
