@@ -488,10 +488,13 @@ def _record_url(
                 f"Chromium did not start: {_clean_page_error(exc)}", hint="check the chromium install"
             ) from None
         try:
-            context = browser.new_context(
-                viewport={"width": vw, "height": vh}, device_scale_factor=options.scale,
-                color_scheme="dark" if options.dark else "light", extra_http_headers=options.headers or None,
-            )  # fmt: skip
+            with dog.step("while starting", 35):
+                agent = next((v for k, v in options.headers.items() if k.lower() == "user-agent"), None)
+                agent = agent or _visitor_agent(browser)
+                context = browser.new_context(
+                    viewport={"width": vw, "height": vh}, device_scale_factor=options.scale, user_agent=agent,
+                    color_scheme="dark" if options.dark else "light", extra_http_headers=options.headers or None,
+                )  # fmt: skip
             if options.cookies:
                 context.add_cookies([{"url": url, **c} if "domain" not in c else c for c in options.cookies])
             if exact:
@@ -577,6 +580,18 @@ def _record_url(
 
 # window.open gives null, as when a popup blocker stops it; a link or form that a script clicks or submits into
 # another window does nothing (no one clicks during a recording, so every such click is the page's own).
+def _visitor_agent(browser: Any) -> str | None:
+    """Chromium's own user agent without "Headless": sites and CDNs that turn "HeadlessChrome" away (a 403, a
+    challenge page instead of the site) show the page they show a visitor's Chrome. A `User-Agent` header wins."""
+    try:
+        session = browser.new_browser_cdp_session()
+        agent = str(session.send("Browser.getVersion")["userAgent"])
+        session.detach()
+    except Exception:  # an old browser without the call: its own agent then
+        return None
+    return agent.replace("HeadlessChrome/", "Chrome/")
+
+
 _NO_POPUPS = """
 window.open = function () { return null; };
 const elsewhere = (t) => t && !["_self", "_top", "_parent"].includes(t.toLowerCase());

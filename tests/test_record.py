@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import subprocess
 import sys
@@ -318,6 +319,39 @@ def test_a_page_with_a_resource_that_never_ends_is_recorded_as_it_is(tmp_path):
     frames = frames_rgb(tmp_path / "p.mp4")
     assert len(frames) == 5 and all(px(f, 10, 10)[1] > 120 for f in frames)  # the page, green
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.mp4"]
+
+
+def test_a_site_that_turns_headless_chrome_away_sees_a_visitors_chrome(tmp_path):
+    """CDNs and bot rules answer "HeadlessChrome" with a 403 or a challenge: such a lead's row failed. The page
+    sees Chromium's own agent without "Headless"; a User-Agent header replaces it, in requests and in navigator."""
+    import http.server
+
+    seen: list[str] = []
+
+    class Picky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            agent = self.headers.get("User-Agent", "")
+            seen.append(agent)
+            body = (b"<!doctype html><html><body style='margin:0'><script>const a = navigator.userAgent;"
+                    b"document.body.style.background = a === 'Campaign/1.0' ? 'rgb(0,0,160)' : "
+                    b"/Headless/.test(a) ? 'rgb(160,0,0)' : 'rgb(0,160,0)';</script></body></html>")  # fmt: skip
+            self.send_response(403 if "HeadlessChrome" in agent else 200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http_server(Picky) as server:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        record(url, tmp_path / "v.mp4", opts(duration=0.4, fps=5))
+        record(url, tmp_path / "h.mp4", opts(duration=0.4, fps=5, headers={"user-agent": "Campaign/1.0"}))
+    assert re.fullmatch(r"Mozilla/5\.0 .* Chrome/[\d.]+ .*", seen[0]) and "Headless" not in seen[0], seen
+    assert seen[-1] == "Campaign/1.0"
+    assert px(frames_rgb(tmp_path / "v.mp4")[-1], 10, 10)[1] > 120  # green: no "Headless" in navigator either
+    assert px(frames_rgb(tmp_path / "h.mp4")[-1], 10, 10)[2] > 120  # blue: the header's agent in navigator
 
 
 def test_local_file_and_cli(tmp_path):
