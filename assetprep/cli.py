@@ -311,6 +311,9 @@ def record_cmd(
     header: Annotated[list[str] | None, typer.Option(help="Extra HTTP header 'Name: value' (repeatable).")] = None,
     cookie: Annotated[list[str] | None, typer.Option(help="Cookie 'name=value' for the page (repeatable).")] = None,
     dark: Annotated[bool, typer.Option("--dark", help="Prefer a dark colour scheme.")] = False,
+    show_cookie_banners: Annotated[
+        bool, typer.Option("--show-cookie-banners", help="Keep the consent banners of common CMPs (hidden otherwise).")
+    ] = False,
     mode: Annotated[
         str, typer.Option(help="exact (virtual time) | fast (one full-page shot, no animation).")
     ] = "exact",
@@ -345,6 +348,7 @@ def record_cmd(
             preset=preset, duration=duration, fps=fps, viewport=parse_viewport(viewport) if viewport else None,
             scale=scale, scroll=scroll, scroll_depth=depth, scroll_return=scroll_return, wait_for=wait_for,
             hide=hide or [], css=css, js=js, headers=headers, cookies=cookies, dark=dark, mode=mode,
+            show_cookie_banners=show_cookie_banners,
             timeout=timeout, allow_http_errors=allow_http_errors, block_private_networks=block_private_networks,
         )  # fmt: skip
     except ValidationError as exc:

@@ -63,6 +63,7 @@ class RecordOptions(BaseModel):
     keyframes: list[tuple[float, float]] | None = None  # (seconds, scroll y px), overrides `scroll`
     wait_for: str | None = None  # "networkidle" or a CSS selector
     hide: list[str] = Field(default_factory=list)
+    show_cookie_banners: bool = False  # else the common consent managers' banners are hidden (_CONSENT_CSS)
     css: str | None = None
     js: str | None = None
     cookies: list[dict[str, Any]] = Field(default_factory=list)
@@ -391,8 +392,27 @@ def _clean_page_error(exc: Exception) -> str:
     return f"{words} [{text.split(' at ')[0]}]" if words else text
 
 
+# The banners of the common consent managers (OneTrust, Cookiebot, Usercentrics, Quantcast, TrustArc, Didomi,
+# Osano, CookieYes, Complianz, iubenda, Borlabs, HubSpot, Shopify, Axeptio, Sourcepoint, Termly, Google's Funding
+# Choices, WordPress plugins) and the scroll locks some put on the page. A lead's website is mostly seen through one
+# of them otherwise; hidden, not answered: nothing is consented to.
+_CONSENT_CSS = """
+#onetrust-consent-sdk, #onetrust-banner-sdk, #CybotCookiebotDialog, #CybotCookiebotDialogBodyUnderlay,
+#usercentrics-root, #usercentrics-cmp-ui, #qc-cmp2-container, .qc-cmp2-container, #truste-consent-track,
+.truste_overlay, .truste_box_overlay, #didomi-host, .osano-cm-window, .osano-cm-dialog, .cky-consent-container,
+.cky-overlay, #cmplz-cookiebanner-container, .cmplz-cookiebanner, #iubenda-cs-banner, #BorlabsCookieBox,
+#hs-eu-cookie-confirmation, #shopify-pc__banner, #axeptio_overlay, div[id^="sp_message_container"],
+#termly-code-snippet-support, .fc-consent-root, #cookie-law-info-bar, .cli-modal-backdrop, #cookie-notice,
+#moove_gdpr_cookie_info_bar, #cookiescript_injected, .cc-window.cc-banner, .cc-window.cc-floating,
+#cookie-banner, #cookieBanner, .cookie-banner, #cookie-consent, #cookieConsent { display: none !important; }
+html.sp-message-open, body.didomi-popup-open, body.cli-barmodal-open { overflow: auto !important; }
+"""
+
+
 def _page_css(options: RecordOptions) -> str:
     css = "html, body { scroll-behavior: auto !important; } ::-webkit-scrollbar { display: none; }\n"
+    if not options.show_cookie_banners:
+        css += _CONSENT_CSS
     if options.hide:
         css += ", ".join(options.hide) + " { display: none !important; }\n"
     return css + (options.css or "")

@@ -122,6 +122,23 @@ def test_smooth_scroll_is_linear_reaches_depth_and_returns(site, tmp_path):
     assert not any(is_red(px(f, 640, 700)) for f in frames)  # --hide removed the cookie banner
 
 
+def test_consent_banners_of_common_cmps_are_hidden_unless_asked_for(site, tmp_path):
+    """Most leads' websites in the EU open behind a OneTrust/Cookiebot/Usercentrics… banner: it was in every
+    background. Hidden by default (a late one, a shadow root's host), kept with show_cookie_banners."""
+    for show in (False, True):
+        out = tmp_path / f"consent-{show}.mp4"
+        result = record(f"{site}/consent.html", out, opts(duration=1, fps=10, scroll="smooth", scroll_depth="bottom",
+                                                          scroll_return="halt", show_cookie_banners=show))  # fmt: skip
+        frames = frames_rgb(out)
+        first, last = frames[0], frames[-1]
+        if show:
+            assert is_red(px(first, 700, 350)) and is_red(px(last, 640, 650))  # OneTrust's comes at 50 ms
+        else:
+            assert not any(is_red(px(f, 640, 650)) or is_red(px(f, 700, 350)) for f in frames)
+            assert px(first, 640, 650)[1] > 120 and px(last, 640, 360)[2] > 120  # the site: green, then blue
+            assert result.max_scroll == 720
+
+
 def test_scroll_halt_bottom_css_and_dark(site, tmp_path):
     out = tmp_path / "halt.mp4"
     result = record(f"{site}/ruler.html", out, opts(duration=2, fps=30, scroll="smooth", scroll_depth="bottom",
