@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-# A host name with a dot and an alphabetic top-level label, then an optional port and path: "acme.com/team".
-_SITE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}(?::\d{1,5})?(?:[/?#]\S*)?$")
+# A host name (in its ASCII form) with a dot and an alphabetic or IDN top-level label, then an optional port and
+# path: "acme.com/team", "xn--mnchen-3ya.de".
+_SITE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})"
+    r"(?::\d{1,5})?(?:[/?#]\S*)?$"
+)
 _FILE_SUFFIXES = (".html", ".htm", ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg",
                   ".pdf", ".txt", ".csv", ".json", ".zip", ".wav", ".mp3", ".m4a")  # fmt: skip
 
@@ -16,9 +20,24 @@ def site_url(text: str) -> str | None:
     """Lead lists hold websites as "acme.com" or "www.acme.com/team": the https URL of such a value, None for
     anything else (a missing "intro.mp4" stays a file). Callers first check that no local file has that name."""
     host = re.split(r"[/?#:]", text, maxsplit=1)[0]
-    if not _SITE.match(text) or Path(host).suffix.lower() in _FILE_SUFFIXES:
+    rest = text[len(host) :].replace(" ", "%20")
+    try:
+        ascii_host = host.encode("idna").decode("ascii")  # münchen.de is xn--mnchen-3ya.de
+    except UnicodeError:
         return None
-    return f"https://{text}"
+    if not _SITE.match(ascii_host + rest) or Path(host).suffix.lower() in _FILE_SUFFIXES:
+        return None
+    return f"https://{host}{rest}"
+
+
+def encode_spaces(url: str) -> str:
+    """A website with a space in its path or query ("https://acme.com/about us", as lead lists hold them) as a
+    browser sends it (%20); a space in the host stays, to be refused."""
+    parts = urlsplit(url)
+    if " " not in url or " " in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(path=parts.path.replace(" ", "%20"), query=parts.query.replace(" ", "%20"),
+                                     fragment=parts.fragment.replace(" ", "%20")))  # fmt: skip
 
 
 def redact_url(url: str) -> str:

@@ -24,7 +24,7 @@ import jinja2.sandbox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._files import file_sha256, not_text, read_text_file
-from ._urls import site_url
+from ._urls import encode_spaces, site_url
 from .errors import ManifestError
 from .tavus import ID_PATTERN
 
@@ -360,6 +360,8 @@ def load_manifest(
             scheme = is_http_url(background) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", background)
             if not scheme and not _local(base, background).exists():
                 background = site_url(background) or background
+            if is_http_url(background):
+                background = encode_spaces(background)
             if is_http_url(background) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", background):
                 if problem := _url_problem(background):
                     problems.append(f"{where}, column background: {problem}")

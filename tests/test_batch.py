@@ -363,11 +363,17 @@ def test_a_website_written_without_its_scheme_is_its_https_url(tmp_path):
     assert [r.background for r in rows] == ["https://acme.com", "https://www.acme.co.uk/team?ref=1",
                                             "https://acme.com:8443/x", str(tmp_path / "site.com"),
                                             "https://acme.com/a"]  # fmt: skip
-    write(tmp_path / "n.csv", "script,background\nHi,intro.mp4\nHi,promo\n")
+    # Internationalized names (they were "file not found") and spaces in a path, as a browser sends them.
+    write(tmp_path / "i.csv", "script,background\nHi,münchen.de\nHi,例え.jp/会社 概要\nHi,https://acme.com/a b?q=a b\n")
+    rows = load_manifest(tmp_path / "i.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows
+    assert [r.background for r in rows] == ["https://münchen.de", "https://例え.jp/会社%20概要",
+                                            "https://acme.com/a%20b?q=a%20b"]  # fmt: skip
+    write(tmp_path / "n.csv", "script,background\nHi,intro.mp4\nHi,promo\nHi,https://acme .com/\n")
     with pytest.raises(ManifestError) as caught:
         load_manifest(tmp_path / "n.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
     assert caught.value.problems == [f"row 2, column background: file not found: {tmp_path / 'intro.mp4'}",
-                                     f"row 3, column background: file not found: {tmp_path / 'promo'}"]  # fmt: skip
+                                     f"row 3, column background: file not found: {tmp_path / 'promo'}",
+                                     "row 4, column background: not an http(s) URL: 'https://acme .com/'"]  # fmt: skip
 
 
 def test_a_manifest_or_script_in_a_legacy_encoding_is_refused_with_its_line(tmp_path):

@@ -261,6 +261,7 @@ def test_a_background_written_without_its_scheme_is_the_website(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     (tmp_path / "site.com").mkdir()
     got = [PublishOptions(replica_id="r", background=b).background
-           for b in ("acme.com", "www.acme.co.uk/team?ref=1", "acme.com:8443/x", "site.com", "intro.mp4")]  # fmt: skip
+           for b in ("acme.com", "www.acme.co.uk/team?ref=1", "acme.com:8443/x", "site.com", "intro.mp4",
+                     "münchen.de/über uns", "https://acme.com/about us")]  # fmt: skip
     assert got == ["https://acme.com", "https://www.acme.co.uk/team?ref=1", "https://acme.com:8443/x", "site.com",
-                   "intro.mp4"]  # fmt: skip
+                   "intro.mp4", "https://münchen.de/über%20uns", "https://acme.com/about%20us"]  # fmt: skip
