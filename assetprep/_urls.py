@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 # path: "acme.com/team", "xn--mnchen-3ya.de".
 _SITE = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})"
-    r"(?::\d{1,5})?(?:[/?#]\S*)?$"
+    r"\.?(?::\d{1,5})?(?:[/?#]\S*)?$"
 )
 _FILE_SUFFIXES = (".html", ".htm", ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg",
                   ".pdf", ".txt", ".csv", ".json", ".zip", ".wav", ".mp3", ".m4a")  # fmt: skip
@@ -19,6 +19,7 @@ _FILE_SUFFIXES = (".html", ".htm", ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".av
 def site_url(text: str) -> str | None:
     """Lead lists hold websites as "acme.com" or "www.acme.com/team": the https URL of such a value, None for
     anything else (a missing "intro.mp4" stays a file). Callers first check that no local file has that name."""
+    text = text.strip().removeprefix("//")  # " acme.com", a protocol-relative "//acme.com/team"
     host = re.split(r"[/?#:]", text, maxsplit=1)[0]
     rest = text[len(host) :].replace(" ", "%20")
     try:

@@ -35,6 +35,7 @@ OPTION_COLUMNS = (
     "callback_url", "watermark",
 )  # fmt: skip
 TEMPLATED = ("script", "video_name", "output", "background")
+_TRIMMED = ("background", "output", "audio", "script_file", "watermark", "callback_url", "replica_id")
 _PAGE_SUFFIXES = (".html", ".htm")
 _CLIP_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg")
 _MAX_SCRIPT = 20000  # characters; far past what one video should say (Tavus advises splitting over 5 minutes)
@@ -309,6 +310,9 @@ def load_manifest(
     inputs: dict[Path, str] = {}  # every local input file → where it is named first
     for number, where, given in raw_rows:
         merged = {**(defaults or {}), **file_defaults, **given}
+        for column in _TRIMMED:  # CRM exports pad cells (" acme.com", "speech.wav "): never part of a path or URL
+            if isinstance(merged.get(column), str):
+                merged[column] = merged[column].strip()
         variables = {k: v for k, v in merged.items() if k not in OPTION_COLUMNS}
         before = len(problems)
         # YAML and JSON can give a list or a mapping; as an option it would reach Tavus as its Python text
@@ -357,6 +361,7 @@ def load_manifest(
 
         background = rendered["background"]
         if background is not None:
+            background = background.strip()  # a padded variable: "https://{{ site }}" with site "acme.com "
             scheme = is_http_url(background) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", background)
             if not scheme and not _local(base, background).exists():
                 background = site_url(background) or background
@@ -371,7 +376,9 @@ def load_manifest(
             else:
                 local = _local(base, background)
                 is_page = local.suffix.lower() in _PAGE_SUFFIXES or local.is_dir()
-                if not local.exists():
+                if not local.exists() and re.fullmatch(r"[^@\s/]+@[^@\s/]+\.[^@\s/]+", background):
+                    problems.append(f"{where}, column background: {background!r} is an e-mail address, not a website")
+                elif not local.exists():
                     problems.append(f"{where}, column background: file not found: {local}")
                 elif not is_page and local.suffix.lower() not in _CLIP_SUFFIXES:
                     problems.append(f"{where}, column background: {local} is not a page, folder or video file")

@@ -368,12 +368,23 @@ def test_a_website_written_without_its_scheme_is_its_https_url(tmp_path):
     rows = load_manifest(tmp_path / "i.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows
     assert [r.background for r in rows] == ["https://münchen.de", "https://例え.jp/会社%20概要",
                                             "https://acme.com/a%20b?q=a%20b"]  # fmt: skip
-    write(tmp_path / "n.csv", "script,background\nHi,intro.mp4\nHi,promo\nHi,https://acme .com/\n")
+    # Padded cells, a fully qualified name, a protocol-relative URL (each was "file not found").
+    write(tmp_path / "p.csv", "script,background\nHi, acme.com\nHo,beta.com \nHu,www.gamma.com.\nHa,//delta.com/x\n")
+    rows = load_manifest(tmp_path / "p.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows
+    assert [r.background for r in rows] == ["https://acme.com", "https://beta.com", "https://www.gamma.com.",
+                                            "https://delta.com/x"]  # fmt: skip
+    write(tmp_path / "speech.wav", "only has to exist here")
+    write(tmp_path / "a.csv", "audio,replica_id\n speech.wav , r1234567890 \n")
+    [row] = load_manifest(tmp_path / "a.csv", out_dir=tmp_path).rows
+    assert (row.audio, row.options.replica_id) == (tmp_path / "speech.wav", "r1234567890")
+    write(tmp_path / "n.csv", "script,background\nHi,intro.mp4\nHi,promo\nHi,https://acme .com/\nHi,info@acme.com\n")
     with pytest.raises(ManifestError) as caught:
         load_manifest(tmp_path / "n.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
     assert caught.value.problems == [f"row 2, column background: file not found: {tmp_path / 'intro.mp4'}",
                                      f"row 3, column background: file not found: {tmp_path / 'promo'}",
-                                     "row 4, column background: not an http(s) URL: 'https://acme .com/'"]  # fmt: skip
+                                     "row 4, column background: not an http(s) URL: 'https://acme .com/'",
+                                     "row 5, column background: 'info@acme.com' is an e-mail address, not a website",
+                                     ]  # fmt: skip
 
 
 def test_a_manifest_or_script_in_a_legacy_encoding_is_refused_with_its_line(tmp_path):
