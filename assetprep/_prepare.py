@@ -72,6 +72,7 @@ class PrepResult(BaseModel):
     seconds: float
     bytes_sent: int
     facts: dict[str, Any]
+    warnings: list[str] = []  # of the recording or normalization: results.csv shows them on each row it serves
 
 
 def find_uploaded(task: PrepTask, client: Any) -> dict[str, Any] | None:
@@ -126,15 +127,16 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
         work = Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        warnings: list[str] = []
         if task.kind == "watermark":
             path = Path(task.source)  # uploaded as it is
         else:
             path = work / f"{task.key[:20]}-{task.file_name}"
             if task.kind == "background":
                 assert task.background is not None
-                prepare_background(task.source, path, task.background)
+                warnings = prepare_background(task.source, path, task.background)
             else:
-                prepare_audio(Path(task.source), path)
+                warnings = prepare_audio(Path(task.source), path)
         info = probe(path) if task.kind != "watermark" else None
         # The duration travels with the object: a run that finds it by HEAD (lost journal) still checks audio length.
         meta = {"duration": f"{info.duration:.6f}"} if info and info.duration else None
@@ -144,7 +146,7 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
             key=task.key, s3_key=obj.key, sha256=obj.sha256, size=obj.size, content_type=obj.content_type,
             path=str(path) if task.keep_dir else None, node=node or socket.gethostname(), pid=os.getpid(),
             seconds=time.monotonic() - started, bytes_sent=obj.bytes_sent,
-            facts=info.summary() if info else {},
+            facts=info.summary() if info else {}, warnings=warnings,
         )  # fmt: skip
     finally:
         if not task.keep_dir:

@@ -645,12 +645,20 @@ class _Batch:
                 "row": row.number, "row_id": rid, "video_name": st["video_name"] or "",
                 "video_id": st["video_id"] or "", "status": status, "hosted_url": data.get("hosted_url") or "",
                 "output": str(row.output) if status == "downloaded" else "", "error": error,
+                "warnings": "; ".join(self._warnings(rid)),
                 "prepare_s": data.get("prepare_s", ""), "submit_s": data.get("submit_s", ""),
                 "wait_s": data.get("wait_s", ""), "download_s": data.get("download_s", ""),
                 "prepared_on": json.dumps(data["prepared_on"]) if data.get("prepared_on") else "",
                 "script_sent": row.script or "",
                 "_poster": data.get("poster"), "_background": self._background_file(rid),
             })  # fmt: skip
+        return out
+
+    def _warnings(self, row_id: str) -> list[str]:
+        """What the row's preparations warned of (a page recorded before it finished loading, silent audio)."""
+        out = []
+        for kind, key in self.per_row.get(row_id, {}).items():
+            out += [f"{kind}: {w}" for w in self.preps[key].result.get("warnings") or []]
         return out
 
     def _background_file(self, row_id: str) -> str | None:
@@ -672,8 +680,8 @@ class _Batch:
 
 # script_sent: the row's script as rendered for Tavus (its input column holds the template), to read what each
 # lead hears; last, since it is the longest.
-RESULT_COLUMNS = ("row", "video_name", "video_id", "status", "hosted_url", "output", "error", "prepare_s", "submit_s",
-                  "wait_s", "download_s", "prepared_on", "script_sent")  # fmt: skip
+RESULT_COLUMNS = ("row", "video_name", "video_id", "status", "hosted_url", "output", "error", "warnings", "prepare_s",
+                  "submit_s", "wait_s", "download_s", "prepared_on", "script_sent")  # fmt: skip
 
 
 # A lead's own "status" or "error" column is data to keep, not the batch's word: it goes to "status (input)".
@@ -764,6 +772,7 @@ def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
         if r.get("hosted_url"):
             links.append(f'<a href="{html.escape(r["hosted_url"])}">hosted</a>')
         error = f'<p class="err">{html.escape(r["error"])}</p>' if r.get("error") else ""
+        error += f'<p class="warn">{html.escape(r["warnings"])}</p>' if r.get("warnings") else ""
         cards.append(
             f'<div class="card {html.escape(r["status"])}"><div class="poster {picture}" role="img"></div>'
             f"<h3>{html.escape(r.get('video_name') or 'row ' + str(r['row']))}</h3>"
@@ -778,7 +787,7 @@ body{{font-family:sans-serif;margin:24px;background:#fafafa}}.grid{{display:flex
 .card{{width:320px;background:#fff;border:1px solid #ddd;border-radius:6px;overflow:hidden}}
 .poster{{width:320px;aspect-ratio:16/9;background:#ddd center/contain no-repeat}}
 .card h3,.card p{{margin:6px 10px;font-size:14px;word-break:break-all}}
-.failed{{border-color:#c33}}.err{{color:#c33}}
+.failed{{border-color:#c33}}.err{{color:#c33}}.warn{{color:#a60}}
 {styles}</style></head><body>
 <h1>{html.escape(title)}</h1><p class="totals">{len(rows)} rows · {html.escape(totals)} · {when}</p>
 <div class="grid">{"".join(cards)}</div></body></html>"""

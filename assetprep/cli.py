@@ -714,6 +714,9 @@ def batch_cmd(
              f"  results: {result.results_csv}", f"  report:  {result.report_html}"]  # fmt: skip
     failed = [r for r in result.rows if r["status"] == "failed"]
     lines += [f"  row {r['row']} failed: {r['error']}" for r in failed[:20]]
+    if warned := [r for r in result.rows if r.get("warnings") and r["status"] != "failed"]:
+        lines.append(f"  {len(warned)} row(s) with warnings (column warnings of results.csv), e.g. row "
+                     f"{warned[0]['row']}: {warned[0]['warnings']}")  # fmt: skip
     lines += [f"  row {r['row']} {r['status']}{': ' + r['error'] if r['error'] else ''}"
               for r in result.rows if r["status"] not in ("downloaded", "failed")][:20]  # fmt: skip
     if result.superseded:

@@ -219,8 +219,9 @@ def background_kind(spec: str) -> Literal["page", "clip", "still"] | None:
 
 
 def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
-                       on_progress: ProgressCallback | None = None) -> Path:  # fmt: skip
-    """Record a page (URL, .html, folder) or normalize a clip/still into the background .mp4 at `out`."""
+                       on_progress: ProgressCallback | None = None) -> list[str]:  # fmt: skip
+    """Record a page (URL, .html, folder) or normalize a clip/still into the background .mp4 at `out`; the
+    warnings (a page that did not finish loading, blocked requests, a page too short to scroll, HDR kept)."""
     kind = background_kind(spec)
     if kind == "page":
         from .record import RecordOptions, record
@@ -228,20 +229,17 @@ def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
         options = RecordOptions(preset=how.preset, duration=how.seconds, scroll=how.scroll,
                                 scroll_depth=how.scroll_depth, scroll_return=how.scroll_return,
                                 block_private_networks=how.block_private_networks)  # fmt: skip
-        record(spec, out, options, on_progress=on_progress)
-    elif kind is not None and Path(spec).is_file():
-        normalize_video(Path(spec), out, preset=how.preset, duration=how.seconds if kind == "still" else None,
-                        on_progress=on_progress)  # fmt: skip
-    else:
-        raise MediaError(f"background {spec} is not a URL, page, folder or video file",
-                         hint="give an http(s) URL, a .html file, a folder or a clip")  # fmt: skip
-    return out
+        return record(spec, out, options, on_progress=on_progress).warnings
+    if kind is not None and Path(spec).is_file():
+        return normalize_video(Path(spec), out, preset=how.preset, duration=how.seconds if kind == "still" else None,
+                               on_progress=on_progress).warnings  # fmt: skip
+    raise MediaError(f"background {spec} is not a URL, page, folder or video file",
+                     hint="give an http(s) URL, a .html file, a folder or a clip")  # fmt: skip
 
 
-def prepare_audio(source: Path, out: Path, *, on_progress: ProgressCallback | None = None) -> Path:
-    """Normalize any recording into the .wav Tavus gets as audio_url."""
-    normalize_audio(source, out, preset="audio-wav", on_progress=on_progress)
-    return out
+def prepare_audio(source: Path, out: Path, *, on_progress: ProgressCallback | None = None) -> list[str]:
+    """Normalize any recording into the .wav Tavus gets as audio_url; the warnings (silent, clipped, short)."""
+    return normalize_audio(source, out, preset="audio-wav", on_progress=on_progress).warnings
 
 
 def request_fields(options: PublishOptions, urls: dict[str, str], background_url: str | None) -> dict[str, Any]:
@@ -392,7 +390,9 @@ class _Run:
             return done, None
         out = self.dir / "background.mp4"
         with self.step("background"):
-            prepare_background(spec, out, background_spec(self.o, self.settings), on_progress=self.on_progress)
+            for warning in prepare_background(spec, out, background_spec(self.o, self.settings),
+                                              on_progress=self.on_progress):  # fmt: skip
+                log.warning("background %s: %s", redact_url(spec) if is_url(spec) else spec, warning)
         return self._finish_file("background", out), None
 
     def audio(self) -> Path | None:
@@ -402,7 +402,8 @@ class _Run:
             return done
         out = self.dir / "audio.wav"
         with self.step("audio"):
-            prepare_audio(self.o.audio, out, on_progress=self.on_progress)
+            for warning in prepare_audio(self.o.audio, out, on_progress=self.on_progress):
+                log.warning("audio %s: %s", self.o.audio, warning)
             if problem := tavus_audio_problem(probe(out).duration or 0.0):
                 out.unlink(missing_ok=True)
                 raise MediaError(f"{self.o.audio}: {problem}", hint="nothing was uploaded or submitted")

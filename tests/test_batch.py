@@ -581,7 +581,8 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
     short = tmp_path / "short.wav"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=1", str(short)], check=True, timeout=60)
     manifest = write(tmp_path / "mixed.jsonl", "\n".join(json.dumps(r) for r in [
-        {"name": "good", "script": "Hi {{ name }}", "background": str(PAGES / "red.html"), "background_seconds": 3},
+        {"name": "good", "script": "Hi {{ name }}", "background": str(PAGES / "short.html"), "background_seconds": 3,
+         "scroll": "smooth"},
         {"name": "404", "script": "Hi {{ name }}", "background": f"{site}/no-such-page.html"},
         {"name": "corrupt", "audio": "corrupt.wav"},
         {"name": "broken", "script": "Hi {{ name }}", "replica_id": BROKEN_REPLICA},
@@ -597,6 +598,12 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
     assert by_name["broken"]["status"] == "failed" and "replica_in_error_state" in by_name["broken"]["error"]
     assert by_name["short"]["status"] == "failed" and "shorter than 3 s" in by_name["short"]["error"]
     assert len(creates(sb)) == 3  # good, audio, broken: the three that failed before submit cost nothing
+    # The recording's warning reaches the row it served (it was dropped): short.html has nothing to scroll.
+    assert (
+        by_name["good"]["warnings"]
+        == "background: the page is not taller than the viewport: recorded without scrolling"
+        and by_name["audio"]["warnings"] == ""
+    )
 
     # The report in a real browser: one card per row, every image loaded (posters or background frames).
     from playwright.sync_api import sync_playwright
@@ -614,6 +621,7 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
     assert len(widths) == 6 and all(w > 0 for w in widths), widths
     assert sum("failed" in t for t in texts) == 4 and len(shot) > 10_000
     assert "answered HTTP 404" in result.report_html.read_text()
+    assert "recorded without scrolling" in result.report_html.read_text()
 
     # --retry-failed submits only the failed rows again (the broken replica fails again, under a new name).
     again = run(manifest, background_preset="background-720p", retry_failed=True)

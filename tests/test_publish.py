@@ -116,6 +116,19 @@ def test_block_private_networks_keeps_an_internal_page_out(world, site, s3_clien
     assert posts(sb) == [] and s3_client.list_objects_v2(Bucket=BUCKET, Prefix="guarded/").get("KeyCount") == 0
 
 
+def test_what_the_recording_warns_of_is_shown(world, site, tmp_path):
+    """publish dropped the recording's warnings: a page with nothing to scroll (or one recorded before it finished
+    loading) gave no word."""
+    sb, _, env = world()
+    run = subprocess.run([sys.executable, "-m", "assetprep", "publish", "--replica", DEFAULT_REPLICA, "--script", "Hi.",
+                          "--background", f"{site}/short.html", "--background-seconds", "1", "--scroll", "smooth",
+                          "-o", str(tmp_path / "v.mp4"), "--poll", "0.2"], env=env, capture_output=True, text=True,
+                         timeout=180)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"background {site}/short.html: the page is not taller than the viewport" in run.stderr, run.stderr
+    assert len(posts(sb)) == 1
+
+
 def test_composite_locally_puts_the_replica_layer_on_the_background(world, red_clip, tmp_path):
     sb, run, _ = world()
     result = run(script="Fast mode, but with my background.", background=str(red_clip), composite_locally=True,
