@@ -551,6 +551,9 @@ def _record_url(
             if failure is not None:
                 raise RecordError(f"cannot load {url}: {_clean_page_error(failure)}",
                                   hint="check the URL and that the site is reachable")  # fmt: skip
+            if response is not None and response.headers.get("cf-mitigated") == "challenge":
+                raise RecordError(f"{url} answered with a bot check (a Cloudflare challenge), not the page",
+                                  hint="this site keeps automated browsers out: give a clip of it")  # fmt: skip
             if response is not None and response.status >= 400 and not options.allow_http_errors:
                 raise RecordError(
                     f"{url} answered HTTP {response.status}", hint="fix the URL or pass --allow-http-errors"

@@ -352,7 +352,9 @@ def test_a_site_that_turns_headless_chrome_away_sees_a_visitors_chrome(tmp_path)
             body = (b"<!doctype html><html><body style='margin:0'><script>const a = navigator.userAgent;"
                     b"document.body.style.background = a === 'Campaign/1.0' ? 'rgb(0,0,160)' : "
                     b"/Headless/.test(a) ? 'rgb(160,0,0)' : 'rgb(0,160,0)';</script></body></html>")  # fmt: skip
-            self.send_response(403 if "HeadlessChrome" in agent else 200)
+            self.send_response(403 if "HeadlessChrome" in agent or self.path == "/challenge" else 200)
+            if self.path == "/challenge":  # what Cloudflare marks its bot checks with
+                self.send_header("cf-mitigated", "challenge")
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -364,9 +366,13 @@ def test_a_site_that_turns_headless_chrome_away_sees_a_visitors_chrome(tmp_path)
     with http_server(Picky) as server:
         url = f"http://127.0.0.1:{server.server_port}/"
         record(url, tmp_path / "v.mp4", opts(duration=0.4, fps=5))
+        first = len(seen)
         record(url, tmp_path / "h.mp4", opts(duration=0.4, fps=5, headers={"user-agent": "Campaign/1.0"}))
+        given = seen[first:]
+        with pytest.raises(RecordError, match=r"answered with a bot check \(a Cloudflare challenge\), not the page"):
+            record(f"{url}challenge", tmp_path / "c.mp4", opts(duration=0.4, fps=5, allow_http_errors=True))
     assert re.fullmatch(r"Mozilla/5\.0 .* Chrome/[\d.]+ .*", seen[0]) and "Headless" not in seen[0], seen
-    assert seen[-1] == "Campaign/1.0"
+    assert given and set(given) == {"Campaign/1.0"}
     assert px(frames_rgb(tmp_path / "v.mp4")[-1], 10, 10)[1] > 120  # green: no "Headless" in navigator either
     assert px(frames_rgb(tmp_path / "h.mp4")[-1], 10, 10)[2] > 120  # blue: the header's agent in navigator
 
