@@ -43,6 +43,29 @@ def opts(**kw) -> RecordOptions:
     return RecordOptions(**{"preset": "background-720p", "timeout": 20, **kw})
 
 
+def page_server(answer):
+    """A server on 127.0.0.1 answering each GET with answer(path, headers) -> (status, headers, body), or None
+    to leave the request without an answer (`with page_server(f) as server:`)."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            got = answer(self.path, self.headers)
+            if got is None:
+                return
+            status, headers, body = got
+            self.send_response(status)
+            for name, value in {"Content-Type": "text/html", **headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return http_server(Handler)
+
+
 @pytest.mark.parametrize("browser", ["headless-shell", "full"])
 def test_virtual_time_switches_on_the_exact_frame(site, tmp_path, monkeypatch, browser):
     if browser == "full":  # a full Chromium has no beginFrame: the captureScreenshot path must be just as exact
@@ -279,21 +302,8 @@ def test_unreachable_and_missing_path(tmp_path):
 
 def test_a_url_that_answers_with_a_download_is_named_as_such(tmp_path):
     """A lead's "website" that is a PDF: Chromium's "Download is starting" said nothing to a user."""
-    import http.server
-
-    class Pdf(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"%PDF-1.4\n%%EOF\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "application/pdf")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with http_server(Pdf) as server, pytest.raises(RecordError) as err:
+    pdf = (200, {"Content-Type": "application/pdf"}, b"%PDF-1.4\n%%EOF\n")
+    with page_server(lambda path, headers: pdf) as server, pytest.raises(RecordError) as err:
         record(f"http://127.0.0.1:{server.server_port}/deck.pdf", tmp_path / "p.mp4", opts(duration=1, fps=5))
     assert "answers with a file to download (a PDF, a zip), not a web page" in err.value.message
     assert list(tmp_path.iterdir()) == []
@@ -303,28 +313,19 @@ def test_a_page_with_a_resource_that_never_ends_is_recorded_as_it_is(tmp_path):
     """A hung tracker or image kept the load event from firing, and the whole recording failed ("Timeout 3000ms
     exceeded", with a hint to check the URL) although a visitor sees the page. A page that never sends its HTML
     stays an error, in words."""
-    import http.server
     import threading
 
     release = threading.Event()
+    page = (b'<!doctype html><html><body style="margin:0;background:rgb(0,160,0)"><img src="/hang.png">'
+            b'<script async src="/hang.js"></script></body></html>')  # fmt: skip
 
-    class Hangs(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.startswith("/hang"):
-                release.wait(60)
-                return
-            body = (b'<!doctype html><html><body style="margin:0;background:rgb(0,160,0)"><img src="/hang.png">'
-                    b'<script async src="/hang.js"></script></body></html>')  # fmt: skip
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path, headers):
+        if path.startswith("/hang"):
+            release.wait(60)
+            return None
+        return 200, {}, page
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with http_server(Hangs) as server:
+    with page_server(answer) as server:
         try:
             base = f"http://127.0.0.1:{server.server_port}"
             result = record(f"{base}/", tmp_path / "p.mp4", opts(duration=1, fps=5, timeout=3))
@@ -341,29 +342,18 @@ def test_a_page_with_a_resource_that_never_ends_is_recorded_as_it_is(tmp_path):
 def test_a_site_that_turns_headless_chrome_away_sees_a_visitors_chrome(tmp_path):
     """CDNs and bot rules answer "HeadlessChrome" with a 403 or a challenge: such a lead's row failed. The page
     sees Chromium's own agent without "Headless"; a User-Agent header replaces it, in requests and in navigator."""
-    import http.server
-
     seen: list[str] = []
+    page = (b"<!doctype html><html><body style='margin:0'><script>const a = navigator.userAgent;"
+            b"document.body.style.background = a === 'Campaign/1.0' ? 'rgb(0,0,160)' : "
+            b"/Headless/.test(a) ? 'rgb(160,0,0)' : 'rgb(0,160,0)';</script></body></html>")  # fmt: skip
 
-    class Picky(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            agent = self.headers.get("User-Agent", "")
-            seen.append(agent)
-            body = (b"<!doctype html><html><body style='margin:0'><script>const a = navigator.userAgent;"
-                    b"document.body.style.background = a === 'Campaign/1.0' ? 'rgb(0,0,160)' : "
-                    b"/Headless/.test(a) ? 'rgb(160,0,0)' : 'rgb(0,160,0)';</script></body></html>")  # fmt: skip
-            self.send_response(403 if "HeadlessChrome" in agent or self.path == "/challenge" else 200)
-            if self.path == "/challenge":  # what Cloudflare marks its bot checks with
-                self.send_header("cf-mitigated", "challenge")
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path, headers):
+        seen.append(headers.get("User-Agent", ""))
+        if path == "/challenge":  # what Cloudflare marks its bot checks with
+            return 403, {"cf-mitigated": "challenge"}, page
+        return (403 if "HeadlessChrome" in seen[-1] else 200), {}, page
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with http_server(Picky) as server:
+    with page_server(answer) as server:
         url = f"http://127.0.0.1:{server.server_port}/"
         record(url, tmp_path / "v.mp4", opts(duration=0.4, fps=5))
         first = len(seen)
