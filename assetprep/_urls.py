@@ -31,6 +31,17 @@ def site_url(text: str) -> str | None:
     return f"https://{host}{rest}"
 
 
+def website_or_path(text: str, local: Path) -> str:
+    """A background as written, the way publish and manifests both read it: an http(s) URL as a browser sends it
+    (spaces as %20), any other URL as it is, a file or folder that exists (at `local`) as it is, else a scheme-less
+    website's https URL ("acme.com"), else the text (a missing file, named as such by the caller)."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        return encode_spaces(text) if re.match(r"^https?://", text, re.IGNORECASE) else text
+    if local.exists():
+        return text
+    return site_url(text) or text
+
+
 def encode_spaces(url: str) -> str:
     """A website with a space in its path or query ("https://acme.com/about us", as lead lists hold them) as a
     browser sends it (%20); a space in the host stays, to be refused."""

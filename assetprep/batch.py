@@ -887,7 +887,6 @@ def batch_publish(
     needs_upload = any(r.background or r.audio or (r.watermark and not is_http_url(r.watermark)) for r in rows)
     if needs_upload and not bucket:
         raise ConfigError("no bucket for the prepared files", hint="pass --bucket or set ASSETPREP_BUCKET")
-    s3_settings = S3Settings()
     endpoint = s3_client.meta.endpoint_url if s3_client is not None else (
         os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))  # fmt: skip
     target = S3Target(bucket=bucket or "-", prefix=options.prefix or settings.prefix, endpoint_url=endpoint,
@@ -896,9 +895,10 @@ def batch_publish(
     keep = None if options.ray_address else folder / "prep"
     preps, per_row = plan_preparations(rows, settings=settings, options=options, s3=target, keep_dir=keep)
     client = client or TavusClient()
+    if needs_upload and s3_client is None:
+        s3_client = make_s3_client(S3Settings())
 
     if options.dry_run:  # every check a run makes before its first recording; nothing is started or written
-        s3_client = s3_client or (make_s3_client(s3_settings) if needs_upload else None)
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
         try:
             _check_first(path, client, rows, s3_client, target, executor, [p.task for p in preps.values()],
@@ -921,8 +921,6 @@ def batch_publish(
         journal.add_rows([(r.row_id, r.number) for r in rows])
         done = {r.row_id for r in journal.states() if r.state == "downloaded"}
         todo = [r for r in rows if r.row_id not in done]
-        if needs_upload and s3_client is None:
-            s3_client = make_s3_client(s3_settings)
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
         tasks = [preps[key].task for key in dict.fromkeys(k for r in todo for k in per_row[r.row_id].values())]
         if todo:  # a finished batch's rerun sends nothing

@@ -31,7 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ._files import atomic_output, check_output_path, file_sha256
 from ._journal import Journal, RunLock, check_host
 from ._units import parse_duration
-from ._urls import encode_spaces, redact_url, site_url
+from ._urls import redact_url, website_or_path
 from .callbacks import CallbackReceiver
 from .composite import Layout, composite
 from .errors import ConfigError, MediaError, NotFoundError, OutcomeUnknownError, OutputCheckError, VideoFailedError
@@ -56,11 +56,7 @@ FolderName = Annotated[str | None, AfterValidator(_folder_name)]
 
 def _site_or_path(value: str | None) -> str | None:
     """ "acme.com" is the website unless a file or folder of that name is here (as batch reads its manifests)."""
-    if value is None or Path(value).expanduser().exists():
-        return value
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
-        return encode_spaces(value) if re.match(r"^https?://", value, re.IGNORECASE) else value
-    return site_url(value) or value
+    return None if value is None else website_or_path(value, Path(value).expanduser())
 
 
 _VIDEO_EXT = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg"}

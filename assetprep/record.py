@@ -601,8 +601,6 @@ def _record_url(
     )  # fmt: skip
 
 
-# window.open gives null, as when a popup blocker stops it; a link or form that a script clicks or submits into
-# another window does nothing (no one clicks during a recording, so every such click is the page's own).
 def _visitor_agent(browser: Any) -> str | None:
     """Chromium's own user agent without "Headless": sites and CDNs that turn "HeadlessChrome" away (a 403, a
     challenge page instead of the site) show the page they show a visitor's Chrome. A `User-Agent` header wins."""
@@ -615,6 +613,8 @@ def _visitor_agent(browser: Any) -> str | None:
     return agent.replace("HeadlessChrome/", "Chrome/")
 
 
+# window.open gives null, as when a popup blocker stops it; a link or form that a script clicks or submits into
+# another window does nothing (no one clicks during a recording, so every such click is the page's own).
 _NO_POPUPS = """
 window.open = function () { return null; };
 const elsewhere = (t) => t && !["_self", "_top", "_parent"].includes(t.toLowerCase());
