@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
 from s3transfer.utils import ReadFileChunk
 
-from ._files import file_sha256
+from ._files import ShrankError, hash_range
 from ._s3http import Answer, FileSlice, Headers, HttpPool, SignedS3
 from ._urls import redact_url, s3_error_reason
 from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
@@ -43,11 +43,21 @@ MAX_EXPIRY = 7 * 24 * 3600.0  # SigV4 presigned URLs cannot live longer
 CONTENT_TYPES = {".mp4": "video/mp4", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".webm": "video/webm"}
 MiB = 1024 * 1024
 SMALL_FILE = 4 * MiB  # read whole into memory (bounded: jobs x 4 MiB); bigger files stream from disk
-# 16 MiB parts (boto3 defaults to 8 MiB): half the requests to a remote S3. On local SeaweedFS 8, 16 and 32 MiB parts
-# and 4-16 in flight measured alike: the server's CPU bounds it (scripts/bench_upload.py prints it).
+
+
+def default_parts_in_flight() -> int:
+    """Parts sent at once: two per core (4 to 16). On 2 cores with the S3 server on the same machine, 8 in flight
+    made the server thrash: 256 MiB 2.29 s and 2 GiB 16.1 s against 2.05 s and 13.5 s with 4 (7 and 3 interleaved
+    rounds, medians); a bigger machine has the cores for more."""
+    return max(4, min(16, 2 * (os.cpu_count() or 2)))
+
+
+# 16 MiB parts (boto3 defaults to 8 MiB): half the requests to a remote S3; on local SeaweedFS 8, 16 and 32 MiB parts
+# measured alike (scripts/bench_upload.py).
 DEFAULT_TRANSFER = TransferConfig(
-    multipart_threshold=64 * MiB, multipart_chunksize=16 * MiB, max_concurrency=8, use_threads=True
-)
+    multipart_threshold=64 * MiB, multipart_chunksize=16 * MiB, max_concurrency=default_parts_in_flight(),
+    use_threads=True,
+)  # fmt: skip
 
 log = logging.getLogger("assetprep.upload")
 T = TypeVar("T")
@@ -255,10 +265,10 @@ def part_size_for(size: int, config: TransferConfig) -> int:
 
 
 def digest_file(path: Path, config: TransferConfig = DEFAULT_TRANSFER) -> FileDigest:
-    """Hash a file in one pass: the whole-file SHA-256 and, for a multipart upload, each part's SHA-256.
+    """Hash a file in one pass of wall time: the whole-file SHA-256 and, for a multipart upload, each part's SHA-256.
 
-    Parts are contiguous ranges, so each chunk read feeds both hashes; the part hash runs in a helper thread while
-    this one updates the whole-file hash (hashlib releases the GIL), so the pass costs one hash of wall time.
+    Parts are contiguous ranges: a helper thread hashes them while this one hashes the whole file (hashlib releases
+    the GIL), each reading the file through its own small buffer, so memory stays at two buffers whatever the size.
     """
     return _digest(path, config)[0]
 
@@ -272,21 +282,14 @@ def _digest(path: Path, config: TransferConfig) -> tuple[FileDigest, bytes | Non
         fd = FileDigest(size=len(data), sha256=digest.hex(), part_size=max(len(data), 1), parts=[_b64(digest)])
         return fd, data
     if size < config.multipart_threshold:
-        digest = bytes.fromhex(file_sha256(path))
+        digest = hash_range(path, 0, size).digest()
         return FileDigest(size=size, sha256=digest.hex(), part_size=max(size, 1), parts=[_b64(digest)]), None
-    whole = hashlib.sha256()
     part_size = part_size_for(size, config)
-    parts: list[Future[bytes]] = []
-    with open(path, "rb") as f, ThreadPoolExecutor(1, thread_name_prefix="assetprep-hash") as helper:
-        while chunk := f.read(part_size):
-            parts.append(helper.submit(lambda c=chunk: hashlib.sha256(c).digest()))
-            whole.update(chunk)
-            if len(parts) > 1:
-                parts[-2].result()  # at most two chunks in memory
-        fd = FileDigest(
-            size=size, sha256=whole.hexdigest(), part_size=part_size, parts=[_b64(p.result()) for p in parts]
-        )
-        return fd, None
+    with ThreadPoolExecutor(1, thread_name_prefix="assetprep-hash") as helper:
+        starts = range(0, size, part_size)
+        parts = helper.submit(lambda: [hash_range(path, at, min(part_size, size - at)).digest() for at in starts])
+        whole = hash_range(path, 0, size).hexdigest()
+        return FileDigest(size=size, sha256=whole, part_size=part_size, parts=[_b64(p) for p in parts.result()]), None
 
 
 def _b64(digest: bytes) -> str:
@@ -417,6 +420,8 @@ class _Upload:
             digest, data = _digest(src, self.config)
         except MediaError as exc:
             raise StorageError(exc.message, hint=exc.hint) from None
+        except ShrankError as exc:
+            raise StorageError(f"not uploaded: {exc}", hint="upload it once whatever writes it has finished") from None
         except OSError as exc:
             raise StorageError(
                 f"cannot read {path}: {exc.strerror or exc}", hint="check the file's permissions"

@@ -17,6 +17,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from assetprep import ConfigError, PreflightError, StorageError
+from assetprep._files import ShrankError, file_sha256, hash_range
 from assetprep.errors import UploadError
 from assetprep.s3local import LocalS3, free_port_block
 from assetprep.upload import (
@@ -654,6 +655,11 @@ def test_one_pass_digest_matches_the_whole_file_and_each_part(tmp_path):
     for n, part in enumerate(d.parts):
         chunk = data[n * 5 * MiB : (n + 1) * 5 * MiB]
         assert base64.b64decode(part) == hashlib.sha256(chunk).digest()
+    assert file_sha256(f) == d.sha256
+    # Bytes counted by the stat and gone by the read (something truncates the file meanwhile) are named, not hashed
+    # as a shorter file: the part sizes would not add up.
+    with pytest.raises(ShrankError, match=r"x\.mp4 ended at byte 13"):
+        hash_range(f, 0, len(data) + 1)
     # S3 allows 10,000 parts: a huge file gets bigger parts (whole MiB), never more parts.
     assert part_size_for(200 * 1024 * MiB, cfg) == 21 * MiB
     assert -(-200 * 1024 * MiB // part_size_for(200 * 1024 * MiB, cfg)) <= 10_000
