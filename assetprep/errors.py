@@ -90,6 +90,14 @@ class RecordError(AssetprepError):
     """A page could not be loaded or recorded (unreachable, HTTP error, never ready, blocked)."""
 
 
+class NotAPageError(RecordError):
+    """A URL answers with a video or a picture, not a web page: publish and batch use it as a clip instead."""
+
+    def __init__(self, message: str, *, media: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.media = media  # "video", "image" or "audio"
+
+
 class PresetError(AssetprepError):
     """A preset name is unknown or a preset file is invalid."""
 

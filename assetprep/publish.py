@@ -34,7 +34,15 @@ from ._units import parse_duration
 from ._urls import redact_url, website_or_path
 from .callbacks import CallbackReceiver
 from .composite import Layout, composite
-from .errors import ConfigError, MediaError, NotFoundError, OutcomeUnknownError, OutputCheckError, VideoFailedError
+from .errors import (
+    ConfigError,
+    MediaError,
+    NotAPageError,
+    NotFoundError,
+    OutcomeUnknownError,
+    OutputCheckError,
+    VideoFailedError,
+)
 from .normalize import normalize_audio, normalize_video, tavus_audio_problem
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
@@ -225,12 +233,34 @@ def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
         options = RecordOptions(preset=how.preset, duration=how.seconds, scroll=how.scroll,
                                 scroll_depth=how.scroll_depth, scroll_return=how.scroll_return,
                                 block_private_networks=how.block_private_networks)  # fmt: skip
-        return record(spec, out, options, on_progress=on_progress).warnings
+        try:
+            return record(spec, out, options, on_progress=on_progress).warnings
+        except NotAPageError as exc:
+            if exc.media == "audio":
+                raise
+            return _remote_clip(spec, out, how, exc.media, options.timeout, on_progress)
     if kind is not None and Path(spec).is_file():
         return normalize_video(Path(spec), out, preset=how.preset, duration=how.seconds if kind == "still" else None,
                                on_progress=on_progress).warnings  # fmt: skip
     raise MediaError(f"background {spec} is not a URL, page, folder or video file",
                      hint="give an http(s) URL, a .html file, a folder or a clip")  # fmt: skip
+
+
+def _remote_clip(url: str, out: Path, how: BackgroundSpec, media: str, timeout: float,
+                 on_progress: ProgressCallback | None) -> list[str]:  # fmt: skip
+    """A background URL that serves a clip or a picture (a CDN link in a lead's website column): downloaded beside
+    `out` and normalized like a local one, instead of recorded as Chromium's media viewer."""
+    from ._fetch import fetch_media
+
+    clip = out.with_name(f".{out.name}.source")
+    try:
+        fetch_media(url, clip, timeout=timeout, block_private_networks=how.block_private_networks)
+        made = normalize_video(clip, out, preset=how.preset, duration=how.seconds if media == "image" else None,
+                               on_progress=on_progress)  # fmt: skip
+    finally:
+        clip.unlink(missing_ok=True)
+    kind = "a picture" if media == "image" else "a clip"
+    return [f"{redact_url(url)} is {kind}, not a web page: used as the background itself", *made.warnings]
 
 
 def prepare_audio(source: Path, out: Path, *, on_progress: ProgressCallback | None = None) -> list[str]:

@@ -36,7 +36,7 @@ from . import _process
 from ._files import MP4_SUFFIXES, atomic_output, check_output_path
 from ._netguard import BLOCKED_HEADER, guard_proxy
 from ._server import ThreadedServer
-from .errors import ConfigError, OutputCheckError, RecordError, ToolMissingError
+from .errors import ConfigError, NotAPageError, OutputCheckError, RecordError, ToolMissingError
 from .normalize import check_video, mp4_options, x264_options
 from .presets import VideoPreset, X264Preset, load_video_preset
 from .probe import MediaInfo, probe
@@ -558,6 +558,14 @@ def _record_url(
                 raise RecordError(
                     f"{url} answered HTTP {response.status}", hint="fix the URL or pass --allow-http-errors"
                 )
+            # A clip or picture URL opens Chromium's media viewer: recorded, it is the first frame, small, on black.
+            ctype = (response.headers.get("content-type") or "").split(";")[0].strip().lower() if response else ""
+            media = ctype.split("/")[0]
+            if media in ("video", "audio") or (media == "image" and "svg" not in ctype):
+                raise NotAPageError(
+                    f"{url} is {'an' if media != 'video' else 'a'} {media} file ({ctype}), not a web page",
+                    media=media, hint="publish and batch take a clip or picture URL as the background itself",
+                )  # fmt: skip
             with dog.step("while getting ready", bound + options.timeout):
                 _wait_ready(page, options, timeout_ms, url)
                 page.add_style_tag(content=css)

@@ -7,12 +7,15 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from _media import decoded_frame_count, http_server
+from _media import decoded_frame_count, frame_rgb, http_server, pixel
 
+from assetprep.errors import MediaError, NotAPageError
+from assetprep.publish import BackgroundSpec, prepare_background
 from assetprep.record import RecordError, RecordOptions, record, scroll_at, scroll_keyframes
 
 PAGES = Path(__file__).parent / "pages"
@@ -307,6 +310,64 @@ def test_a_url_that_answers_with_a_download_is_named_as_such(tmp_path):
         record(f"http://127.0.0.1:{server.server_port}/deck.pdf", tmp_path / "p.mp4", opts(duration=1, fps=5))
     assert "answers with a file to download (a PDF, a zip), not a web page" in err.value.message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_clip_or_picture_url_is_the_background_itself_not_chromiums_viewer_of_it(gen, tmp_path):
+    """A lead's website column may hold a CDN link to a promo clip or a picture. Recorded, that is Chromium's media
+    viewer: the first frame, small, on black. record names it; publish and batch download and normalize it."""
+    clip = gen("promo.mp4", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=3", "-c:v", "libx264", "-pix_fmt",
+               "yuv420p")  # fmt: skip
+    picture = gen("logo.png", "-f", "lavfi", "-i", "color=c=red:s=640x360", "-frames:v", "1")
+    bodies = {"/promo": ("video/mp4", clip.read_bytes()), "/logo": ("image/png", picture.read_bytes()),
+              "/jingle": ("audio/wav", b"RIFF\x00\x00\x00\x00WAVE")}  # fmt: skip
+    how = BackgroundSpec(preset="background-720p", seconds=5)
+    with page_server(lambda path, headers: (200, {"Content-Type": bodies[path][0]}, bodies[path][1])) as server:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(NotAPageError, match=r"/promo is a video file \(video/mp4\), not a web page"):
+            record(f"{url}/promo", tmp_path / "r.mp4", opts(duration=0.4, fps=5))
+        promo = prepare_background(f"{url}/promo", tmp_path / "promo.mp4", how)
+        logo = prepare_background(f"{url}/logo", tmp_path / "logo.mp4", how)
+        with pytest.raises(NotAPageError, match=r"/jingle is an audio file"):  # no background at all
+            prepare_background(f"{url}/jingle", tmp_path / "jingle.mp4", how)
+    assert promo == [f"{url}/promo is a clip, not a web page: used as the background itself"]
+    assert logo == [f"{url}/logo is a picture, not a web page: used as the background itself"]
+    # The clip plays (its own 3 s, frames differ), filling the frame; the picture fills 5 s, red to the corner.
+    assert decoded_frame_count(tmp_path / "promo.mp4") == 90 and decoded_frame_count(tmp_path / "logo.mp4") == 150
+    assert frame_rgb(tmp_path / "promo.mp4", 0, 1280, 720) != frame_rgb(tmp_path / "promo.mp4", 60, 1280, 720)
+    red = pixel(frame_rgb(tmp_path / "logo.mp4", 100, 1280, 720), 1280, 4, 4)
+    assert red[0] > 200 and red[1] < 40 and red[2] < 40, red
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logo.mp4", "promo.mp4"]  # no download left behind
+
+
+def test_a_clip_download_is_guarded_bounded_and_whole_or_nothing(tmp_path):
+    from assetprep._fetch import fetch_media
+
+    big = b"\x00" * 300_000
+    hung = threading.Event()
+
+    def answer(path, headers):
+        if path == "/slow":
+            hung.wait(10)  # never answers within the test's timeout
+            return None
+        return (404, {}, b"") if path == "/gone" else (200, {"Content-Type": "video/mp4"}, big)
+
+    out = tmp_path / "clip.mp4"
+    with page_server(answer) as server:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(MediaError, match=r"/clip: blocked request to a private address"):
+            fetch_media(f"{url}/clip", out, timeout=5, block_private_networks=True)
+        with pytest.raises(MediaError, match=r"/gone answered HTTP 404"):
+            fetch_media(f"{url}/gone", out, timeout=5, block_private_networks=False)
+        with pytest.raises(MediaError, match=r"/clip is more than 0 MiB"):
+            fetch_media(f"{url}/clip", out, timeout=5, block_private_networks=False, max_bytes=200_000)
+        started = time.monotonic()
+        with pytest.raises(MediaError, match=r"cannot download .*/slow: ReadTimeout"):
+            fetch_media(f"{url}/slow", out, timeout=1, block_private_networks=False)
+        assert time.monotonic() - started < 5
+        hung.set()
+        assert list(tmp_path.iterdir()) == []
+        fetch_media(f"{url}/clip", out, timeout=5, block_private_networks=False)
+    assert out.read_bytes() == big
 
 
 def test_a_page_with_a_resource_that_never_ends_is_recorded_as_it_is(tmp_path):
