@@ -31,6 +31,12 @@ def site_url(text: str) -> str | None:
     return f"https://{host}{rest}"
 
 
+def looks_like_website(text: str) -> bool:
+    """An http(s) URL or a scheme-less website ("acme.com/team"); not an e-mail address or a file name."""
+    text = text.strip()
+    return bool(re.match(r"^https?://\S+$", text, re.IGNORECASE)) or ("@" not in text and site_url(text) is not None)
+
+
 def website_or_path(text: str, local: Path) -> str:
     """A background as written, the way publish and manifests both read it: an http(s) URL as a browser sends it
     (spaces as %20), any other URL as it is, a file or folder that exists (at `local`) as it is, else a scheme-less

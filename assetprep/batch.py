@@ -113,6 +113,8 @@ class BatchOptions(BaseModel):
     bucket: str | None = None
     prefix: str | None = None
     replica_id: str | None = None  # default for rows without one
+    background: str | None = None  # default (a template) for rows without one: "{{ website }}"
+    no_background: bool = False  # the videos are meant to have none, though a column holds websites
     background_preset: str | None = None
     ray_address: str | None = None
     downloads: int = Field(default=4, ge=1, le=32)
@@ -864,7 +866,11 @@ def batch_publish(
     replica = options.replica_id or settings.replica_id
     if replica:
         defaults["replica_id"] = replica
-    loaded = load_manifest(path, defaults=defaults, out_dir=options.out_dir)
+    if options.background is not None and options.no_background:
+        raise ConfigError("--background and --no-background contradict each other", hint="give one of them")
+    if options.background is not None:
+        defaults["background"] = options.background
+    loaded = load_manifest(path, defaults=defaults, out_dir=options.out_dir, no_background=options.no_background)
     wanted = options.rows
     if isinstance(wanted, str):
         wanted = parse_rows(wanted, last=max((r.number for r in loaded.rows), default=0))

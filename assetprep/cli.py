@@ -668,6 +668,12 @@ def batch_cmd(
     ] = False,
     batch_id: Annotated[str | None, typer.Option(help="Name the batch (default: from the manifest's path).")] = None,
     replica: Annotated[str | None, typer.Option("--replica", help="replica_id for rows without one.")] = None,
+    background: Annotated[
+        str | None, typer.Option(help="Background for rows without one, a template: '{{ website }}'.")
+    ] = None,
+    no_background: Annotated[
+        bool, typer.Option("--no-background", help="Make the videos without backgrounds though a column has sites.")
+    ] = False,
     background_preset: Annotated[
         str | None, typer.Option(help="Preset of prepared backgrounds (rows may set their own).")
     ] = None,
@@ -693,8 +699,8 @@ def batch_cmd(
             retry_failed=retry_failed, rows=rows or None, max_failures=max_failures,
             listen=listen, listen_url=listen_url, allow_private_networks=allow_private_networks, batch_id=batch_id,
             deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
-            bucket=bucket, prefix=prefix, replica_id=replica, ray_address=ray_address,
-            background_preset=background_preset,
+            bucket=bucket, prefix=prefix, replica_id=replica, ray_address=ray_address, background=background,
+            no_background=no_background, background_preset=background_preset,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "batch options")) from None

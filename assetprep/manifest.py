@@ -24,7 +24,7 @@ import jinja2.sandbox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._files import file_sha256, not_text, read_text_file
-from ._urls import website_or_path
+from ._urls import looks_like_website, website_or_path
 from .errors import ManifestError
 from .tavus import ID_PATTERN
 
@@ -232,7 +232,10 @@ def _fields_only(template: str) -> tuple[str, ...] | None:
     return None if any("{" in t or "}" in t for t in parts[::2]) else parts
 
 
-def _render(template: str, variables: dict[str, Any], where: str, column: str, problems: list[str]) -> str | None:
+def _render(template: str, variables: dict[str, Any], where: str, column: str, problems: list[str],
+            columns: list[str]) -> str | None:  # fmt: skip
+    """`template` rendered with `variables`; None with the reason in `problems`. `columns`: every column of the
+    manifest, so a variable the row leaves empty is told apart from one that no row has."""
     try:
         if (parts := _fields_only(template)) is not None:
             for name in parts[1::2]:
@@ -241,8 +244,15 @@ def _render(template: str, variables: dict[str, Any], where: str, column: str, p
             return "".join(t if i % 2 == 0 else str(variables[t]) for i, t in enumerate(parts))
         return _compiled(template).render(variables)
     except jinja2.exceptions.UndefinedError as exc:
+        name = m[1] if (m := re.fullmatch(r"'([^']+)' is undefined", exc.message or "")) else None
+        if name is not None and name in columns:  # a CRM's empty cell: "Hi , I looked at ." must not reach a lead
+            problems.append(f"{where}, column {column}: {{{{ {name} }}}} is empty in this row (fill it in, or "
+                            f"write {{{{ {name} | default('...') }}}} in the template)")  # fmt: skip
+            return None
+        close = difflib.get_close_matches(name, columns, n=1) if name else []
         known = ", ".join(sorted(variables)) or "none"
-        problems.append(f"{where}, column {column}: template variable missing: {exc.message} (columns: {known})")
+        problems.append(f"{where}, column {column}: template variable missing: {exc.message}"
+                        + (f"; did you mean {close[0]!r}?" if close else f" (columns: {known})"))  # fmt: skip
     except jinja2.exceptions.SecurityError as exc:
         problems.append(f"{where}, column {column}: template not allowed: {exc}")
     except jinja2.exceptions.TemplateSyntaxError as exc:
@@ -282,11 +292,14 @@ def load_manifest(
     *,
     defaults: dict[str, Any] | None = None,
     out_dir: Path | None = None,
+    no_background: bool = False,
 ) -> Manifest:
     """Parse, render and check a manifest; raise ManifestError listing every problem (row and column) at once.
 
     `defaults` (options of the command line and settings) apply under the YAML `defaults:` and the row's own cells.
-    Relative paths resolve against the manifest's folder; default outputs go to `out_dir`.
+    Relative paths resolve against the manifest's folder; default outputs go to `out_dir`. A column of websites
+    that nothing uses while no row has a background is a problem (a CRM export's `website` column: every video
+    would be made, and paid for, without the lead's site) unless `no_background` says that is meant.
     """
     path = Path(path).resolve()
     base = path.parent
@@ -309,8 +322,12 @@ def load_manifest(
     script_files: dict[Path, str | None] = {}
     shas: dict[Path, str] = {}
     inputs: dict[Path, str] = {}  # every local input file → where it is named first
+    templates: set[str] = set()  # every distinct template text, to find the columns nothing uses
+    backgrounds = False
     for number, where, given in raw_rows:
         merged = {**(defaults or {}), **file_defaults, **given}
+        backgrounds = backgrounds or merged.get("background") is not None
+        templates.update(str(merged[c]) for c in TEMPLATED if merged.get(c) is not None)
         for column in _TRIMMED:  # CRM exports pad cells (" acme.com", "speech.wav "): never part of a path or URL
             if isinstance(merged.get(column), str):
                 merged[column] = merged[column].strip()
@@ -327,7 +344,9 @@ def load_manifest(
         rendered: dict[str, str | None] = {}
         for column in TEMPLATED:
             value = merged.get(column)
-            rendered[column] = None if value is None else _render(str(value), variables, where, column, problems)
+            rendered[column] = (
+                None if value is None else _render(str(value), variables, where, column, problems, columns)
+            )
         script = rendered["script"]
         if merged.get("script_file") is not None:
             sf = _local(base, str(merged["script_file"]))
@@ -344,10 +363,11 @@ def load_manifest(
                     script_files[sf] = None
                     problems.append(f"{where}, column script_file: cannot read {sf}: {exc.strerror}")
             text = script_files[sf]
+            templates.add(text or "")
             if script is not None:
                 problems.append(f"{where}: give script or script_file, not both")
             elif text is not None:
-                script = _render(text, variables, where, "script_file", problems)
+                script = _render(text, variables, where, "script_file", problems, columns)
         audio = _local(base, str(merged["audio"])) if merged.get("audio") is not None else None
         if (script is not None or merged.get("script") is not None or merged.get("script_file") is not None) == (
             audio is not None
@@ -470,6 +490,8 @@ def load_manifest(
             options=options, script=script, audio=audio, background=background, watermark=watermark,
             video_name=video_name, output=output,
         ))  # fmt: skip
+    if not backgrounds and not no_background:
+        problems += _unused_websites(raw_rows, columns, templates)
     for row in rows:  # a download must not replace an input another row (or this one) still reads
         if row.output in inputs:
             problems.append(f"{row.where}, column output: {row.output} is an input ({inputs[row.output]})")
@@ -480,6 +502,29 @@ def load_manifest(
             hint=None,
         )
     return Manifest(path=path, columns=columns, rows=rows)
+
+
+def _unused_websites(raw_rows: list[tuple[int, str, dict[str, Any]]], columns: list[str],
+                     templates: set[str]) -> list[str]:  # fmt: skip
+    """A problem for each variable column whose every value is a website and that no template names."""
+    problems = []
+    for column in columns:
+        if column in OPTION_COLUMNS:
+            continue
+        values = [str(v) for _, _, given in raw_rows if (v := given.get(column)) is not None]
+        if not values or not all(looks_like_website(v) for v in values):
+            continue
+        named = re.compile(rf"(?<![\w.]){re.escape(column)}(?!\w)")
+        if any(named.search(t) for t in templates):
+            continue
+        use = f"{{{{ {column} }}}}"
+        problems.append(
+            f"column {column}: holds websites ({values[0].strip()}), but no row has a background and no template "
+            f"uses it: to record each lead's website behind its video, set background to '{use}' (a background "
+            f"column, the YAML defaults, or batch --background '{use}'); to make the videos without it, say so "
+            "(batch --no-background)"
+        )
+    return problems
 
 
 def parse_rows(text: str, *, last: int) -> set[int]:

@@ -387,6 +387,54 @@ def test_a_website_written_without_its_scheme_is_its_https_url(tmp_path):
                                      ]  # fmt: skip
 
 
+def test_a_column_of_websites_that_nothing_uses_is_a_problem_until_it_is_used_or_waived(tmp_path, sandbox, s3,
+                                                                                          s3_client):  # fmt: skip
+    """A CRM export's website column, no background anywhere: every video was made, and paid for, without the
+    lead's site, and the plan said '0 backgrounds' only. --background '{{ website }}' uses it, --no-background
+    says it is meant."""
+    manifest = write(tmp_path / "crm.csv", "first_name,company,website,email\nAna,Acme,acme.com,ana@acme.com\n"
+                                           "Bo,Beta,https://beta.io/team,bo@beta.io\nCy,,www.gamma.com.,cy@gamma.com\n")  # fmt: skip
+    said = ("column website: holds websites (acme.com), but no row has a background and no template uses it: to "
+            "record each lead's website behind its video, set background to '{{ website }}' (a background column, "
+            "the YAML defaults, or batch --background '{{ website }}'); to make the videos without it, say so "
+            "(batch --no-background)")  # fmt: skip
+    base = {"replica_id": DEFAULT_REPLICA, "script": "Hi {{ first_name }} from {{ company | default('your team') }}."}
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(manifest, defaults=base, out_dir=tmp_path)
+    assert caught.value.problems == [said]  # the e-mail column is not one of websites
+    used = load_manifest(manifest, defaults={**base, "background": "{{ website }}"}, out_dir=tmp_path).rows
+    assert [r.background for r in used] == ["https://acme.com", "https://beta.io/team", "https://www.gamma.com."]
+    assert [r.script for r in used][2] == "Hi Cy from your team."
+    waived = load_manifest(manifest, defaults=base, out_dir=tmp_path, no_background=True).rows
+    assert [r.background for r in waived] == [None, None, None]
+    read_out = load_manifest(manifest, defaults={**base, "script": "I looked at {{ website }}."}, out_dir=tmp_path)
+    assert read_out.rows[0].script == "I looked at acme.com."  # a script that names the site uses the column
+    # A variable a row leaves empty is named as empty (it was "undefined (columns: ...)" though the column exists);
+    # a misspelt one gets the column it was meant to be.
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(manifest, defaults={**base, "script": "Hi {{ company }}, {{ frist_name }}"}, out_dir=tmp_path,
+                      no_background=True)  # fmt: skip
+    assert caught.value.problems == [
+        "row 2, column script: template variable missing: 'frist_name' is undefined; did you mean 'first_name'?",
+        "row 3, column script: template variable missing: 'frist_name' is undefined; did you mean 'first_name'?",
+        "row 4, column script: {{ company }} is empty in this row (fill it in, or write {{ company | "
+        "default('...') }} in the template)",
+    ]
+    # The CLI: refused with the words above; --background plans three recordings; both flags contradict.
+    env = {**os.environ, **sandbox.env(), **s3.env(), "ASSETPREP_BUCKET": TEST_BUCKET,
+           "ASSETPREP_RUNS_DIR": str(tmp_path / "state" / "runs")}  # fmt: skip
+    script = ["--replica", DEFAULT_REPLICA, "--dry-run"]
+    write(manifest, "script,website\nHi Ana,acme.com\nHi Bo,https://beta.io/team\nHi Cy,www.gamma.com.\n")
+    proc = cli(env, str(manifest), *script)
+    assert proc.returncode == 1 and said in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    proc = cli(env, str(manifest), *script, "--background", "{{ website }}")
+    assert proc.returncode == 0 and "3 background(s) and 0 audio file(s) to prepare" in proc.stdout, proc.stderr
+    proc = cli(env, str(manifest), *script, "--no-background")
+    assert proc.returncode == 0 and "0 background(s)" in proc.stdout, proc.stderr
+    proc = cli(env, str(manifest), *script, "--no-background", "--background", "{{ website }}")
+    assert proc.returncode == 1 and "--background and --no-background contradict each other" in proc.stderr
+
+
 def test_a_manifest_or_script_in_a_legacy_encoding_is_refused_with_its_line(tmp_path):
     """Excel's plain "CSV" on Windows is cp1252: guessing would put "JosÃ©" in a video; the error says where."""
     write(tmp_path / "pitch.txt", "Hello {{ first_name }}")
