@@ -327,15 +327,14 @@ def test_text_and_field_templates_render_without_jinja_exactly_as_jinja_does():
     assert all(_fields_only(t) is not None for t in quick) and all(_fields_only(t) is None for t in jinja)
     for template in quick + jinja:
         problems: list[str] = []
-        assert _render(template, variables, "row 2", "script", problems) == _ENV.from_string(template).render(
-            variables
-        ), template
+        rendered = _render(template, variables, "row 2", "script", problems, list(variables))
+        assert rendered == _ENV.from_string(template).render(variables), template
         assert problems == []
     with pytest.raises(jinja2.exceptions.UndefinedError) as caught:
         _ENV.from_string("{{ missing }}").render(variables)
     for template in ("Hi {{ missing }}", "Hi {{ missing | upper }}"):
         problems = []
-        assert _render(template, variables, "row 2", "script", problems) is None
+        assert _render(template, variables, "row 2", "script", problems, list(variables)) is None
         assert problems == [f"row 2, column script: template variable missing: {caught.value.message} "
                             "(columns: _p, first_name, n, ok, tags, x)"]  # fmt: skip
 
