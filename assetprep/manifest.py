@@ -233,9 +233,10 @@ def _fields_only(template: str) -> tuple[str, ...] | None:
 
 
 def _render(template: str, variables: dict[str, Any], where: str, column: str, problems: list[str],
-            columns: list[str]) -> str | None:  # fmt: skip
-    """`template` rendered with `variables`; None with the reason in `problems`. `columns`: every column of the
-    manifest, so a variable the row leaves empty is told apart from one that no row has."""
+            names: dict[str, str]) -> str | None:  # fmt: skip
+    """`template` rendered with `variables`; None with the reason in `problems`. `names`: how templates name each
+    column of the manifest (see _template_names), so a variable the row leaves empty is told apart from one that
+    no row has."""
     try:
         if (parts := _fields_only(template)) is not None:
             for name in parts[1::2]:
@@ -245,18 +246,22 @@ def _render(template: str, variables: dict[str, Any], where: str, column: str, p
         return _compiled(template).render(variables)
     except jinja2.exceptions.UndefinedError as exc:
         name = m[1] if (m := re.fullmatch(r"'([^']+)' is undefined", exc.message or "")) else None
-        if name is not None and name in columns:  # a CRM's empty cell: "Hi , I looked at ." must not reach a lead
-            problems.append(f"{where}, column {column}: {{{{ {name} }}}} is empty in this row (fill it in, or "
+        if name is not None and name in names:  # a CRM's empty cell: "Hi , I looked at ." must not reach a lead
+            of = f" (column {names[name]!r})" if names[name] != name else ""
+            problems.append(f"{where}, column {column}: {{{{ {name} }}}}{of} is empty in this row (fill it in, or "
                             f"write {{{{ {name} | default('...') }}}} in the template)")  # fmt: skip
             return None
-        close = difflib.get_close_matches(name, columns, n=1) if name else []
+        close = difflib.get_close_matches(name, list(names), n=1) if name else []
         known = ", ".join(sorted(variables)) or "none"
         problems.append(f"{where}, column {column}: template variable missing: {exc.message}"
                         + (f"; did you mean {close[0]!r}?" if close else f" (columns: {known})"))  # fmt: skip
     except jinja2.exceptions.SecurityError as exc:
         problems.append(f"{where}, column {column}: template not allowed: {exc}")
     except jinja2.exceptions.TemplateSyntaxError as exc:
-        problems.append(f"{where}, column {column}: template syntax error: {exc.message}")
+        spelt = [(name, c) for name, c in names.items() if name != c and not c.isidentifier()
+                 and re.search(rf"\{{\{{-?\s*{re.escape(c)}\s*(?:\||-?\}}\}})", template)]  # fmt: skip
+        said = "; ".join(f"write {{{{ {name} }}}} for the column {c!r}" for name, c in spelt)
+        problems.append(f"{where}, column {column}: template syntax error: {said or exc.message}")
     except Exception as exc:  # a template can raise anything a filter raises (e.g. a division by zero)
         problems.append(f"{where}, column {column}: template failed: {type(exc).__name__}: {exc}")
     return None
@@ -323,6 +328,8 @@ def load_manifest(
     shas: dict[Path, str] = {}
     inputs: dict[Path, str] = {}  # every local input file → where it is named first
     templates: set[str] = set()  # every distinct template text, to find the columns nothing uses
+    names = _template_names([c for c in columns if c not in OPTION_COLUMNS])
+    aliases = [(name, column) for name, column in names.items() if name != column]
     backgrounds = False
     for number, where, given in raw_rows:
         merged = {**(defaults or {}), **file_defaults, **given}
@@ -332,6 +339,7 @@ def load_manifest(
             if isinstance(merged.get(column), str):
                 merged[column] = merged[column].strip()
         variables = {k: v for k, v in merged.items() if k not in OPTION_COLUMNS}
+        variables.update({name: variables[column] for name, column in aliases if column in variables})
         before = len(problems)
         # YAML and JSON can give a list or a mapping; as an option it would reach Tavus as its Python text
         # ("[1, 2]" as the script). Template variables may be structured ({% for %} over a list).
@@ -344,9 +352,7 @@ def load_manifest(
         rendered: dict[str, str | None] = {}
         for column in TEMPLATED:
             value = merged.get(column)
-            rendered[column] = (
-                None if value is None else _render(str(value), variables, where, column, problems, columns)
-            )
+            rendered[column] = None if value is None else _render(str(value), variables, where, column, problems, names)
         script = rendered["script"]
         if merged.get("script_file") is not None:
             sf = _local(base, str(merged["script_file"]))
@@ -367,7 +373,7 @@ def load_manifest(
             if script is not None:
                 problems.append(f"{where}: give script or script_file, not both")
             elif text is not None:
-                script = _render(text, variables, where, "script_file", problems, columns)
+                script = _render(text, variables, where, "script_file", problems, names)
         audio = _local(base, str(merged["audio"])) if merged.get("audio") is not None else None
         if (script is not None or merged.get("script") is not None or merged.get("script_file") is not None) == (
             audio is not None
@@ -491,7 +497,7 @@ def load_manifest(
             video_name=video_name, output=output,
         ))  # fmt: skip
     if not backgrounds and not no_background:
-        problems += _unused_websites(raw_rows, columns, templates)
+        problems += _unused_websites(raw_rows, names, templates)
     for row in rows:  # a download must not replace an input another row (or this one) still reads
         if row.output in inputs:
             problems.append(f"{row.where}, column output: {row.output} is an input ({inputs[row.output]})")
@@ -504,20 +510,32 @@ def load_manifest(
     return Manifest(path=path, columns=columns, rows=rows)
 
 
-def _unused_websites(raw_rows: list[tuple[int, str, dict[str, Any]]], columns: list[str],
+def _template_names(columns: list[str]) -> dict[str, str]:
+    """How templates name each variable column: as it is when it is an identifier, and in identifier form, since
+    CRM exports head their columns "First Name", "Company Name", "Website URL" (first_name, company_name,
+    website_url; "Website" is website too). A form that two columns share names neither."""
+    names = {c: c for c in columns if c.isidentifier()}
+    forms: dict[str, list[str]] = {}
+    for column in columns:
+        form = re.sub(r"\W+", "_", column.strip().lower()).strip("_")
+        if form.isidentifier() and form not in names and form not in OPTION_COLUMNS:
+            forms.setdefault(form, []).append(column)
+    names.update({form: same[0] for form, same in forms.items() if len(same) == 1})
+    return names
+
+
+def _unused_websites(raw_rows: list[tuple[int, str, dict[str, Any]]], names: dict[str, str],
                      templates: set[str]) -> list[str]:  # fmt: skip
     """A problem for each variable column whose every value is a website and that no template names."""
     problems = []
-    for column in columns:
-        if column in OPTION_COLUMNS:
-            continue
+    for column in dict.fromkeys(names.values()):
         values = [str(v) for _, _, given in raw_rows if (v := given.get(column)) is not None]
         if not values or not all(looks_like_website(v) for v in values):
             continue
-        named = re.compile(rf"(?<![\w.]){re.escape(column)}(?!\w)")
-        if any(named.search(t) for t in templates):
+        called = [name for name, c in names.items() if c == column]
+        if any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", t) for name in called for t in templates):
             continue
-        use = f"{{{{ {column} }}}}"
+        use = f"{{{{ {min(called, key=lambda n: (n != n.lower(), len(n)))} }}}}"
         problems.append(
             f"column {column}: holds websites ({values[0].strip()}), but no row has a background and no template "
             f"uses it: to record each lead's website behind its video, set background to '{use}' (a background "

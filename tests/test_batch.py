@@ -434,6 +434,34 @@ def test_a_column_of_websites_that_nothing_uses_is_a_problem_until_it_is_used_or
     assert proc.returncode == 1 and "--background and --no-background contradict each other" in proc.stderr
 
 
+def test_crm_headers_with_spaces_and_capitals_are_named_in_identifier_form(tmp_path):
+    """HubSpot, Salesforce and Apollo exports head columns "First Name", "Company Name", "Website URL": no template
+    could name them ({{ First Name }} is a syntax error) and "did you mean 'First Name'?" pointed at that."""
+    manifest = write(tmp_path / "crm.csv", "First Name,Company Name,Website URL,Phone Number,phone-number\n"
+                                           "Ana,Acme,acme.com,1,2\nBo,,beta.io,3,4\n")  # fmt: skip
+    base = {"replica_id": DEFAULT_REPLICA, "background": "{{ website_url }}"}
+    script = "Hi {{ first_name }} at {{ company_name | default('your team') }}."
+    rows = load_manifest(manifest, defaults={**base, "script": script}, out_dir=tmp_path).rows
+    assert [(r.script, r.background) for r in rows] == [("Hi Ana at Acme.", "https://acme.com"),
+                                                        ("Hi Bo at your team.", "https://beta.io")]  # fmt: skip
+    assert rows[0].values["First Name"] == "Ana" and "first_name" not in rows[0].values  # results keep the headers
+    cases = {
+        "Hi {{ First Name }}, {{Company Name|upper}}": "row 2, column script: template syntax error: write "
+        "{{ first_name }} for the column 'First Name'; write {{ company_name }} for the column 'Company Name'",
+        "Hi {{ frist_name }}": "row 2, column script: template variable missing: 'frist_name' is undefined; did you "
+        "mean 'first_name'?",
+        "Hi {{ company_name }}": "row 3, column script: {{ company_name }} (column 'Company Name') is empty in this "
+        "row (fill it in, or write {{ company_name | default('...') }} in the template)",
+    }
+    for template, said in cases.items():
+        with pytest.raises(ManifestError) as caught:
+            load_manifest(manifest, defaults={**base, "script": template}, out_dir=tmp_path)
+        assert caught.value.problems[0] == said
+    # Two columns with one identifier form ("Phone Number", "phone-number"): neither is taken for the other.
+    with pytest.raises(ManifestError, match="problem"):
+        load_manifest(manifest, defaults={**base, "script": "{{ phone_number }}"}, out_dir=tmp_path)
+
+
 def test_a_manifest_or_script_in_a_legacy_encoding_is_refused_with_its_line(tmp_path):
     """Excel's plain "CSV" on Windows is cp1252: guessing would put "JosÃ©" in a video; the error says where."""
     write(tmp_path / "pitch.txt", "Hello {{ first_name }}")
