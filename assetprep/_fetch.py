@@ -15,6 +15,7 @@ import httpx
 
 from ._files import atomic_output
 from ._netguard import BLOCKED_HEADER, guard_proxy
+from ._process import check_cancelled
 from .errors import MediaError
 
 MAX_BYTES = 2 << 30  # a background clip of more than 2 GiB is not a background
@@ -24,7 +25,7 @@ _GUARDED = "the network guard is on (batch: --allow-private-networks)"
 
 def fetch_media(url: str, dest: Path, *, timeout: float, block_private_networks: bool,
                 max_bytes: int = MAX_BYTES, deadline: float = DEADLINE) -> None:  # fmt: skip
-    """Download `url` to `dest` (whole or not at all)."""
+    """Download `url` to `dest` (whole or not at all); stops within a read when _process.cancel_all() is called."""
     with contextlib.ExitStack() as stack:
         proxy = None
         if block_private_networks:
@@ -40,6 +41,7 @@ def fetch_media(url: str, dest: Path, *, timeout: float, block_private_networks:
                     raise MediaError(f"{url} answered HTTP {answer.status_code}", hint="fix the URL")
                 size = 0
                 for chunk in answer.iter_bytes(1 << 20):
+                    check_cancelled(f"the download of {url}")  # Ctrl-C, SIGTERM: batch stops its work at once
                     size += len(chunk)
                     if size > max_bytes:
                         raise MediaError(f"{url} is more than {max_bytes >> 20} MiB", hint="give a shorter clip")

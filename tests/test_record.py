@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from _media import decoded_frame_count, frame_rgb, http_server, pixel
 
-from assetprep.errors import MediaError, NotAPageError
+from assetprep.errors import CancelledError, MediaError, NotAPageError
 from assetprep.publish import BackgroundSpec, prepare_background
 from assetprep.record import RecordError, RecordOptions, record, scroll_at, scroll_keyframes
 
@@ -340,6 +340,7 @@ def test_a_clip_or_picture_url_is_the_background_itself_not_chromiums_viewer_of_
 
 
 def test_a_clip_download_is_guarded_bounded_and_whole_or_nothing(tmp_path):
+    from assetprep import _process
     from assetprep._fetch import fetch_media
 
     big = b"\x00" * 300_000
@@ -365,6 +366,12 @@ def test_a_clip_download_is_guarded_bounded_and_whole_or_nothing(tmp_path):
             fetch_media(f"{url}/slow", out, timeout=1, block_private_networks=False)
         assert time.monotonic() - started < 5
         hung.set()
+        _process.cancel_all()  # what batch does on Ctrl-C or SIGTERM
+        try:
+            with pytest.raises(CancelledError, match=r"download of .*/clip was cancelled"):
+                fetch_media(f"{url}/clip", out, timeout=5, block_private_networks=False)
+        finally:
+            _process.reset_cancel()
         assert list(tmp_path.iterdir()) == []
         fetch_media(f"{url}/clip", out, timeout=5, block_private_networks=False)
     assert out.read_bytes() == big
