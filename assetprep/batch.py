@@ -116,6 +116,7 @@ class BatchOptions(BaseModel):
     background: str | None = None  # default (a template) for rows without one: "{{ website }}"
     no_background: bool = False  # the videos are meant to have none, though a column holds websites
     background_preset: str | None = None
+    page_timeout: float = Field(default=60.0, gt=0, le=600)  # seconds a lead's page may take to load and get ready
     ray_address: str | None = None
     downloads: int = Field(default=4, ge=1, le=32)
 
@@ -209,9 +210,10 @@ def plan_preparations(
                 seconds=row.options.background_seconds, scroll=row.options.scroll,
                 scroll_depth=row.options.scroll_depth, scroll_return=row.options.scroll_return,
                 block_private_networks=kind == "page" and is_http_url(row.background)
-                and not options.allow_private_networks,
+                and not options.allow_private_networks, timeout=options.page_timeout,
             )  # fmt: skip
-            mine["background"] = _prep_key("background", row.background, spec.model_dump(mode="json"))
+            mine["background"] = _prep_key("background", row.background,
+                                           spec.model_dump(mode="json", exclude={"timeout"}))  # fmt: skip
             task = PrepTask(key=mine["background"], kind="background", source=row.background, background=spec, s3=s3,
                             keep_dir=str(keep_dir) if keep_dir else None)  # fmt: skip
             preps.setdefault(task.key, _Prep(task)).rows.add(row.row_id)

@@ -677,6 +677,9 @@ def batch_cmd(
     background_preset: Annotated[
         str | None, typer.Option(help="Preset of prepared backgrounds (rows may set their own).")
     ] = None,
+    page_timeout: Annotated[
+        float, typer.Option(help="Seconds a lead's page may take to load; a dead or hung site fails its row then.")
+    ] = 60.0,
     deadline: Annotated[str | None, typer.Option(help="Stop waiting after: 30m, 2h (rerun to continue).")] = None,
     poll: Annotated[float | None, typer.Option(help="Poll interval in seconds.")] = None,
     bucket: Annotated[str | None, typer.Option(envvar="ASSETPREP_BUCKET", help="Bucket for prepared files.")] = None,
@@ -700,7 +703,7 @@ def batch_cmd(
             listen=listen, listen_url=listen_url, allow_private_networks=allow_private_networks, batch_id=batch_id,
             deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
             bucket=bucket, prefix=prefix, replica_id=replica, ray_address=ray_address, background=background,
-            no_background=no_background, background_preset=background_preset,
+            no_background=no_background, background_preset=background_preset, page_timeout=page_timeout,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "batch options")) from None

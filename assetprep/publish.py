@@ -202,6 +202,9 @@ class BackgroundSpec(BaseModel):
     scroll_depth: Literal["middle", "bottom"] | int = "middle"
     scroll_return: Literal["return", "halt"] = "return"
     block_private_networks: bool = False
+    # Seconds a page may take to load and get ready. Not part of what is made (batch leaves it out of its key):
+    # a lead list's dead or hung sites need not hold a recording slot for a minute each.
+    timeout: float = Field(default=60.0, gt=0, le=600)
 
 
 def background_spec(options: PublishOptions, settings: PublishSettings) -> BackgroundSpec:
@@ -232,7 +235,7 @@ def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
 
         options = RecordOptions(preset=how.preset, duration=how.seconds, scroll=how.scroll,
                                 scroll_depth=how.scroll_depth, scroll_return=how.scroll_return,
-                                block_private_networks=how.block_private_networks)  # fmt: skip
+                                block_private_networks=how.block_private_networks, timeout=how.timeout)  # fmt: skip
         try:
             return record(spec, out, options, on_progress=on_progress).warnings
         except NotAPageError as exc:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -703,6 +704,30 @@ def test_failures_stay_in_their_row_and_the_report_shows_every_card(world, site,
     names = [c.video_name for c in account(sb)]
     assert again.counts == {"downloaded": 2, "failed": 4}
     assert sum(n.endswith("-retry1") for n in names) == 1 and len(creates(sb)) == 4
+
+
+def test_a_hung_lead_site_fails_its_row_at_page_timeout_which_is_not_part_of_what_is_made(world, tmp_path):
+    """A lead list's dead or hung sites held the one recording slot of a 2-core machine for a minute each."""
+    from assetprep.batch import S3Target, plan_preparations
+
+    sb, run, _ = world()
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)  # connections are made and never answered
+    manifest = write(tmp_path / "hung.csv", f"script,background\nHi,http://127.0.0.1:{hung.getsockname()[1]}/\n")
+    try:
+        result = run(manifest, background_preset="background-720p", page_timeout=3)
+    finally:
+        hung.close()
+    [row] = result.rows
+    assert row["status"] == "failed" and "no page came within the timeout" in row["error"], row
+    assert result.seconds < 40 and creates(sb) == []  # at the default 60 s this run took over a minute
+    # A rerun with another timeout finds the same preparations (made before, or failed): nothing is made again.
+    rows = load_manifest(manifest, defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path).rows
+    keys = [plan_preparations(rows, settings=PublishSettings(runs_dir=tmp_path / "runs"),
+                              options=BatchOptions(page_timeout=t), s3=S3Target(bucket="b", prefix="p"),
+                              keep_dir=None)[0] for t in (3, 60)]  # fmt: skip
+    assert list(keys[0]) == list(keys[1]) and [p.task.background.timeout for p in keys[0].values()] == [3]
 
 
 def test_the_report_holds_each_distinct_picture_once_and_frames_each_background_once(gen, tmp_path, monkeypatch):
