@@ -328,8 +328,8 @@ def load_manifest(
     shas: dict[Path, str] = {}
     inputs: dict[Path, str] = {}  # every local input file → where it is named first
     templates: set[str] = set()  # every distinct template text, to find the columns nothing uses
-    names = _template_names([c for c in columns if c not in OPTION_COLUMNS])
-    aliases = [(name, column) for name, column in names.items() if name != column]
+    called = _template_names([c for c in columns if c not in OPTION_COLUMNS])
+    aliases = [(name, column) for name, column in called.items() if name != column]
     backgrounds = False
     for number, where, given in raw_rows:
         merged = {**(defaults or {}), **file_defaults, **given}
@@ -352,7 +352,9 @@ def load_manifest(
         rendered: dict[str, str | None] = {}
         for column in TEMPLATED:
             value = merged.get(column)
-            rendered[column] = None if value is None else _render(str(value), variables, where, column, problems, names)
+            rendered[column] = (
+                None if value is None else _render(str(value), variables, where, column, problems, called)
+            )
         script = rendered["script"]
         if merged.get("script_file") is not None:
             sf = _local(base, str(merged["script_file"]))
@@ -373,7 +375,7 @@ def load_manifest(
             if script is not None:
                 problems.append(f"{where}: give script or script_file, not both")
             elif text is not None:
-                script = _render(text, variables, where, "script_file", problems, names)
+                script = _render(text, variables, where, "script_file", problems, called)
         audio = _local(base, str(merged["audio"])) if merged.get("audio") is not None else None
         if (script is not None or merged.get("script") is not None or merged.get("script_file") is not None) == (
             audio is not None
@@ -497,7 +499,7 @@ def load_manifest(
             video_name=video_name, output=output,
         ))  # fmt: skip
     if not backgrounds and not no_background:
-        problems += _unused_websites(raw_rows, names, templates)
+        problems += _unused_websites(raw_rows, called, templates)
     for row in rows:  # a download must not replace an input another row (or this one) still reads
         if row.output in inputs:
             problems.append(f"{row.where}, column output: {row.output} is an input ({inputs[row.output]})")

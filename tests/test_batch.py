@@ -458,6 +458,12 @@ def test_crm_headers_with_spaces_and_capitals_are_named_in_identifier_form(tmp_p
         with pytest.raises(ManifestError) as caught:
             load_manifest(manifest, defaults={**base, "script": template}, out_dir=tmp_path)
         assert caught.value.problems[0] == said
+    # A video_name that happens to be a column's name is not "used by" that column.
+    write(tmp_path / "v.csv", "first_name,video_name\nAna,first_name\n")
+    [row] = load_manifest(
+        tmp_path / "v.csv", defaults={"replica_id": DEFAULT_REPLICA, "script": "Hi"}, out_dir=tmp_path
+    ).rows
+    assert row.video_name == "first_name"
     # Two columns with one identifier form ("Phone Number", "phone-number"): neither is taken for the other.
     with pytest.raises(ManifestError, match="problem"):
         load_manifest(manifest, defaults={**base, "script": "{{ phone_number }}"}, out_dir=tmp_path)
