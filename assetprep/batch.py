@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import threading
 import time
 from collections import Counter
@@ -263,10 +264,12 @@ class _TokenBucket:
 class _Batch:
     def __init__(self, manifest: Manifest, rows: list[Row], options: BatchOptions, settings: PublishSettings,
                  client: TavusClient, s3_client: Any, executor: Executor, journal: BatchJournal, folder: Path,
-                 out_dir: Path, on_event: Any) -> None:  # fmt: skip
+                 out_dir: Path, on_event: Any, *, copies: list[Row] | None = None) -> None:  # fmt: skip
         self.manifest = manifest
         self.rows = {r.row_id: r for r in rows}
         self.order = [r.row_id for r in rows]
+        self.copies = copies or []  # duplicate rows: the video of their row_id's row, at their own output
+        self.copy_errors: dict[int, str] = {}
         self.o = options
         self.settings = settings
         self.client = client
@@ -591,6 +594,24 @@ class _Batch:
         })  # fmt: skip
         self.results_dirty = True
         _crash_point("batch-after-download")
+        self.copy_videos(row_id)
+
+    def copy_videos(self, row_id: str | None = None) -> None:
+        """Give each duplicate row (of `row_id`, or of every downloaded row) the video at its own output."""
+        for dup in self.copies:
+            src = self.rows[dup.row_id].output
+            if (row_id is not None and dup.row_id != row_id) or dup.output == src or not src.is_file():
+                continue
+            if dup.output.is_file() and dup.output.stat().st_size == src.stat().st_size:
+                continue
+            try:
+                dup.output.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_output(dup.output, inputs=(src,)) as tmp:
+                    shutil.copyfile(src, tmp)
+                self.copy_errors.pop(dup.number, None)
+            except (OSError, AssetprepError) as exc:
+                self.copy_errors[dup.number] = f"copy of {src.name}: {getattr(exc, 'strerror', None) or exc}"
+            self.results_dirty = True
 
     def poster(self, clip: Path, row_id: str) -> Path | None:
         """A small JPEG of the finished video for the report."""
@@ -656,7 +677,23 @@ class _Batch:
                 "script_sent": row.script or "",
                 "_poster": data.get("poster"), "_background": self._background_file(rid),
             })  # fmt: skip
-        return out
+        if not self.copies:
+            return out
+        by_id = {r["row_id"]: r for r in out}
+        for dup in self.copies:
+            first = by_id[dup.row_id]
+            mine = {input_column(k): v for k, v in dup.values.items()}
+            theirs = {input_column(k) for k in self.rows[dup.row_id].values}
+            status = first["status"]
+            if status == "downloaded" and not dup.output.is_file():
+                status = "failed" if dup.number in self.copy_errors else "ready"
+            out.append({
+                **{k: v for k, v in first.items() if k not in theirs}, **mine, "row": dup.number, "status": status,
+                "output": str(dup.output) if status == "downloaded" else "",
+                "error": self.copy_errors.get(dup.number, first["error"]),
+                "warnings": "; ".join(w for w in (f"the same video as {dup.same_as}", first["warnings"]) if w),
+            })  # fmt: skip
+        return sorted(out, key=lambda r: r["row"])
 
     def _warnings(self, row_id: str) -> list[str]:
         """What the row's preparations warned of (a page recorded before it finished loading, silent audio)."""
@@ -837,10 +874,11 @@ def _check_first(path: Path, client: TavusClient, rows: list[Row], s3_client: An
         )
 
 
-def _plan(manifest: Manifest, rows: list[Row], preps: dict[str, _Prep]) -> dict[str, Any]:
+def _plan(manifest: Manifest, rows: list[Row], preps: dict[str, _Prep], copies: list[Row]) -> dict[str, Any]:
     kinds = Counter(p.task.kind for p in preps.values())
     return {
-        "rows": len(rows), "backgrounds": kinds.get("background", 0), "audio_files": kinds.get("audio", 0),
+        "rows": len(rows) + len(copies), "backgrounds": kinds.get("background", 0),
+        "audio_files": kinds.get("audio", 0), "duplicates": [{"row": d.number, "same_as": d.same_as} for d in copies],
         "watermarks": kinds.get("watermark", 0), "uploads": len(preps), "videos": len(rows),
         "replicas": sorted({r.options.replica_id for r in rows}),
         "first_scripts": [{"row": r.number, "script": (r.script or f"(audio {r.audio})")[:300]} for r in rows[:3]],
@@ -875,10 +913,14 @@ def batch_publish(
     loaded = load_manifest(path, defaults=defaults, out_dir=options.out_dir, no_background=options.no_background)
     wanted = options.rows
     if isinstance(wanted, str):
-        wanted = parse_rows(wanted, last=max((r.number for r in loaded.rows), default=0))
+        wanted = parse_rows(wanted, last=max((r.number for r in loaded.rows + loaded.duplicates), default=0))
     rows = [r for r in loaded.rows if wanted is None or r.number in wanted]
+    copies = [d for d in loaded.duplicates if wanted is None or d.number in wanted]
+    if copies:  # a selected duplicate brings the row whose video it shares
+        ids = {r.row_id for r in rows} | {d.row_id for d in copies}
+        rows = [r for r in loaded.rows if r.row_id in ids]
     if options.rows is not None and not rows:
-        raise ManifestError(f"--rows selects none of the {len(loaded.rows)} rows of {path}")
+        raise ManifestError(f"--rows selects none of the {len(loaded.rows) + len(loaded.duplicates)} rows of {path}")
     out_dir = (options.out_dir or loaded.path.parent / f"{loaded.path.stem}-videos").resolve()
     if problem := output_problem(out_dir / "results.csv"):
         raise ConfigError(f"--out {out_dir}: {problem}", hint="name a folder for the videos and the results sheet")
@@ -913,7 +955,7 @@ def batch_publish(
                          broken_too=True)  # fmt: skip
         finally:
             executor.close()
-        plan = _plan(loaded, rows, preps)
+        plan = _plan(loaded, rows, preps, copies)
         return BatchResult(batch_id=batch_id, batch_dir=folder, out_dir=out_dir, results_csv=None, report_html=None,
                            counts={}, rows=[], superseded=[], preparations=len(preps), prepared_now=0,
                            executor="ray" if options.ray_address else "local", seconds=time.monotonic() - started,
@@ -939,8 +981,10 @@ def batch_publish(
                 raise
         if tasks:
             abort_stale_uploads(s3_client, target.bucket, target.prefix)  # parts of killed runs' uploads
-        run = _Batch(loaded, rows, options, settings, client, s3_client, executor, journal, folder, out_dir, on_event)
+        run = _Batch(loaded, rows, options, settings, client, s3_client, executor, journal, folder, out_dir, on_event,
+                     copies=copies)  # fmt: skip
         _run(run, preps, per_row)
+        run.copy_videos()  # rows downloaded by an earlier run whose duplicates lack their copy
         _shutdown(run)
         results = run.result_rows()
         superseded = [] if options.rows is not None else [

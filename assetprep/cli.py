@@ -715,6 +715,10 @@ def batch_cmd(
                  f"background(s) and {plan['audio_files']} audio file(s) to prepare, {plan['uploads']} upload(s); "
                  f"replicas {', '.join(plan['replicas'])} exist\n"
                  + "\n".join(f"  row {s['row']}: {s['script']}" for s in plan["first_scripts"]))  # fmt: skip
+        dups = plan.get("duplicates") or []
+        human += "".join(f"\n  row {d['row']} is the same video as {d['same_as']} (made once, reported on both)"
+                         for d in dups[:5])  # fmt: skip
+        human += f"\n  … and {len(dups) - 5} more such rows" if len(dups) > 5 else ""
         emit(result.summary(), as_json, human)
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))

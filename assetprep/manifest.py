@@ -86,6 +86,7 @@ class Row(BaseModel):
     watermark: str | None = None
     video_name: str | None = None
     output: Path
+    same_as: str | None = None  # a duplicate: the row (as messages name it) whose video it shares
 
 
 class Manifest(BaseModel):
@@ -93,7 +94,8 @@ class Manifest(BaseModel):
 
     path: Path
     columns: list[str]  # input columns in their order (variables and options)
-    rows: list[Row]
+    rows: list[Row]  # one per distinct video
+    duplicates: list[Row] = []  # rows with the content of an earlier row: its video, reported on them too
 
 
 def is_http_url(text: str) -> bool:
@@ -321,7 +323,9 @@ def load_manifest(
             problems.append(f"column {column!r}: unknown option; did you mean {close[0]!r}?")
 
     rows: list[Row] = []
+    duplicates: list[Row] = []  # rows whose content an earlier row has: they share its video
     seen_ids: dict[str, str] = {}
+    firsts: dict[str, Path] = {}  # row_id → the output of its first row
     outputs: dict[Path, str] = {}
     names: dict[str, str] = {}
     script_files: dict[Path, str | None] = {}
@@ -458,11 +462,11 @@ def load_manifest(
                 shas.setdefault(p, file_sha256(p))
                 identity[f"{key}_sha256"] = shas[p]
         row_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
-        if row_id in seen_ids:
-            problems.append(f"{where}: the same video as {seen_ids[row_id]} (identical content); remove one")
-            continue
-        seen_ids[row_id] = where
-        if video_name is not None:
+        # A lead twice in a CRM export (or two leads that get the same words over the same site): one video,
+        # made once, reported on both rows.
+        same_as = seen_ids.get(row_id)
+        seen_ids.setdefault(row_id, where)
+        if video_name is not None and same_as is None:
             if not video_name.strip():
                 problems.append(f"{where}, column video_name: renders empty")
             elif video_name in names:
@@ -484,23 +488,24 @@ def load_manifest(
         output = output.resolve()
         if output.suffix.lower() != ".mp4":
             problems.append(f"{where}, column output: must end in .mp4: {output}")
-        if output in outputs:
+        if output in outputs and (same_as is None or firsts.get(row_id) != output):  # a copy may share its file
             problems.append(f"{where}, column output: {output} is written by {outputs[output]} too")
-        outputs[output] = where
+        outputs.setdefault(output, where)
+        firsts.setdefault(row_id, output)
         if problem := output_problem(output):
             problems.append(f"{where}, column output: {problem}")
         for column, value in (("audio", audio), ("background", background), ("watermark", watermark),
                               ("script_file", merged.get("script_file"))):  # fmt: skip
             if value is not None and not is_http_url(str(value)):
                 inputs.setdefault(_local(base, str(value)).resolve(), f"{where}, column {column}")
-        rows.append(Row(
+        (rows if same_as is None else duplicates).append(Row(
             number=number, where=where, row_id=row_id, values={k: str(v) for k, v in given.items()},
             options=options, script=script, audio=audio, background=background, watermark=watermark,
-            video_name=video_name, output=output,
+            video_name=video_name, output=output, same_as=same_as,
         ))  # fmt: skip
     if not backgrounds and not no_background:
         problems += _unused_websites(raw_rows, called, templates)
-    for row in rows:  # a download must not replace an input another row (or this one) still reads
+    for row in rows + duplicates:  # a download must not replace an input another row (or this one) still reads
         if row.output in inputs:
             problems.append(f"{row.where}, column output: {row.output} is an input ({inputs[row.output]})")
     if problems:
@@ -509,7 +514,7 @@ def load_manifest(
             problems=problems,
             hint=None,
         )
-    return Manifest(path=path, columns=columns, rows=rows)
+    return Manifest(path=path, columns=columns, rows=rows, duplicates=duplicates)
 
 
 def _template_names(columns: list[str]) -> dict[str, str]:

@@ -587,6 +587,33 @@ def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world
     assert [s["row"] for s in edited.superseded] == [5]
 
 
+def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tmp_path):
+    """A CRM export holds a lead twice (or two leads get the same words): the whole campaign was refused ("the same
+    video as row 2; remove one"). The video is made once and reported on each row, at each row's own output."""
+    sb, run, _ = world()
+    manifest = write(tmp_path / "dupes.csv", "first_name,email,script\nAna,ana@a.io,Hi Ana.\nBo,bo@b.io,Hi Bo.\n"
+                                             "Ana,ana@a.io,Hi Ana.\nAna,ana2@a.io,Hi Ana.\n")  # fmt: skip
+    plan = run(manifest, dry_run=True, rows="5").plan
+    assert (plan["rows"], plan["videos"], plan["duplicates"]) == (2, 1, [{"row": 5, "same_as": "row 2"}])
+    result = run(manifest)
+    assert result.ok and result.counts == {"downloaded": 4} and len(creates(sb)) == 2
+    rows = read_results(result.results_csv)
+    assert [r["row"] for r in rows] == ["2", "3", "4", "5"] and rows[3]["email"] == "ana2@a.io"
+    first = rows[0]
+    for copy in rows[2:]:
+        assert (copy["video_id"], copy["hosted_url"], copy["status"]) == (first["video_id"], first["hosted_url"],
+                                                                         "downloaded")  # fmt: skip
+        assert copy["warnings"] == "the same video as row 2" and copy["output"] != first["output"]
+        assert Path(copy["output"]).read_bytes() == Path(first["output"]).read_bytes()
+    # A lost copy comes back from the row's own file: no request to the API.
+    Path(rows[3]["output"]).unlink()
+    before = len(api_calls(sb))
+    again = run(manifest)
+    assert again.counts == {"downloaded": 4} and len(api_calls(sb)) == before
+    assert Path(rows[3]["output"]).read_bytes() == Path(first["output"]).read_bytes()
+    assert read_results(again.results_csv) == rows
+
+
 def test_a_lost_journal_finds_uploads_by_head_and_still_checks_audio_length(world, gen, tmp_path):
     """Prepared files outlive a journal: a rerun finds them by HEAD without preparing again, adopts the videos by
     their default names, and a second batch over the same inputs still knows each audio file's duration (stored
