@@ -186,8 +186,15 @@ def batch_dir_for(manifest: Path, settings: PublishSettings, batch_id: str | Non
     return bid, settings.runs_dir.parent / "batches" / bid
 
 
+# Bumped when the same input and options make a different file, so a rerun does not reuse what the old code made:
+# 2 = a background URL that serves a clip or picture is that clip (1 recorded Chromium's viewer of it).
+_URL_RECIPE = 2
+
+
 def _prep_key(kind: str, source: str, extra: dict[str, Any]) -> str:
     identity = {"kind": kind, "source": source, **extra}
+    if kind == "background" and is_http_url(source):
+        identity["recipe"] = _URL_RECIPE
     if not is_http_url(source):
         p = Path(source)
         target = p / "index.html" if p.is_dir() else p

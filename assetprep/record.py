@@ -381,7 +381,7 @@ _NET_ERRORS = {  # Chromium's codes in words
     "ERR_CONNECTION_TIMED_OUT": "connection timed out",
     "ERR_CERT_": "TLS certificate rejected",
     "Download is starting": "it answers with a file to download (a PDF, a zip), not a web page",
-    "ms exceeded": "no page came within the timeout (--timeout)",
+    "ms exceeded": "no page came within the timeout",
 }
 
 
