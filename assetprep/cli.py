@@ -695,6 +695,8 @@ def batch_cmd(
     from .batch import BatchOptions, batch_publish
     from .publish import PublishSettings
 
+    if background and "{{" not in background and Path(background).exists():
+        background = str(Path(background).resolve())  # a file named on the command line is where the user stands
     try:
         settings = PublishSettings()
         options = BatchOptions(

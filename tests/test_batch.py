@@ -433,6 +433,11 @@ def test_a_column_of_websites_that_nothing_uses_is_a_problem_until_it_is_used_or
     assert proc.returncode == 0 and "0 background(s)" in proc.stdout, proc.stderr
     proc = cli(env, str(manifest), *script, "--no-background", "--background", "{{ website }}")
     assert proc.returncode == 1 and "--background and --no-background contradict each other" in proc.stderr
+    # A clip named on the command line is found where the user stands, not beside the manifest.
+    (tmp_path / "here").mkdir()
+    write(tmp_path / "here" / "intro.mp4", "only has to exist for the plan")
+    proc = cli(env, str(manifest), *script, "--background", "intro.mp4", cwd=tmp_path / "here")
+    assert proc.returncode == 0 and "1 background(s)" in proc.stdout, proc.stderr
 
 
 def test_crm_headers_with_spaces_and_capitals_are_named_in_identifier_form(tmp_path):
