@@ -595,7 +595,7 @@ def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world
 def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tmp_path):
     """A CRM export holds a lead twice (or two leads get the same words): the whole campaign was refused ("the same
     video as row 2; remove one"). The video is made once and reported on each row, at each row's own output."""
-    sb, run, _ = world()
+    sb, run, env = world()
     manifest = write(tmp_path / "dupes.csv", "first_name,email,script\nAna,ana@a.io,Hi Ana.\nBo,bo@b.io,Hi Bo.\n"
                                              "Ana,ana@a.io,Hi Ana.\nAna,ana2@a.io,Hi Ana.\n")  # fmt: skip
     plan = run(manifest, dry_run=True, rows="5").plan
@@ -617,6 +617,11 @@ def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tm
     assert again.counts == {"downloaded": 4} and len(api_calls(sb)) == before
     assert Path(rows[3]["output"]).read_bytes() == Path(first["output"]).read_bytes()
     assert read_results(again.results_csv) == rows
+    # The command's summary names the rows with warnings (the finished batch's rerun sends nothing).
+    proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA)
+    assert proc.returncode == 0 and "4 rows (downloaded 4)" in proc.stdout, proc.stderr
+    assert "2 row(s) with warnings (column warnings of results.csv), e.g. row 4: the same video as row 2" in proc.stdout
+    assert len(api_calls(sb)) == before
 
 
 def test_a_lost_journal_finds_uploads_by_head_and_still_checks_audio_length(world, gen, tmp_path):
