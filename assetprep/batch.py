@@ -614,7 +614,11 @@ class _Batch:
             try:
                 dup.output.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_output(dup.output, inputs=(src,)) as tmp:
-                    shutil.copyfile(src, tmp)
+                    tmp.unlink()
+                    try:  # a hard link: a thousand rows that repeat one video do not store it a thousand times
+                        os.link(src, tmp)
+                    except OSError:  # another file system, or one without links
+                        shutil.copyfile(src, tmp)
                 self.copy_errors.pop(dup.number, None)
             except (OSError, AssetprepError) as exc:
                 self.copy_errors[dup.number] = f"copy of {src.name}: {getattr(exc, 'strerror', None) or exc}"

@@ -610,6 +610,7 @@ def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tm
                                                                          "downloaded")  # fmt: skip
         assert copy["warnings"] == "the same video as row 2" and copy["output"] != first["output"]
         assert Path(copy["output"]).read_bytes() == Path(first["output"]).read_bytes()
+        assert Path(copy["output"]).stat().st_ino == Path(first["output"]).stat().st_ino  # linked, not stored twice
     # A lost copy comes back from the row's own file: no request to the API.
     Path(rows[3]["output"]).unlink()
     before = len(api_calls(sb))
