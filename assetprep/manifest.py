@@ -250,8 +250,11 @@ def _render(template: str, variables: dict[str, Any], where: str, column: str, p
         name = m[1] if (m := re.fullmatch(r"'([^']+)' is undefined", exc.message or "")) else None
         if name is not None and name in names:  # a CRM's empty cell: "Hi , I looked at ." must not reach a lead
             of = f" (column {names[name]!r})" if names[name] != name else ""
+            # An empty background is none: a lead without a website can still get its video.
+            value, why = ("''", "to make this row's video without one") if column == "background" else (
+                "'...'", "in the template")  # fmt: skip
             problems.append(f"{where}, column {column}: {{{{ {name} }}}}{of} is empty in this row (fill it in, or "
-                            f"write {{{{ {name} | default('...') }}}} in the template)")  # fmt: skip
+                            f"write {{{{ {name} | default({value}) }}}} {why})")  # fmt: skip
             return None
         close = difflib.get_close_matches(name, list(names), n=1) if name else []
         known = ", ".join(sorted(variables)) or "none"
@@ -393,6 +396,8 @@ def load_manifest(
             problems.append(f"{where}, column audio: file not found: {audio}")
 
         background = rendered["background"]
+        if background is not None and not background.strip():
+            background = None  # "{{ website | default('') }}" for a lead without one: none (it was this folder)
         if background is not None:
             background = background.strip()  # a padded variable: "https://{{ site }}" with site "acme.com "
             background = website_or_path(background, _local(base, background))

@@ -407,6 +407,16 @@ def test_a_column_of_websites_that_nothing_uses_is_a_problem_until_it_is_used_or
     assert [r.script for r in used][2] == "Hi Cy from your team."
     waived = load_manifest(manifest, defaults=base, out_dir=tmp_path, no_background=True).rows
     assert [r.background for r in waived] == [None, None, None]
+    # A lead without a website: named, and `default('')` makes that row's video without a background (an empty
+    # background was the manifest's own folder, recorded as a page).
+    write(tmp_path / "gap.csv", "first_name,website\nAna,acme.com\nBo,\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(tmp_path / "gap.csv", defaults={**base, "background": "{{ website }}"}, out_dir=tmp_path)
+    assert caught.value.problems == ["row 3, column background: {{ website }} is empty in this row (fill it in, or "
+                                     "write {{ website | default('') }} to make this row's video without one)"]  # fmt: skip
+    gap = load_manifest(tmp_path / "gap.csv", defaults={**base, "background": "{{ website | default('') }}"},
+                        out_dir=tmp_path).rows  # fmt: skip
+    assert [r.background for r in gap] == ["https://acme.com", None]
     read_out = load_manifest(manifest, defaults={**base, "script": "I looked at {{ website }}."}, out_dir=tmp_path)
     assert read_out.rows[0].script == "I looked at acme.com."  # a script that names the site uses the column
     # A variable a row leaves empty is named as empty (it was "undefined (columns: ...)" though the column exists);
