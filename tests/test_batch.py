@@ -605,6 +605,11 @@ def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world
 def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tmp_path):
     """A CRM export holds a lead twice (or two leads get the same words): the whole campaign was refused ("the same
     video as row 2; remove one"). The video is made once and reported on each row, at each row's own output."""
+    # A duplicate may share its first row's output (one file); another row may not.
+    write(tmp_path / "same.csv", "first_name,script,output\nAna,Hi Ana.,a.mp4\nAna,Hi Ana.,a.mp4\nBo,Hi Bo.,a.mp4\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(tmp_path / "same.csv", defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+    assert caught.value.problems == [f"row 4, column output: {tmp_path / 'a.mp4'} is written by row 2 too"]
     sb, run, env = world()
     manifest = write(tmp_path / "dupes.csv", "first_name,email,script\nAna,ana@a.io,Hi Ana.\nBo,bo@b.io,Hi Bo.\n"
                                              "Ana,ana@a.io,Hi Ana.\nAna,ana2@a.io,Hi Ana.\n")  # fmt: skip
