@@ -267,6 +267,17 @@ def _process_tree(marker: str) -> list[int]:
     return sorted(found)
 
 
+def _profile_dir(marker: str) -> Path | None:
+    """The temporary profile folder Playwright gave the browser launched with `marker` (None when it is gone)."""
+    for pid in _process_tree(marker):
+        with contextlib.suppress(OSError):
+            for arg in (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0"):
+                if arg.startswith(b"--user-data-dir="):
+                    path = Path(os.fsdecode(arg.split(b"=", 1)[1]))
+                    return path if path.name.startswith("playwright_chromiumdev_profile-") else None
+    return None
+
+
 class _Watchdog:
     """A bound on every browser call.
 
@@ -507,6 +518,9 @@ def _record_url(
             raise RecordError(
                 f"Chromium did not start: {_clean_page_error(exc)}", hint="check the chromium install"
             ) from None
+        # Playwright removes the browser's temporary profile only when Chromium exits on its own: one the watchdog
+        # or a cancel killed left a 224 KB folder in /tmp each time (a day of hung lead sites: thousands of them).
+        profile = _profile_dir(marker)  # now, while the process that names it runs
         try:
             with dog.step("while starting", 35):
                 agent = next((v for k, v in options.headers.items() if k.lower() == "user-agent"), None)
@@ -592,6 +606,8 @@ def _record_url(
                 )
         finally:
             browser.close()
+            if profile is not None:
+                shutil.rmtree(profile, ignore_errors=True)
         if blocked:
             warnings.append(f"blocked {len(blocked)} request(s) to private addresses, first {blocked[0]}")
         info = probe(tmp, count_frames=True)

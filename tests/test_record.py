@@ -259,12 +259,17 @@ def chromium_descendants() -> list[str]:
         ("loop.html", "fast", {"wait_for": "networkidle"}),  # loops while the page is being made ready
     ],
 )
-def test_a_page_whose_script_never_yields_ends_within_the_timeout(site, tmp_path, page, mode, extra):
+def test_a_page_whose_script_never_yields_ends_within_the_timeout(site, tmp_path, page, mode, extra, monkeypatch):
+    record_module = sys.modules["assetprep.record"]  # assetprep.record is also the function the package exports
+    profiles: list = []  # the browser's temporary profile: Playwright left it in /tmp when the browser was killed
+    real = record_module._profile_dir
+    monkeypatch.setattr(record_module, "_profile_dir", lambda marker: profiles.append(real(marker)) or profiles[-1])
     started = time.monotonic()
     with pytest.raises(RecordError, match=r"the page's script did not yield for \d+ s (at frame \d+|before|while)"):
         record(f"{site}/{page}", tmp_path / "r.mp4", opts(duration=2, fps=10, timeout=3, mode=mode, **extra))
     assert time.monotonic() - started < 2 * 3 + 15  # at most two timeouts, a browser start and its teardown
     assert list(tmp_path.iterdir()) == []  # no output, no .part
+    assert len(profiles) == 1 and profiles[0] is not None and not profiles[0].exists(), profiles
     end = time.monotonic() + 10
     while chromium_descendants() and time.monotonic() < end:
         time.sleep(0.2)
