@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import socket
+from pathlib import Path
 
 from . import _process
 from ._files import secret_file
@@ -60,6 +61,7 @@ class LocalS3(ManagedServer):
         self.port = 0
         self.access_key, self.secret_key = self._credentials()
         self._client: object = None
+        self._ports: list[int] = []  # of the running (or last) weed
 
     def _credentials(self) -> tuple[str, str]:
         text = secret_file(
@@ -90,6 +92,7 @@ class LocalS3(ManagedServer):
         if self.requested_port:
             s3 = ports[3] = self.requested_port
         self.port = s3
+        self._ports = ports
         self._client = None
         return [
             _process.find_tool("weed"), "-logtostderr", "mini", f"-dir={self.data_dir / 'data'}",
@@ -102,6 +105,24 @@ class LocalS3(ManagedServer):
 
     def child_env(self) -> dict[str, str]:
         return {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+
+    def stop(self) -> None:
+        super().stop()
+        self._remove_sockets()
+
+    def kill(self) -> None:
+        super().kill()
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """weed makes Unix sockets /tmp/seaweedfs-<service>[-grpc]-<port>.sock (/tmp is fixed, TMPDIR is ignored)
+        and leaves three behind when it stops, all six when killed: 500 in /tmp here after a day of tests.
+        Ours are named by our ports (gRPC ones by port + 10000)."""
+        for port in self._ports:
+            for p in (port, port + 10000):
+                for sock in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
+                    if sock.is_socket():
+                        sock.unlink(missing_ok=True)
 
     def ready(self) -> bool:
         from .upload import S3Settings, make_s3_client

@@ -722,3 +722,23 @@ def test_public_endpoint_urls_are_preflighted_where_the_consumer_fetches_them(s3
             upload_and_presign([g], bucket=bucket, client=client, settings=settings)
         stored = client.head_object(Bucket=bucket, Key=f"assetprep/{file_sha(g)[:16]}/new.wav")
         assert stored["ContentLength"] == g.stat().st_size  # uploaded; only the public URL does not serve it
+
+
+def test_a_stopped_or_killed_server_leaves_no_unix_sockets_in_tmp(tmp_path):
+    """weed makes /tmp/seaweedfs-<service>-<port>.sock files and left three behind per run, all six when killed
+    (500 in /tmp after a day of tests)."""
+
+    def sockets(ports: list[int]) -> list[Path]:
+        return [s for p in ports for q in (p, p + 10000) for s in Path("/tmp").glob(f"seaweedfs-*-{q}.sock")]
+
+    server = LocalS3(tmp_path / "s3").start()
+    try:
+        first = list(server._ports)
+        assert len(sockets(first)) >= 4  # what it makes while it runs (master, volume, filer, s3 …)
+        server.kill()
+        assert sockets(first) == []
+        server.start()
+        second = list(server._ports)
+    finally:
+        server.stop()
+    assert sockets(second) == []
