@@ -193,9 +193,10 @@ _URL_RECIPE = 2
 
 def _prep_key(kind: str, source: str, extra: dict[str, Any]) -> str:
     identity = {"kind": kind, "source": source, **extra}
-    if kind == "background" and is_http_url(source):
-        identity["recipe"] = _URL_RECIPE
-    if not is_http_url(source):
+    if is_http_url(source):
+        if kind == "background":
+            identity["recipe"] = _URL_RECIPE
+    else:
         p = Path(source)
         target = p / "index.html" if p.is_dir() else p
         if target.is_file():

@@ -395,11 +395,10 @@ def load_manifest(
         if audio is not None and not audio.is_file():
             problems.append(f"{where}, column audio: file not found: {audio}")
 
-        background = rendered["background"]
-        if background is not None and not background.strip():
-            background = None  # "{{ website | default('') }}" for a lead without one: none (it was this folder)
+        # Stripped: a padded variable ("https://{{ site }}" with site "acme.com "). Empty is none: "{{ website |
+        # default('') }}" for a lead without one (it was this folder).
+        background = (rendered["background"] or "").strip() or None
         if background is not None:
-            background = background.strip()  # a padded variable: "https://{{ site }}" with site "acme.com "
             background = website_or_path(background, _local(base, background))
             if is_http_url(background) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", background):
                 if problem := _url_problem(background):

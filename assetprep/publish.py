@@ -241,7 +241,7 @@ def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
         except NotAPageError as exc:
             if exc.media == "audio":
                 raise
-            return _remote_clip(spec, out, how, exc.media, options.timeout, on_progress)
+            return _remote_clip(spec, out, how, exc.media, on_progress)
     if kind is not None and Path(spec).is_file():
         return normalize_video(Path(spec), out, preset=how.preset, duration=how.seconds if kind == "still" else None,
                                on_progress=on_progress).warnings  # fmt: skip
@@ -249,7 +249,7 @@ def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
                      hint="give an http(s) URL, a .html file, a folder or a clip")  # fmt: skip
 
 
-def _remote_clip(url: str, out: Path, how: BackgroundSpec, media: str, timeout: float,
+def _remote_clip(url: str, out: Path, how: BackgroundSpec, media: str,
                  on_progress: ProgressCallback | None) -> list[str]:  # fmt: skip
     """A background URL that serves a clip or a picture (a CDN link in a lead's website column): downloaded beside
     `out` and normalized like a local one, instead of recorded as Chromium's media viewer."""
@@ -257,7 +257,7 @@ def _remote_clip(url: str, out: Path, how: BackgroundSpec, media: str, timeout: 
 
     clip = out.with_name(f".{out.name}.source")
     try:
-        fetch_media(url, clip, timeout=timeout, block_private_networks=how.block_private_networks)
+        fetch_media(url, clip, timeout=how.timeout, block_private_networks=how.block_private_networks)
         made = normalize_video(clip, out, preset=how.preset, duration=how.seconds if media == "image" else None,
                                on_progress=on_progress)  # fmt: skip
     finally:

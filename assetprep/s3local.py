@@ -28,8 +28,11 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port_block(count: int, *, grpc_offset: int = 10000) -> list[int]:
-    """`count` ports P such that P and P+grpc_offset are free (weed opens a gRPC port at P+10000)."""
+GRPC_OFFSET = 10000  # weed opens each service's gRPC port at its port + 10000
+
+
+def free_port_block(count: int, *, grpc_offset: int = GRPC_OFFSET) -> list[int]:
+    """`count` ports P such that P and P+grpc_offset are free (weed opens a gRPC port at P+GRPC_OFFSET)."""
     ports: list[int] = []
     for _ in range(2000):
         p = secrets.randbelow(25000) + 20000
@@ -117,9 +120,9 @@ class LocalS3(ManagedServer):
     def _remove_sockets(self) -> None:
         """weed makes Unix sockets /tmp/seaweedfs-<service>[-grpc]-<port>.sock (/tmp is fixed, TMPDIR is ignored)
         and leaves three behind when it stops, all six when killed: 500 in /tmp here after a day of tests.
-        Ours are named by our ports (gRPC ones by port + 10000)."""
+        Ours are named by our ports (gRPC ones by port + GRPC_OFFSET)."""
         for port in self._ports:
-            for p in (port, port + 10000):
+            for p in (port, port + GRPC_OFFSET):
                 for sock in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
                     if sock.is_socket():
                         sock.unlink(missing_ok=True)
