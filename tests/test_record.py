@@ -186,7 +186,9 @@ def test_fast_mode_pans_a_full_page_shot(site, tmp_path):
     assert is_red(px(frames[0], 640, 50))  # header at the top of the page
     mid = frames[20]  # scrolled ~1000 px: the header stayed at the page top, not repeated here
     assert not any(is_red(px(mid, 640, y)) for y in range(0, H, 20)) and is_blue(px(mid, 640, 300))
-    assert fast.seconds < exact.seconds and (fast.capture, exact.capture) == ("fullpage", "beginframe")
+    # Which capture each mode used, not which finished first: that wall-clock race failed under load on a clean
+    # CI clone (fast 3.59 s, exact 3.51 s); fast mode's speed is scripts/bench_record.py's to measure.
+    assert (fast.capture, exact.capture) == ("fullpage", "beginframe")
 
 
 def test_fast_mode_follows_the_same_scroll_path(site, tmp_path):
