@@ -512,6 +512,47 @@ def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, cli
     assert client.get_object(Bucket=bucket, Key="p/mp.bin")["Body"].read() == part.read_bytes()[MiB:]
 
 
+@pytest.mark.parametrize("token", [None, "session/tok+en=="])
+def test_the_fast_signer_signs_byte_for_byte_like_botocore(monkeypatch, token):
+    import datetime as dt
+
+    import botocore.auth
+    from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    from assetprep import _sigv4
+
+    clock = dt.datetime(2026, 12, 31, 23, 59, 59)  # one fixed second for both signers
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: clock)
+    monkeypatch.setattr(_sigv4, "_now", clock.timetuple)
+    creds = Credentials("AKIDEXAMPLE", "wJalr/XUtnFEMI+K7MDENG", token)
+    body = b"hello"
+    put = {"Content-Type": "video/mp4", "Content-Disposition": 'inline;  filename="a  b.mp4"', "Content-Length": "5",
+           "x-amz-checksum-sha256": "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=", "x-amz-meta-sha256": "2cf2",
+           "User-Agent": "not signed", "Expect": "100-continue"}  # fmt: skip
+    cases = [("HEAD", "", {}, False), ("PUT", "", put, False), ("PUT", "", put, True), ("GET", "", {}, True),
+             ("PUT", "partNumber=12&uploadId=a%2Fb%3D", {"x-amz-checksum-sha256": "q=="}, False)]  # fmt: skip
+    for base, host in [("http://127.0.0.1:8333/bucket", "127.0.0.1:8333"),
+                       ("https://s3.eu-west-1.amazonaws.com/bucket", "s3.eu-west-1.amazonaws.com")]:  # fmt: skip
+        signer = _sigv4.SigV4(creds, "eu-west-1", host)
+        for key in ["p/ab/plain.mp4", "p/ab/a%20b%2Bc~d%21%24%26%27%28%29%C3%BC.mp4", "p/ab/%2541%20%252F.wav"]:
+            path = urlsplit(base).path + "/" + key
+            for method, query, headers, signed_payload in cases:
+                theirs = AWSRequest(method=method, url=f"{base}/{key}" + (f"?{query}" if query else ""),
+                                    data=body if signed_payload else None, headers=dict(headers))  # fmt: skip
+                theirs.context["client_config"] = Config(s3={"payload_signing_enabled": signed_payload})
+                S3SigV4Auth(creds, "s3", "eu-west-1").add_auth(theirs)
+                payload = hashlib.sha256(body).hexdigest() if signed_payload else _sigv4.UNSIGNED_PAYLOAD
+                assert signer.headers(method, path, query, headers, payload) == dict(theirs.headers.items())
+            presigned = AWSRequest(method="GET", url=f"{base}/{key}")
+            S3SigV4QueryAuth(creds, "s3", "eu-west-1", expires=604800).add_auth(presigned)
+            assert signer.presign_get(f"{base}/{key}", path, 604800) == presigned.url
+        with pytest.raises(ValueError, match="not ASCII"):  # left to botocore
+            signer.headers("PUT", "/bucket/k", "", {"x-amz-meta-name": "ü"}, _sigv4.UNSIGNED_PAYLOAD)
+
+
 def test_no_fast_path_when_botocore_would_use_a_proxy(s3, client, bucket, monkeypatch):
     from assetprep._s3http import HttpPool, SignedS3
 
