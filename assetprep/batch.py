@@ -239,6 +239,17 @@ def plan_preparations(
     return preps, per_row
 
 
+def _same_bytes(copy: Path, src: Path) -> bool:
+    """Whether `copy` holds `src`'s bytes: its hard link, or a file of the same size and SHA-256 (a copy made
+    across file systems, which a first row downloaded again with other bytes of the same size must replace)."""
+    try:
+        if os.path.samefile(copy, src):
+            return True
+        return copy.stat().st_size == src.stat().st_size and file_sha256(copy) == file_sha256(src)
+    except OSError:
+        return False
+
+
 def _file_stat(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ino]
@@ -610,7 +621,7 @@ class _Batch:
             src = self.rows[dup.row_id].output
             if (row_id is not None and dup.row_id != row_id) or dup.output == src or not src.is_file():
                 continue
-            if dup.output.is_file() and dup.output.stat().st_size == src.stat().st_size:
+            if _same_bytes(dup.output, src):
                 continue
             try:
                 dup.output.parent.mkdir(parents=True, exist_ok=True)

@@ -633,6 +633,13 @@ def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tm
     assert again.counts == {"downloaded": 4} and len(api_calls(sb)) == before
     assert Path(rows[3]["output"]).read_bytes() == Path(first["output"]).read_bytes()
     assert read_results(again.results_csv) == rows
+    # A copy (not a link: another file system) with other bytes of the same size is replaced, not kept for its size.
+    stale = Path(rows[2]["output"])
+    size = stale.stat().st_size
+    stale.unlink()
+    stale.write_bytes(b"\0" * size)
+    assert run(manifest).counts == {"downloaded": 4} and len(api_calls(sb)) == before
+    assert stale.read_bytes() == Path(first["output"]).read_bytes()
     # The command's summary names the rows with warnings (the finished batch's rerun sends nothing).
     proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA)
     assert proc.returncode == 0 and "4 rows (downloaded 4)" in proc.stdout, proc.stderr
