@@ -588,6 +588,9 @@ def publish_cmd(
     background_seconds: Annotated[float, typer.Option(help="Length of a recorded website background.")] = 10.0,
     background_preset: Annotated[str | None, typer.Option(help="Preset of the prepared background.")] = None,
     scroll: Annotated[str, typer.Option(help="Scroll of a recorded website: none | smooth | human.")] = "human",
+    page_timeout: Annotated[
+        float, typer.Option(help="Seconds the background page (or clip URL) may take to load.")
+    ] = 60.0,
     name: Annotated[str | None, typer.Option("--name", help="video_name (default: unique per run).")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="Fast rendering (Tavus drops the background).")] = False,
     composite_locally: Annotated[
@@ -635,7 +638,7 @@ def publish_cmd(
             callback_url=callback_url, listen=listen, listen_url=listen_url,
             deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
             bucket=bucket, prefix=prefix, output=output, run_id=run_id, retry_failed=retry_failed,
-            watermark=watermark, block_private_networks=block_private_networks,
+            watermark=watermark, block_private_networks=block_private_networks, page_timeout=page_timeout,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "publish options")) from None

@@ -147,6 +147,7 @@ class PublishOptions(BaseModel):
     scroll_depth: Literal["middle", "bottom"] | int = "middle"
     scroll_return: Literal["return", "halt"] = "return"
     block_private_networks: bool = False  # record pages through the private-network guard
+    page_timeout: float = Field(default=60.0, gt=0, le=600)  # seconds a page may take to load (or a clip URL)
     watermark: str | None = None  # png/jpeg file (uploaded) or URL, sent as watermark_image_url
     video_name: str | None = None
     fast: bool = False
@@ -211,7 +212,7 @@ def background_spec(options: PublishOptions, settings: PublishSettings) -> Backg
     return BackgroundSpec(
         preset=options.background_preset or settings.background_preset, seconds=options.background_seconds,
         scroll=options.scroll, scroll_depth=options.scroll_depth, scroll_return=options.scroll_return,
-        block_private_networks=options.block_private_networks,
+        block_private_networks=options.block_private_networks, timeout=options.page_timeout,
     )  # fmt: skip
 
 
@@ -300,6 +301,7 @@ _NOT_IN_RUN_ID = {
     "listen",
     "listen_url",
     "callback_url",
+    "page_timeout",  # how long to wait, not what is made
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from _media import frame_rgb, pixel
 
 from assetprep.errors import OutcomeUnknownError, VideoFailedError
 from assetprep.probe import probe
-from assetprep.publish import PublishOptions, PublishSettings, publish
+from assetprep.publish import PublishOptions, PublishSettings, publish, run_id_for
 from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
 from assetprep.tavus import TavusClient
 
@@ -114,6 +115,29 @@ def test_block_private_networks_keeps_an_internal_page_out(world, site, s3_clien
     assert run.returncode == 1 and "blocked request to a private address" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and not out.exists()
     assert posts(sb) == [] and s3_client.list_objects_v2(Bucket=BUCKET, Prefix="guarded/").get("KeyCount") == 0
+
+
+def test_a_hung_background_site_fails_at_page_timeout_and_the_run_id_ignores_it(world, s3_client, tmp_path):
+    """publish had no --page-timeout: a background site that accepts and never answers held it for the recorder's
+    60 s. The timeout is how long to wait, not what is made: the same command with another one is the same run."""
+    sb, _, env = world()
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)  # connections are made and never answered
+    out = tmp_path / "v.mp4"
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}/"
+    t0 = time.monotonic()
+    try:
+        run = subprocess.run([sys.executable, "-m", "assetprep", "publish", "--replica", DEFAULT_REPLICA, "--script",
+                              "Hi.", "--background", url, "--page-timeout", "3", "-o", str(out), "--prefix", "hung"],
+                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        hung.close()
+    assert run.returncode == 1 and "no page came within the timeout" in run.stderr, run.stderr
+    assert time.monotonic() - t0 < 40 and "Traceback" not in run.stderr and not out.exists()
+    assert posts(sb) == [] and s3_client.list_objects_v2(Bucket=BUCKET, Prefix="hung/").get("KeyCount") == 0
+    same = {"replica_id": DEFAULT_REPLICA, "script": "Hi.", "background": url}
+    assert run_id_for(PublishOptions(**same, page_timeout=3)) == run_id_for(PublishOptions(**same))
 
 
 def test_what_the_recording_warns_of_is_shown(world, site, tmp_path):
