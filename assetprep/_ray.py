@@ -14,9 +14,11 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -301,12 +303,15 @@ class LocalRayCluster:
         self.env = env or {}  # for every node: e.g. the S3 credentials its workers use
         self.procs: list[subprocess.Popen[bytes]] = []
         self.address = ""
+        # Each node's sessions (logs, sockets, spilled objects: ~0.7 MB a run) go here, not /tmp/ray where every
+        # test run left one for good. Short: Ray's Unix socket paths must fit in 107 bytes.
+        self.temp_dir: Path | None = None
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None, hide: Sequence[Path] = ()) -> None:
         from . import _process
 
         common = ["--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--object-store-memory=200000000",
-                  "--block", "--disable-usage-stats"]  # fmt: skip
+                  f"--temp-dir={self.temp_dir}", "--block", "--disable-usage-stats"]  # fmt: skip
         ray_bin = Path(sys.executable).parent / "ray"
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env, **(env or {})}
         log = self.folder / f"ray-{name}.log"
@@ -320,6 +325,7 @@ class LocalRayCluster:
         from .sandbox.server import free_port
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="assetprep-ray-"))
         port = free_port()
         self.address = f"127.0.0.1:{port}"
         self._start("head", ["--head", f"--port={port}", "--include-dashboard=false"], None)
@@ -355,6 +361,9 @@ class LocalRayCluster:
         for proc in reversed(self.procs):  # workers first, the head last; SIGTERM drains a --block node
             _process.stop(proc, timeout=30)
         self.procs.clear()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
 
     def __enter__(self) -> LocalRayCluster:
         return self.start()

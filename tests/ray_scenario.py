@@ -112,6 +112,7 @@ def main(work: Path) -> None:
     facts: dict = {}
     servers = []
     cluster: LocalRayCluster | None = None
+    sessions_before = set(Path("/tmp/ray").glob("session_2*"))
     try:
         s3 = LocalS3(work / "s3").start()
         servers.append(s3)
@@ -231,7 +232,11 @@ def main(work: Path) -> None:
         log(f"refused batch: rc {refused.returncode}, dry run rc {dry.returncode}")
     finally:
         if cluster is not None:
+            temp_dir = cluster.temp_dir
             cluster.stop()
+            # What the cluster leaves behind: its own folder gone, no session of its nodes or drivers in /tmp/ray.
+            facts["leftovers"] = {"temp_dir": str(temp_dir), "temp_dir_exists": temp_dir is not None and temp_dir.exists(),
+                                  "new_sessions": sorted(map(str, set(Path("/tmp/ray").glob("session_2*")) - sessions_before))}  # fmt: skip
         for server in reversed(servers):
             server.stop()
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,9 @@ def test_a_batch_on_a_cluster_with_a_broken_node_stops_before_any_work(facts):
     dry = refused["dry_run"]  # --dry-run makes the same check
     assert dry["rc"] == 1 and "Traceback" not in dry["stderr"]
     assert any(bad[:12] in x and "lacks ffmpeg" in x for x in dry["stderr"].splitlines()), dry["stderr"]
+
+
+def test_the_cluster_leaves_no_sessions_behind(facts):
+    left = facts["leftovers"]
+    assert left["temp_dir"].startswith(tempfile.gettempdir()) and not left["temp_dir_exists"]
+    assert left["new_sessions"] == []  # before: one /tmp/ray/session_* (~0.7 MB) per run, never removed
