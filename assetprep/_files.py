@@ -107,8 +107,49 @@ def atomic_output(
             os.fsync(f.fileno())
         os.replace(tmp, final)
         fsync_dir(final.parent)
+    except OSError as exc:
+        if exc.errno in _FULL:  # a write can only fail so here: say where and what to do, not "Errno 28"
+            raise OutputError(f"no space left on the disk of {final.parent} (writing {final.name})",
+                              hint="free space there, or write elsewhere, and run again") from None  # fmt: skip
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+PROBE_BYTES = 256 * 1024
+
+
+def writable_problem(folder: Path, *, create: bool) -> str | None:
+    """Why files cannot be written in `folder` (None when they can): it cannot be created, is on a read-only or
+    full disk, or is not ours. `create`: make it and write PROBE_BYTES there (and remove them); otherwise (a dry
+    run, which writes nothing) ask its nearest existing ancestor."""
+    if not create:
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):  # read-only mounts answer no here, even to root
+            return f"{existing} is not writable"
+        with contextlib.suppress(OSError):
+            if os.statvfs(existing).f_bavail * os.statvfs(existing).f_frsize < PROBE_BYTES:
+                return f"no space left on the disk of {existing}"
+        return None
+    probe = folder / f".assetprep-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(bytes(PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())  # a disk that reserves space at write-back tells it here
+    except OSError as exc:
+        reason = "no space left on its disk" if exc.errno in _FULL else (exc.strerror or str(exc)).lower()
+        return f"cannot write in {folder}: {reason}"
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
 
 
 def read_text_file(path: str | os.PathLike[str], encoding: str | None = "utf-8") -> str:

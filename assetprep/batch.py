@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import _process
 from ._executor import Executor, make_executor
-from ._files import atomic_output, file_sha256
+from ._files import atomic_output, file_sha256, writable_problem
 from ._journal import BatchJournal, RunLock, open_checked
 from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded
 from ._s3http import HttpPool
@@ -48,6 +48,7 @@ from .errors import (
     ManifestError,
     NotFoundError,
     OutcomeUnknownError,
+    OutputError,
     RateLimitError,
     TavusError,
 )
@@ -879,9 +880,16 @@ def _check_replicas(client: TavusClient, rows: list[Row], *, broken_too: bool = 
 
 
 def _check_first(path: Path, client: TavusClient, rows: list[Row], s3_client: Any, target: S3Target,
-                 executor: Executor, tasks: list[PrepTask], *, broken_too: bool) -> None:  # fmt: skip
+                 executor: Executor, tasks: list[PrepTask], *, broken_too: bool, out_dir: Path) -> None:  # fmt: skip
     """What would fail every row, after every background was recorded, found first with a request or two each: a
-    wrong API key, an unknown replica, a missing bucket, a Ray node that cannot prepare (tools, S3, local files)."""
+    wrong API key, an unknown replica, a missing bucket, a Ray node that cannot prepare (tools, S3, local files);
+    before those, output folders that cannot be written (read-only, full, not ours): every video would be made and
+    paid for, then fail its download. `broken_too`: a dry run (writes nothing)."""
+    folders = dict.fromkeys([out_dir, *(r.output.parent for r in rows)])
+    if problems := [p for f in folders if (p := writable_problem(f, create=not broken_too))]:
+        raise OutputError(f"{len(problems)} output folder(s) cannot be written; nothing was started:\n  "
+                          + "\n  ".join(problems[:10]),
+                          hint="free space there, fix its permissions, or choose another --out")  # fmt: skip
     if problems := _check_replicas(client, rows, broken_too=broken_too):
         raise ManifestError(f"{path}: {len(problems)} problem(s); nothing was started", problems=problems,
                             hint="`assetprep replicas list` shows the replicas of this API key")  # fmt: skip
@@ -974,8 +982,8 @@ def batch_publish(
     if options.dry_run:  # every check a run makes before its first recording; nothing is started or written
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
         try:
-            _check_first(path, client, rows, s3_client, target, executor, [p.task for p in preps.values()],
-                         broken_too=True)  # fmt: skip
+            _check_first(path, client, rows + copies, s3_client, target, executor, [p.task for p in preps.values()],
+                         broken_too=True, out_dir=out_dir)  # fmt: skip
         finally:
             executor.close()
         plan = _plan(loaded, rows, preps, copies)
@@ -998,7 +1006,8 @@ def batch_publish(
         tasks = [preps[key].task for key in dict.fromkeys(k for r in todo for k in per_row[r.row_id].values())]
         if todo:  # a finished batch's rerun sends nothing
             try:
-                _check_first(path, client, todo, s3_client, target, executor, tasks, broken_too=False)
+                _check_first(path, client, todo + copies, s3_client, target, executor, tasks, broken_too=False,
+                             out_dir=out_dir)  # fmt: skip
             except BaseException:
                 executor.close()
                 raise

@@ -602,6 +602,46 @@ def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world
     assert [s["row"] for s in edited.superseded] == [5]
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a tmpfs (unshare -m)")
+def test_an_output_disk_that_is_read_only_or_fills_up_costs_no_video_twice_and_says_so(world, tmp_path):
+    """An --out on a read-only mount made (and paid for) every video, then stopped with "internal error: OSError:
+    [Errno 30]"; a disk that filled up failed rows with "OSError: [Errno 28]" and, when results.csv no longer fit,
+    ended the run with an internal error. Each output disk here is a tmpfs in the command's own mount namespace."""
+    sb, _, env = world()
+    manifest = write(tmp_path / "leads.csv", "first_name,script\n" + "".join(f"L{i},Hi L{i}.\n" for i in range(8)))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+
+    def batch_on(mount_options: str, *args: str) -> subprocess.CompletedProcess:
+        script = f'mount -t tmpfs -o {mount_options} none "$1" && shift && exec "$@"'
+        return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(disk), sys.executable, "-m", "assetprep",
+                               "batch", str(manifest), "--out", str(disk / "out"), "--replica", DEFAULT_REPLICA,
+                               "--poll", "0.2", *args], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    for args in ([], ["--dry-run"]):
+        ro = batch_on("size=1m,ro", *args)
+        assert ro.returncode == 1 and "output folder(s) cannot be written; nothing was started" in ro.stderr, ro.stderr
+        assert (
+            "read-only file system" if not args else "is not writable"
+        ) in ro.stderr and "Traceback" not in ro.stderr
+    assert creates(sb) == []  # refused before any video was made
+    full = batch_on("size=128k")  # less than the write check needs
+    assert full.returncode == 1 and "cannot write in" in full.stderr and "no space left on its disk" in full.stderr
+    assert creates(sb) == []
+
+    # Room for a few of the 8 videos: the others fail their download, saying why; no partial file is left.
+    filling = batch_on("size=400k", "--json")
+    assert filling.returncode == 1 and "Traceback" not in filling.stderr, filling.stderr
+    rows = json.loads(filling.stdout)["rows"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all(r["error"].startswith("download: no space left on the disk of") for r in failed), rows
+    assert len(creates(sb)) == 8
+    # Freed (a bigger disk): the rerun downloads what is missing and makes no video again.
+    again = batch_on("size=20m", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["counts"] == {"downloaded": 8} and len(creates(sb)) == 8
+
+
 def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tmp_path):
     """A CRM export holds a lead twice (or two leads get the same words): the whole campaign was refused ("the same
     video as row 2; remove one"). The video is made once and reported on each row, at each row's own output."""
