@@ -20,14 +20,38 @@ from typing import Any, NamedTuple
 
 from .errors import JournalError
 
+_RUNS_DIR_HINT = "set runs_dir (ASSETPREP_RUNS_DIR or the config file) to a folder you can write to"
+
+
+def _sqlite_error(exc: sqlite3.Error, path: Path) -> JournalError:
+    """A journal that cannot be written (full or read-only disk) is not a damaged one: deleting it is no cure."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return JournalError(
+            f"no space left on the disk of {path.parent} for the batch journal",
+            hint="free space there and run again: nothing is lost (the journal is as it was)",
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_PERM) or (
+        "readonly" in text or "unable to open" in text or "disk I/O error" in text
+    ):
+        return JournalError(f"cannot write the batch journal {path}: {text}", hint=_RUNS_DIR_HINT)
+    return JournalError(f"the batch journal {path} is damaged ({text})",
+                        hint=f"delete {path.parent} to start this batch over (videos already made are adopted by "
+                             "name)")  # fmt: skip
+
 
 class RunLock:
     """Exclusive lock on a run/batch folder for the lifetime of one process (released on close or death)."""
 
     def __init__(self, folder: Path, *, what: str = "run") -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # a read-only or full disk, another user's folder
+            raise JournalError(f"cannot write the {what}'s folder {folder}: {(exc.strerror or str(exc)).lower()}",
+                               hint=_RUNS_DIR_HINT) from None  # fmt: skip
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,8 +159,8 @@ class BatchJournal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # 0600: it holds presigned URLs
             os.close(fd)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -146,11 +170,11 @@ class BatchJournal:
             # The batch's loop reads every row's state several times a second; with 10,000 rows a query (let
             # alone parsing each row's data) cost 20-60 ms each time. One writer (the RunLock) keeps this in step.
             found = self._db.execute("SELECT row_id, state, video_id, video_name, updated FROM rows").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(
-                f"the batch journal {path} is damaged ({exc})",
-                hint=f"delete {path.parent} to start this batch over (videos already made are adopted by name)",
-            ) from None
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if isinstance(exc, OSError):
+                raise JournalError(f"cannot write the batch journal {path}: {(exc.strerror or str(exc)).lower()}",
+                                   hint=_RUNS_DIR_HINT) from None  # fmt: skip
+            raise _sqlite_error(exc, path) from None
         self._states = {r[0]: RowState(*r) for r in found}
         self._lock = threading.Lock()
 
@@ -161,13 +185,19 @@ class BatchJournal:
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back already
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:  # the disk filled up (or went read-only) during the batch
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise _sqlite_error(exc, self.path) from None
 
     def meta(self, key: str) -> str | None:
         with self._lock:

@@ -45,6 +45,7 @@ from .errors import (
     AssetprepError,
     CancelledError,
     ConfigError,
+    JournalError,
     ManifestError,
     NotFoundError,
     OutcomeUnknownError,
@@ -319,11 +320,20 @@ class _Batch:
         self.preps: dict[str, _Prep] = {}
         self.per_row: dict[str, dict[str, str]] = {}
         self.submitter_thread: threading.Thread | None = None
+        self.fatal: JournalError | None = None  # a worker thread's journal write failed: the batch stops with it
 
     # -- journal helpers --
 
     def state(self, row_id: str) -> dict[str, Any]:
         return self.journal.row(row_id)
+
+    def guarded(self, work: Any, *args: Any) -> None:
+        """A worker thread's body. A journal that can no longer be written (a full disk) stops the batch with that
+        error, raised in the main thread, instead of a thread's traceback while the other rows go on unrecorded."""
+        try:
+            work(*args)
+        except JournalError as exc:
+            self.fatal = self.fatal or exc
 
     def fail(self, row_id: str, reason: str, *, step: str | None = None) -> None:
         """`step="download"`: the video is made and stays in the journal; the next run downloads it again."""
@@ -563,7 +573,7 @@ class _Batch:
     def start_download(self, row_id: str, video: Video | None) -> None:
         if row_id in self.download_futures and not self.download_futures[row_id].done():
             return
-        self.download_futures[row_id] = self.downloads.submit(self.download, row_id, video)
+        self.download_futures[row_id] = self.downloads.submit(self.guarded, self.download, row_id, video)
 
     def download(self, row_id: str, video: Video | None) -> None:
         row = self.rows[row_id]
@@ -1059,7 +1069,8 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
     run.reconcile()
     if o.listen:
         run.receiver = CallbackReceiver(o.listen, o.listen_url)
-    run.submitter_thread = threading.Thread(target=run.submitter, name="assetprep-submit", daemon=True)
+    run.submitter_thread = threading.Thread(target=run.guarded, args=(run.submitter,), name="assetprep-submit",
+                                            daemon=True)  # fmt: skip
     run.start_preps(preps, per_row)
     run.submitter_thread.start()
     for r in run.journal.rows():  # ready but not downloaded (a crash between the two)
@@ -1070,6 +1081,8 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
     next_poll = time.monotonic()
     next_event = 0.0
     while True:
+        if run.fatal is not None:
+            raise run.fatal
         while True:
             try:
                 key, future = run.finished.get_nowait()
@@ -1121,10 +1134,8 @@ def _shutdown(run: _Batch) -> None:
     run.stop.set()
     _process.cancel_all()  # preparations still running (deadline, Ctrl-C) stop at their next frame or child
     run.executor.close(cancel=True)
-    if run.submitter_thread is not None:
-        run.submitter_thread.join(
-            timeout=40
-        )  # one POST at most (its timeout is 30 s); it was journaled before it was sent
+    if run.submitter_thread is not None and run.submitter_thread.ident is not None:  # started
+        run.submitter_thread.join(timeout=40)  # one POST at most (its timeout is 30 s), journaled before it was sent
     run.downloads.shutdown(wait=True, cancel_futures=True)
     if run.receiver is not None:
         run.receiver.close()

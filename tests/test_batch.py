@@ -10,6 +10,7 @@ import csv
 import itertools
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -642,6 +643,31 @@ def test_an_output_disk_that_is_read_only_or_fills_up_costs_no_video_twice_and_s
     assert json.loads(again.stdout)["counts"] == {"downloaded": 8} and len(creates(sb)) == 8
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a tmpfs (unshare -m)")
+def test_a_journal_disk_that_fills_up_stops_the_batch_with_one_message_and_loses_nothing(world, tmp_path):
+    """The journal's disk filling up mid-batch printed a thread's traceback (or "internal error: RuntimeError:
+    cannot join thread") and told the user the journal was damaged and to delete it."""
+    sb, _, env = world()
+    manifest = write(tmp_path / "leads.csv", "first_name,script\n" + "".join(f"M{i},Hi M{i}.\n" for i in range(30)))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    command = shlex.join([sys.executable, "-m", "assetprep", "batch", str(manifest), "--out", str(tmp_path / "out"),
+                          "--replica", DEFAULT_REPLICA, "--poll", "0.2", "--batch-id", "full", "--json"])  # fmt: skip
+    script = (f"mount -t tmpfs -o size=300k none {disk} && {command} >{tmp_path}/1.out 2>{tmp_path}/1.err; "
+              f"echo $? >{tmp_path}/1.rc; mount -o remount,size=20m {disk} && exec {command}")  # fmt: skip
+    again = subprocess.run(["unshare", "-m", "sh", "-c", script], env={**env, "ASSETPREP_RUNS_DIR": str(disk / "runs")},
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    first = (tmp_path / "1.err").read_text()
+    assert (tmp_path / "1.rc").read_text().strip() == "1", first
+    assert f"no space left on the disk of {disk}/batches/full for the batch journal" in first, first
+    assert "Traceback" not in first and "internal error" not in first and "damaged" not in first
+    # Space freed: the same journal goes on; every row has its one video, none was made twice.
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["counts"] == {"downloaded": 30}
+    names = [v.video_name for v in account(sb)]
+    assert len(names) == len(set(names)) == len(creates(sb)) == 30
+
+
 def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tmp_path):
     """A CRM export holds a lead twice (or two leads get the same words): the whole campaign was refused ("the same
     video as row 2; remove one"). The video is made once and reported on each row, at each row's own output."""
@@ -1035,6 +1061,14 @@ def test_one_process_per_batch_and_per_run(world, tmp_path):
         run_other(manifest)
     assert "--batch-id" in str(err.value)
     assert creates(other) == []
+    # A runs folder that cannot be written (here: below a file) is named, with the setting that moves it.
+    (tmp_path / "a-file").write_text("x")
+    blocked = cli({**env, "ASSETPREP_RUNS_DIR": str(tmp_path / "a-file" / "runs")}, str(manifest), "--replica",
+                  DEFAULT_REPLICA)  # fmt: skip
+    assert blocked.returncode == 1 and "Traceback" not in blocked.stderr and "internal error" not in blocked.stderr
+    squeezed = "".join(blocked.stderr.split())  # the terminal's line breaks may fall anywhere in a long path
+    assert "".join(f"cannot write the batch's folder {tmp_path / 'a-file'}".split()) in squeezed
+    assert "ASSETPREP_RUNS_DIR" in blocked.stderr
 
 
 def test_sigterm_stops_recordings_and_their_children_without_leftovers(world, tmp_path):
