@@ -42,7 +42,10 @@ from ._units import parse_duration
 from .callbacks import CallbackReceiver, check_listen
 from .composite import composite
 from .errors import (
+    ApiConnectionError,
+    ApiTimeoutError,
     AssetprepError,
+    AuthenticationError,
     CancelledError,
     ConfigError,
     JournalError,
@@ -51,6 +54,7 @@ from .errors import (
     OutcomeUnknownError,
     OutputError,
     RateLimitError,
+    ServerError,
     TavusError,
 )
 from .manifest import OPTION_COLUMNS, Manifest, Row, is_http_url, load_manifest, output_problem, parse_rows
@@ -321,6 +325,12 @@ class _Batch:
         self.per_row: dict[str, dict[str, str]] = {}
         self.submitter_thread: threading.Thread | None = None
         self.fatal: JournalError | None = None  # a worker thread's journal write failed: the batch stops with it
+        # An API (or its file host) that stops answering mid-batch: rows keep their state and the batch tries
+        # again until its deadline, instead of ending with rows failed that were never sent.
+        self.api_down_since: float | None = None
+        self.api_warned = 0.0
+        self.retry_download_at: dict[str, float] = {}  # row_id -> when its failed download is tried again
+        self.download_attempts: Counter[str] = Counter()
 
     # -- journal helpers --
 
@@ -334,6 +344,25 @@ class _Batch:
             work(*args)
         except JournalError as exc:
             self.fatal = self.fatal or exc
+
+    def api_trouble(self, exc: TavusError) -> None:
+        """The API did not answer (after the client's own retries): said once, then once a minute."""
+        now = time.monotonic()
+        with self.lock:
+            if self.api_down_since is None:
+                self.api_down_since = now
+            elif now - self.api_warned < 60:
+                return
+            self.api_warned = now
+            since = now - self.api_down_since
+        log.warning("the API is not answering%s (%s); rows keep their state and the batch tries again until its "
+                    "deadline", f" for {since:.0f} s" if since >= 1 else "", exc.message)  # fmt: skip
+
+    def api_ok(self) -> None:
+        with self.lock:
+            since, self.api_down_since = self.api_down_since, None
+        if since is not None:
+            log.warning("the API answers again (%.0f s after it was found not answering)", time.monotonic() - since)
 
     def fail(self, row_id: str, reason: str, *, step: str | None = None) -> None:
         """`step="download"`: the video is made and stays in the journal; the next run downloads it again."""
@@ -485,13 +514,16 @@ class _Batch:
             if isinstance(exc, RateLimitError):
                 self.journal.update_row(row_id, state="pending")
                 raise
-            if exc.status_code is not None and exc.status_code >= 500:
-                self.journal.update_row(row_id, state="pending")  # never arrived (503) or retried out: try later
+            if isinstance(exc, _UNREACHABLE) or (exc.status_code is not None and exc.status_code >= 500):
+                # Never arrived (refused, 503) or retried out: the row waits, the submit stage pauses.
+                self.journal.update_row(row_id, state="pending")
                 self.submit_q.put(row_id)
+                self.api_trouble(exc)
                 self.stop.wait(5.0)
                 return
             self.fail(row_id, f"create: {exc.message}")
             return
+        self.api_ok()
         _crash_point("batch-after-post")
         took = round(time.monotonic() - t0, 3)
         self.journal.update_row(row_id, state="submitted", video_id=video.video_id,
@@ -570,6 +602,15 @@ class _Batch:
         elif video.status in ("error", "deleted"):
             self.fail(row_id, f"video {video.video_id} ended in {video.status}: {video.failure()}")
 
+    def retry_downloads(self) -> None:
+        """Start the downloads whose retry time has come (the row is still ready, nothing downloads it)."""
+        now = time.monotonic()
+        for row_id, at in list(self.retry_download_at.items()):
+            if at <= now:
+                del self.retry_download_at[row_id]
+                if self.state(row_id)["state"] == "ready":
+                    self.start_download(row_id, None)
+
     def start_download(self, row_id: str, video: Video | None) -> None:
         if row_id in self.download_futures and not self.download_futures[row_id].done():
             return
@@ -610,6 +651,15 @@ class _Batch:
             sha = file_sha256(row.output)  # streamed: four downloads of big videos at once stay small
             poster = self.poster(row.output, row_id)
         except CancelledError:
+            return
+        except TavusError as exc:  # the API, the file host or the transfer (not a full disk: that is no TavusError)
+            self.download_attempts[row_id] += 1
+            if self.download_attempts[row_id] < _DOWNLOAD_TRIES and not isinstance(exc, AuthenticationError):
+                delay = _DOWNLOAD_RETRY_S * self.download_attempts[row_id]
+                log.warning("%s: download failed (%s); trying again in %.0f s", row.where, exc.message, delay)
+                self.retry_download_at[row_id] = time.monotonic() + delay  # with a fresh record (and link)
+                return
+            self.fail(row_id, f"download: {exc}", step="download")
             return
         except AssetprepError as exc:
             self.fail(row_id, f"download: {exc}", step="download")
@@ -1095,11 +1145,18 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
             for event in run.receiver.drain():
                 rid = waiting.get(event["video_id"])
                 if rid is not None:
-                    with contextlib.suppress(NotFoundError):
+                    with contextlib.suppress(NotFoundError, *_UNREACHABLE):  # the polls pick it up then
                         run.route(rid, run.client.get_video(event["video_id"]))
         if now >= next_poll:
-            run.poll()
-            next_poll = time.monotonic() + sweep
+            try:
+                run.poll()
+            except _UNREACHABLE as exc:  # an outage: the rows wait, the next poll comes a little later
+                run.api_trouble(exc)
+                next_poll = time.monotonic() + min(30.0, max(sweep, 5.0))
+            else:
+                run.api_ok()
+                next_poll = time.monotonic() + sweep
+        run.retry_downloads()
         run.write_results()
         if run.on_event is not None and now >= next_event:
             run.on_event(run.snapshot())
@@ -1112,6 +1169,12 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
         time.sleep(min(0.2, o.poll_interval))
     if run.on_event is not None:
         run.on_event(run.snapshot())
+
+
+# What an API outage looks like once the client's retries are spent: nothing that says the request itself is wrong.
+_UNREACHABLE = (ApiConnectionError, ApiTimeoutError, ServerError)
+_DOWNLOAD_TRIES = 3  # per row and run; then the row fails at its download and any rerun fetches it
+_DOWNLOAD_RETRY_S = 15.0  # the wait before the second try; twice that before the third
 
 
 def _finished(run: _Batch) -> bool:

@@ -549,6 +549,7 @@ def sandbox_serve(
         int, typer.Option(help="Store the first N creates, then cut the connection instead of answering (-1: all).")
     ] = 0,
     drop_download_after: Annotated[int, typer.Option(help="Cut each video's first download after N bytes.")] = 0,
+    fail_downloads: Annotated[int, typer.Option(help="Answer the first N video downloads 503.")] = 0,
     fail_render_rate: Annotated[float, typer.Option(help="Share of videos that end in error.")] = 0.0,
     latency: Annotated[float, typer.Option(help="Seconds added to every API answer.")] = 0.0,
     config_json: Annotated[str | None, typer.Option(hidden=True)] = None,
@@ -561,7 +562,8 @@ def sandbox_serve(
     fields: dict[str, Any] = {
         "host": host, "port": port, "speed": speed, "seed": seed, "rate_limit": parse_rate(rate_limit),
         "fail_create_rate": fail_create_rate, "drop_connection_after_create": drop_connection_after_create,
-        "drop_download_after": drop_download_after, "fail_render_rate": fail_render_rate, "latency": latency,
+        "drop_download_after": drop_download_after, "fail_downloads": fail_downloads,
+        "fail_render_rate": fail_render_rate, "latency": latency,
     }  # fmt: skip
     if public_url:
         fields["public_url"] = public_url

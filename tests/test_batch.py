@@ -1030,6 +1030,55 @@ def test_guard_blocks_manifest_urls_to_loopback_by_default(world, site, tmp_path
     assert allowed.ok and len(creates(sb)) == 1
 
 
+def test_an_api_outage_mid_batch_is_waited_out_not_the_end_of_the_batch(world, tmp_path):
+    """The API stopping for longer than the client's retries (~15 s) ended a campaign with "list videos: cannot
+    reach ..." while its videos rendered; rows being sent then failed ("create: cannot reach"), though nothing had
+    arrived. Now rows keep their state, the batch says the API is not answering, and goes on when it answers."""
+    sb, _, env = world()
+    manifest = write(tmp_path / "leads.csv", "first_name,script\n" + "".join(f"O{i},Hi O{i}.\n" for i in range(12)))
+    proc = subprocess.Popen([sys.executable, "-m", "assetprep", "batch", str(manifest), "--replica", DEFAULT_REPLICA,
+                             "--out", str(tmp_path / "out"), "--poll", "0.3", "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        end = time.monotonic() + 60
+        while not creates(sb) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert creates(sb), "the batch never submitted"
+        sb.kill()  # the API and its file host are gone for longer than the client retries
+        time.sleep(22)
+        sb.start()  # same address, same videos
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["counts"] == {"downloaded": 12}
+    assert "the API is not answering" in err and "the API answers again" in err and "Traceback" not in err
+    names = [v.video_name for v in account(sb)]
+    assert len(names) == len(set(names)) == 12
+
+
+def test_a_download_the_file_host_refuses_is_tried_again_in_the_same_run(world, tmp_path, monkeypatch):
+    """A download that failed (the file host answered 503) failed its row at once: the batch ended with exit 1 and
+    the video waited for a rerun. It is tried again (twice, with a fresh record and link) before the row fails."""
+    from assetprep import batch
+
+    monkeypatch.setattr(batch, "_DOWNLOAD_RETRY_S", 0.3)
+    manifest = write(tmp_path / "m.csv", "first_name,script\nAnn,Hi Ann.\nBob,Hi Bob.\n")
+    sb, run, _ = world(fail_downloads=2)  # the first two video downloads are refused (fewer than a row's tries)
+    result = run(manifest)
+    assert result.ok and result.counts == {"downloaded": 2} and len(creates(sb)) == 2, result.rows
+    refused = [c for c in sb.calls() if c["path"].startswith("/files/") and c["status"] == 503]
+    assert len(refused) == 2
+    # More refusals than tries: the row fails at its download (the video is kept for a rerun, never made again).
+    sb2, run2, _ = world(fail_downloads=10)
+    lost = run2(write(tmp_path / "one.csv", "first_name,script\nCy,Hi Cy.\n"))
+    [row] = lost.rows
+    assert row["status"] == "failed" and row["error"].startswith("download: ") and "503" in row["error"], row
+    assert len([c for c in sb2.calls() if c["path"].startswith("/files/") and c["status"] == 503]) == 3
+
+
 def test_a_429_storm_backs_off_the_whole_submit_stage(world, tmp_path):
     sb, run, _ = world(rate_limit=3.0)  # 3 requests/s for the whole API
     rows = "\n".join(f"Lead{i},Hi lead {i}" for i in range(8))

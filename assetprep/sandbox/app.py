@@ -161,6 +161,7 @@ class Sandbox:
         self.bucket = TokenBucket(config.rate_limit) if config.rate_limit else None
         self.creates = 0
         self.downloaded: set[str] = set()
+        self.failed_downloads = 0
 
     def api(self, handler: Handler, *, limited: bool = True) -> Handler:
         """Latency, API key, rate limit and the call log around a /v2 handler."""
@@ -358,6 +359,9 @@ class Sandbox:
         headers = {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes"}
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        if name.startswith("video.") and self.failed_downloads < self.config.fail_downloads:
+            self.failed_downloads += 1
+            return Response("Service Unavailable", status_code=503)
         drop_at = None
         if self.config.drop_download_after and name.startswith("video.") and vid not in self.downloaded:
             self.downloaded.add(vid)

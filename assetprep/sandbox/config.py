@@ -48,6 +48,7 @@ class SandboxConfig(BaseModel):
     fail_create_rate: float = Field(default=0.0, ge=0, le=1)
     drop_connection_after_create: int = 0  # drop the answer of the first N creates (-1: every create)
     drop_download_after: int = Field(default=0, ge=0)  # cut each video's first download after N bytes
+    fail_downloads: int = Field(default=0, ge=0)  # answer the first N video downloads 503 (a file host's outage)
     fail_render_rate: float = Field(default=0.0, ge=0, le=1)
     latency: float = Field(default=0.0, ge=0)
     callback_attempts: int = Field(default=4, ge=1)
