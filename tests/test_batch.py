@@ -912,8 +912,10 @@ def test_a_failed_download_is_fetched_again_by_a_rerun_never_made_again(world, t
     blocker = out / "sub"
 
     def block(_progress):
-        if not blocker.exists():
+        if not blocker.is_file():
             out.mkdir(parents=True, exist_ok=True)
+            if blocker.is_dir():  # made (empty) by the check that the output folders can be written
+                blocker.rmdir()
             blocker.write_text("not a folder")
 
     first = run(manifest, out_dir=out, on_event=block)
