@@ -553,6 +553,19 @@ class _Batch:
             elif r["state"] == "submitting":
                 self.journal.update_row(r["row_id"], state="pending")  # it never arrived: safe to send
 
+    def resend_lost(self, missing: dict[str, str]) -> None:
+        """Rows whose create's outcome was unknown (the connection failed after it was sent) and whose name the
+        whole account, just listed, still does not hold a while later: the request never arrived (the server died
+        with it). They are sent again under the same name; before, they waited for the batch deadline."""
+        now = time.time()
+        for name, rid in missing.items():
+            sent = float(self.state(rid)["data"].get("submitted_at") or now)
+            if now - sent >= _LOST_CREATE_S:
+                log.warning("%s: its create never arrived (%s is not in the account %.0f s later); it is sent "
+                            "again", self.rows[rid].where, name, now - sent)  # fmt: skip
+                self.journal.update_row(rid, state="pending")
+                self.submit_q.put(rid)
+
     def waiting(self) -> dict[str, str]:
         """video_id → row_id of the submitted rows not yet ready."""
         return {r.video_id: r.row_id for r in self.journal.states()
@@ -584,6 +597,7 @@ class _Batch:
             for vid in set(ids) - set(seen):
                 with contextlib.suppress(NotFoundError):
                     seen[vid] = self.client.get_video(vid)
+            self.resend_lost(unsure)
         for vid, rid in ids.items():
             video = seen.get(vid)
             if video is None:
@@ -1174,6 +1188,9 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
 # What an API outage looks like once the client's retries are spent: nothing that says the request itself is wrong.
 _UNREACHABLE = (ApiConnectionError, ApiTimeoutError, ServerError)
 _DOWNLOAD_TRIES = 3  # per row and run; then the row fails at its download and any rerun fetches it
+# A create whose answer was lost and whose video the account does not list this long after: it never arrived. Long
+# enough for a slow API to have stored a create it was still working on (a second one would be a second video).
+_LOST_CREATE_S = 120.0
 _DOWNLOAD_RETRY_S = 15.0  # the wait before the second try; twice that before the third
 
 

@@ -548,6 +548,7 @@ def sandbox_serve(
     drop_connection_after_create: Annotated[
         int, typer.Option(help="Store the first N creates, then cut the connection instead of answering (-1: all).")
     ] = 0,
+    lose_creates: Annotated[int, typer.Option(help="Cut the first N creates before storing them.")] = 0,
     drop_download_after: Annotated[int, typer.Option(help="Cut each video's first download after N bytes.")] = 0,
     fail_downloads: Annotated[int, typer.Option(help="Answer the first N video downloads 503.")] = 0,
     fail_render_rate: Annotated[float, typer.Option(help="Share of videos that end in error.")] = 0.0,
@@ -562,7 +563,7 @@ def sandbox_serve(
     fields: dict[str, Any] = {
         "host": host, "port": port, "speed": speed, "seed": seed, "rate_limit": parse_rate(rate_limit),
         "fail_create_rate": fail_create_rate, "drop_connection_after_create": drop_connection_after_create,
-        "drop_download_after": drop_download_after, "fail_downloads": fail_downloads,
+        "lose_creates": lose_creates, "drop_download_after": drop_download_after, "fail_downloads": fail_downloads,
         "fail_render_rate": fail_render_rate, "latency": latency,
     }  # fmt: skip
     if public_url:

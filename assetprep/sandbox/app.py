@@ -162,6 +162,7 @@ class Sandbox:
         self.creates = 0
         self.downloaded: set[str] = set()
         self.failed_downloads = 0
+        self.lost_creates = 0
 
     def api(self, handler: Handler, *, limited: bool = True) -> Handler:
         """Latency, API key, rate limit and the call log around a /v2 handler."""
@@ -226,6 +227,9 @@ class Sandbox:
         if self.rng.random() < self.config.fail_create_rate:
             return JSONResponse({"error": "Service temporarily unavailable"}, status_code=503,
                                 headers={"Retry-After": "1"})  # fmt: skip
+        if self.lost_creates < self.config.lose_creates:  # the server died with the request: nothing stored
+            self.lost_creates += 1
+            return _DroppedAnswer()
         vid = secrets.token_hex(5)
         now = time.time()
         record: dict[str, Any] = {

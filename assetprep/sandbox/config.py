@@ -47,6 +47,7 @@ class SandboxConfig(BaseModel):
     rate_limit: float | None = Field(default=None, gt=0)  # requests per second
     fail_create_rate: float = Field(default=0.0, ge=0, le=1)
     drop_connection_after_create: int = 0  # drop the answer of the first N creates (-1: every create)
+    lose_creates: int = Field(default=0, ge=0)  # cut the first N creates before storing them (a request lost)
     drop_download_after: int = Field(default=0, ge=0)  # cut each video's first download after N bytes
     fail_downloads: int = Field(default=0, ge=0)  # answer the first N video downloads 503 (a file host's outage)
     fail_render_rate: float = Field(default=0.0, ge=0, le=1)
