@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -274,8 +275,42 @@ def _profile_dir(marker: str) -> Path | None:
             for arg in (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0"):
                 if arg.startswith(b"--user-data-dir="):
                     path = Path(os.fsdecode(arg.split(b"=", 1)[1]))
-                    return path if path.name.startswith("playwright_chromiumdev_profile-") else None
+                    return path if path.name.startswith(_PROFILE_PREFIX) else None
     return None
+
+
+_PROFILE_PREFIX = "playwright_chromiumdev_profile-"
+STALE_PROFILE_S = 600.0
+
+
+def sweep_stale_profiles(folder: Path | None = None, *, older_than: float = STALE_PROFILE_S) -> list[Path]:
+    """Remove the Playwright browser profiles in `folder` (the temp folder) that no running process uses and that
+    were last touched over `older_than` seconds ago: those of recordings whose own process was killed (kill -9,
+    OOM), which no `finally` could remove (224 KB each; one per killed recording). Headless Chromium leaves no
+    SingletonLock to ask, so a profile is in use while some process's command line names it; a fresh one may be a
+    launch still starting. Linux only (/proc); elsewhere nothing is removed."""
+    folder = folder or Path(tempfile.gettempdir())
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    candidates = [p for p in folder.glob(_PROFILE_PREFIX + "*") if p.is_dir() and not p.is_symlink()]
+    now = time.time()
+    candidates = [p for p in candidates if now - p.stat().st_mtime > older_than]
+    if not candidates:
+        return []
+    in_use: set[bytes] = set()
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                for arg in (entry / "cmdline").read_bytes().split(b"\0"):
+                    if arg.startswith(b"--user-data-dir="):
+                        in_use.add(arg.split(b"=", 1)[1])
+    removed = []
+    for path in candidates:
+        if os.fsencode(path) not in in_use:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 class _Watchdog:
@@ -503,6 +538,7 @@ def _record_url(
         pw = stack.enter_context(sync_playwright())
         exact = options.mode == "exact"
         executable = find_chromium(pw)
+        sweep_stale_profiles()
         # A switch Chromium ignores, so the watchdog can find this browser's processes (and only them).
         marker = f"--assetprep-recording={uuid.uuid4().hex}"
         dog = _Watchdog(marker, url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -251,6 +252,31 @@ def chromium_descendants() -> list[str]:
         grown = mine | {p for p, parent in parents.items() if parent in mine}
         changed, mine = grown != mine, grown
     return [names[p] for p in mine if "chrom" in names.get(p, "") or "headless" in names.get(p, "")]
+
+
+def test_profiles_left_by_killed_recordings_are_swept_and_live_or_fresh_ones_kept(tmp_path):
+    """A recording whose own process is killed (kill -9, OOM) leaves Playwright's profile folder (224 KB; one per
+    suite run from the kill -9 tests). The next recording removes such folders once no process names them."""
+    from assetprep.record import sweep_stale_profiles
+
+    hour_ago = time.time() - 3600
+    stale, fresh, live = (tmp_path / f"playwright_chromiumdev_profile-{n}" for n in ("stale", "fresh", "live"))
+    for folder in (stale, fresh, live):
+        (folder / "Default").mkdir(parents=True)
+    for folder in (stale, live):
+        os.utime(folder, (hour_ago, hour_ago))
+    other = tmp_path / "not-a-profile"
+    other.mkdir()
+    os.utime(other, (hour_ago, hour_ago))
+    # A browser still using its profile: some process's command line names it.
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--user-data-dir={live}"])
+    try:
+        removed = sweep_stale_profiles(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert removed == [stale] and not stale.exists()
+    assert fresh.exists() and live.exists() and other.exists()  # maybe still starting; in use; not Playwright's
 
 
 @pytest.mark.parametrize(
