@@ -117,6 +117,13 @@ def atomic_output(
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError in words for a message: "read-only file system", not "[Errno 30] Read-only file system: '/x'"."""
+    return (exc.strerror or str(exc)).lower()
+
+
 PROBE_BYTES = 256 * 1024
 
 
@@ -133,7 +140,8 @@ def writable_problem(folder: Path, *, create: bool) -> str | None:
         if not os.access(existing, os.W_OK | os.X_OK):  # read-only mounts answer no here, even to root
             return f"{existing} is not writable"
         with contextlib.suppress(OSError):
-            if os.statvfs(existing).f_bavail * os.statvfs(existing).f_frsize < PROBE_BYTES:
+            disk = os.statvfs(existing)
+            if disk.f_bavail * disk.f_frsize < PROBE_BYTES:
                 return f"no space left on the disk of {existing}"
         return None
     probe = folder / f".assetprep-probe-{os.getpid()}-{secrets.token_hex(4)}"
@@ -144,8 +152,7 @@ def writable_problem(folder: Path, *, create: bool) -> str | None:
             f.flush()
             os.fsync(f.fileno())  # a disk that reserves space at write-back tells it here
     except OSError as exc:
-        reason = "no space left on its disk" if exc.errno in _FULL else (exc.strerror or str(exc)).lower()
-        return f"cannot write in {folder}: {reason}"
+        return f"cannot write in {folder}: {'no space left on its disk' if exc.errno in _FULL else os_reason(exc)}"
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()

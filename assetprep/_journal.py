@@ -18,9 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ._files import os_reason
 from .errors import JournalError
 
-_RUNS_DIR_HINT = "set runs_dir (ASSETPREP_RUNS_DIR or the config file) to a folder you can write to"
+
+def _unwritable(what: str, path: Path, reason: str) -> JournalError:
+    return JournalError(
+        f"cannot write the {what} {path}: {reason}",
+        hint="set runs_dir (ASSETPREP_RUNS_DIR or the config file) to a folder you can write to",
+    )
 
 
 def _sqlite_error(exc: sqlite3.Error, path: Path) -> JournalError:
@@ -35,7 +41,7 @@ def _sqlite_error(exc: sqlite3.Error, path: Path) -> JournalError:
     if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_PERM) or (
         "readonly" in text or "unable to open" in text or "disk I/O error" in text
     ):
-        return JournalError(f"cannot write the batch journal {path}: {text}", hint=_RUNS_DIR_HINT)
+        return _unwritable("batch journal", path, text)
     return JournalError(f"the batch journal {path} is damaged ({text})",
                         hint=f"delete {path.parent} to start this batch over (videos already made are adopted by "
                              "name)")  # fmt: skip
@@ -50,8 +56,7 @@ class RunLock:
             folder.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:  # a read-only or full disk, another user's folder
-            raise JournalError(f"cannot write the {what}'s folder {folder}: {(exc.strerror or str(exc)).lower()}",
-                               hint=_RUNS_DIR_HINT) from None  # fmt: skip
+            raise _unwritable(f"{what}'s folder", folder, os_reason(exc)) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -170,10 +175,9 @@ class BatchJournal:
             # The batch's loop reads every row's state several times a second; with 10,000 rows a query (let
             # alone parsing each row's data) cost 20-60 ms each time. One writer (the RunLock) keeps this in step.
             found = self._db.execute("SELECT row_id, state, video_id, video_name, updated FROM rows").fetchall()
-        except (sqlite3.DatabaseError, OSError) as exc:
-            if isinstance(exc, OSError):
-                raise JournalError(f"cannot write the batch journal {path}: {(exc.strerror or str(exc)).lower()}",
-                                   hint=_RUNS_DIR_HINT) from None  # fmt: skip
+        except OSError as exc:
+            raise _unwritable("batch journal", path, os_reason(exc)) from None
+        except sqlite3.DatabaseError as exc:
             raise _sqlite_error(exc, path) from None
         self._states = {r[0]: RowState(*r) for r in found}
         self._lock = threading.Lock()
@@ -187,17 +191,14 @@ class BatchJournal:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back already
-                        self._db.execute("ROLLBACK")
-                    raise
+                yield self._db
                 self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:  # the disk filled up (or went read-only) during the batch
-                with contextlib.suppress(sqlite3.Error):
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):  # a failed statement may have rolled back already
                     self._db.execute("ROLLBACK")
-                raise _sqlite_error(exc, self.path) from None
+                if isinstance(exc, sqlite3.OperationalError):  # the disk filled up (or went read-only) meanwhile
+                    raise _sqlite_error(exc, self.path) from None
+                raise
 
     def meta(self, key: str) -> str | None:
         with self._lock:

@@ -414,8 +414,8 @@ class SignedS3:
         base = sample.split("?", 1)[0]
         if not base.endswith("/k"):
             raise ValueError(f"unexpected object URL shape for {client.meta.endpoint_url}")
-        self._base = base[:-1]
         parts = urlsplit(base)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
         host = parts.hostname or ""
         if client.meta.config.proxies or (getproxies_environment() and not proxy_bypass_environment(host)):
             # botocore would go through the proxy; a direct connection might hang until its timeout on every request
@@ -439,17 +439,21 @@ class SignedS3:
             log.debug("S3 requests go through botocore only: %s", exc)
             return None
 
+    def _key_path(self, key: str) -> str:
+        return self._path + quote(key, safe="/~")  # botocore's quoting of a key in the path
+
     def url(self, key: str) -> str:
-        return self._base + quote(key, safe="/~")  # botocore's quoting of a key in the path
+        return self._origin + self._key_path(key)
 
     def presign_get(self, key: str, expires_in: int) -> str:
         """The presigned GET URL botocore's generate_presigned_url gives for this key (tested equal)."""
-        return self._signer.presign_get(self.url(key), self._path + quote(key, safe="/~"), expires_in)
+        path = self._key_path(key)
+        return self._signer.presign_get(self._origin + path, path, expires_in)
 
     def _send(self, method: str, key: str, body: bytes | FileSlice | None = None, headers: dict[str, str] | None = None,
               query: str = "") -> Answer | None:  # fmt: skip
-        path = self._path + quote(key, safe="/~")
-        url = self.url(key) + (f"?{query}" if query else "")
+        path = self._key_path(key)
+        url = self._origin + path + (f"?{query}" if query else "")
         if self._unsigned_payload:
             payload = UNSIGNED_PAYLOAD
         else:  # a FileSlice is never sent signed (put_part): it would be read twice

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -254,8 +255,8 @@ def _process_tree(marker: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            line = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(line.rsplit(")", 1)[1].split()[1])
             if marker.encode() in (entry / "cmdline").read_bytes():
                 roots.append(int(entry.name))
     found, todo = set(roots), list(roots)
@@ -268,14 +269,21 @@ def _process_tree(marker: str) -> list[int]:
     return sorted(found)
 
 
+def _user_data_dir(pid: int | str) -> bytes | None:
+    """The --user-data-dir a process was started with (None: none, or the process is gone)."""
+    with contextlib.suppress(OSError):
+        for arg in (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0"):
+            if arg.startswith(b"--user-data-dir="):
+                return arg.split(b"=", 1)[1]
+    return None
+
+
 def _profile_dir(marker: str) -> Path | None:
     """The temporary profile folder Playwright gave the browser launched with `marker` (None when it is gone)."""
     for pid in _process_tree(marker):
-        with contextlib.suppress(OSError):
-            for arg in (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0"):
-                if arg.startswith(b"--user-data-dir="):
-                    path = Path(os.fsdecode(arg.split(b"=", 1)[1]))
-                    return path if path.name.startswith(_PROFILE_PREFIX) else None
+        if (found := _user_data_dir(pid)) is not None:
+            path = Path(os.fsdecode(found))
+            return path if path.name.startswith(_PROFILE_PREFIX) else None
     return None
 
 
@@ -293,18 +301,16 @@ def sweep_stale_profiles(folder: Path | None = None, *, older_than: float = STAL
     proc = Path("/proc")
     if not proc.is_dir():
         return []
-    candidates = [p for p in folder.glob(_PROFILE_PREFIX + "*") if p.is_dir() and not p.is_symlink()]
     now = time.time()
-    candidates = [p for p in candidates if now - p.stat().st_mtime > older_than]
+    candidates = []
+    for p in folder.glob(_PROFILE_PREFIX + "*"):
+        with contextlib.suppress(OSError):  # another recording may remove its own profile meanwhile
+            st = p.lstat()
+            if stat.S_ISDIR(st.st_mode) and now - st.st_mtime > older_than:
+                candidates.append(p)
     if not candidates:
         return []
-    in_use: set[bytes] = set()
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                for arg in (entry / "cmdline").read_bytes().split(b"\0"):
-                    if arg.startswith(b"--user-data-dir="):
-                        in_use.add(arg.split(b"=", 1)[1])
+    in_use = {_user_data_dir(entry.name) for entry in proc.iterdir() if entry.name.isdigit()}
     removed = []
     for path in candidates:
         if os.fsencode(path) not in in_use:
