@@ -257,7 +257,7 @@ def chromium_descendants() -> list[str]:
 def test_profiles_left_by_killed_recordings_are_swept_and_live_or_fresh_ones_kept(tmp_path):
     """A recording whose own process is killed (kill -9, OOM) leaves Playwright's profile folder (224 KB; one per
     suite run from the kill -9 tests). The next recording removes such folders once no process names them."""
-    from assetprep.record import sweep_stale_profiles
+    from assetprep.record import _user_data_dir, sweep_stale_profiles
 
     hour_ago = time.time() - 3600
     stale, fresh, live = (tmp_path / f"playwright_chromiumdev_profile-{n}" for n in ("stale", "fresh", "live"))
@@ -271,6 +271,11 @@ def test_profiles_left_by_killed_recordings_are_swept_and_live_or_fresh_ones_kep
     # A browser still using its profile: some process's command line names it.
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--user-data-dir={live}"])
     try:
+        # Popen returns once exec has closed the child's fds, which is before the kernel sets up its new command
+        # line: for a moment /proc shows it empty (CI hit that once). A browser starting is fresh, not a candidate.
+        deadline = time.monotonic() + 10
+        while _user_data_dir(holder.pid) != os.fsencode(live) and time.monotonic() < deadline:
+            time.sleep(0.01)
         removed = sweep_stale_profiles(tmp_path)
     finally:
         holder.kill()
