@@ -7,6 +7,7 @@ node's own boto3 chain. It returns only small facts (key, sha256, size): no medi
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -18,9 +19,13 @@ from typing import Any, Literal
 import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
+from . import _process
+from .errors import StorageError
 from .probe import probe
 from .publish import BackgroundSpec, prepare_audio, prepare_background
 from .upload import S3Settings, make_s3_client, storage_error, upload_file
+
+log = logging.getLogger("assetprep.prepare")
 
 PrepKind = Literal["background", "audio", "watermark"]
 _NAMES = {"background": "background.mp4", "audio": "audio.wav"}
@@ -116,6 +121,33 @@ def sweep_stale_work(parent: Path) -> int:
     return removed
 
 
+STORAGE_WAIT_S = 600.0  # how long a prepared file waits for S3 to answer again before its rows fail
+_STORAGE_PAUSES = (5.0, 10.0, 20.0, 30.0)  # then every 30 s
+
+
+def _upload_waiting_out_outages(path: Path, task: PrepTask, client: Any, meta: dict[str, str] | None) -> Any:
+    """upload_file, tried again while S3 does not answer (refused, timed out, a 5xx after botocore's own retries)
+    for up to STORAGE_WAIT_S: the recording it carries took minutes, and rows that fail for a storage blip cost a
+    rerun. A multipart upload cut midway resumes from its stored parts."""
+    give_up = time.monotonic() + STORAGE_WAIT_S
+    attempt, said = 0, -60.0
+    while True:
+        try:
+            return upload_file(path, bucket=task.s3.bucket, client=client, prefix=task.s3.prefix, key=task.s3_key,
+                               metadata=meta)  # fmt: skip
+        except StorageError as exc:
+            pause = _STORAGE_PAUSES[min(attempt, len(_STORAGE_PAUSES) - 1)]
+            if not exc.transient or time.monotonic() + pause > give_up:
+                raise
+            if time.monotonic() - said >= 60:  # said once, then once a minute (for each file)
+                said = time.monotonic()
+                log.warning("S3 is not answering (%s); the prepared %s is kept and sent again until it does "
+                            "(up to %.0f min)", exc.message, task.kind, STORAGE_WAIT_S / 60)  # fmt: skip
+            if _process.wait_cancelled(pause):
+                raise
+            attempt += 1
+
+
 def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) -> PrepResult:
     """Prepare and upload one task; the prepared file is kept in task.keep_dir or deleted."""
     started = time.monotonic()
@@ -140,8 +172,7 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
         info = probe(path) if task.kind != "watermark" else None
         # The duration travels with the object: a run that finds it by HEAD (lost journal) still checks audio length.
         meta = {"duration": f"{info.duration:.6f}"} if info and info.duration else None
-        obj = upload_file(path, bucket=task.s3.bucket, client=client, prefix=task.s3.prefix, key=task.s3_key,
-                          metadata=meta)  # fmt: skip
+        obj = _upload_waiting_out_outages(path, task, client, meta)
         return PrepResult(
             key=task.key, s3_key=obj.key, sha256=obj.sha256, size=obj.size, content_type=obj.content_type,
             path=str(path) if task.keep_dir else None, node=node or socket.gethostname(), pid=os.getpid(),

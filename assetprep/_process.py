@@ -57,6 +57,11 @@ def cancelled() -> bool:
     return _cancel.is_set()
 
 
+def wait_cancelled(seconds: float) -> bool:
+    """Sleep up to `seconds`; True as soon as cancel_all() is called."""
+    return _cancel.wait(seconds)
+
+
 def check_cancelled(what: str) -> None:
     if _cancel.is_set():
         raise CancelledError(f"{what} was cancelled")

@@ -55,6 +55,7 @@ from .errors import (
     OutputError,
     RateLimitError,
     ServerError,
+    StorageError,
     TavusError,
 )
 from .manifest import OPTION_COLUMNS, Manifest, Row, is_http_url, load_manifest, output_problem, parse_rows
@@ -325,10 +326,10 @@ class _Batch:
         self.per_row: dict[str, dict[str, str]] = {}
         self.submitter_thread: threading.Thread | None = None
         self.fatal: JournalError | None = None  # a worker thread's journal write failed: the batch stops with it
-        # An API (or its file host) that stops answering mid-batch: rows keep their state and the batch tries
-        # again until its deadline, instead of ending with rows failed that were never sent.
-        self.api_down_since: float | None = None
-        self.api_warned = 0.0
+        # An API (or its file host), or S3, that stops answering mid-batch: rows keep their state and the batch
+        # tries again until its deadline, instead of ending with rows failed that were never sent.
+        self.down_since: dict[str, float] = {}  # "the API" / "S3" -> since when (monotonic)
+        self.warned: dict[str, float] = {}
         self.retry_download_at: dict[str, float] = {}  # row_id -> when its failed download is tried again
         self.download_attempts: Counter[str] = Counter()
 
@@ -345,24 +346,24 @@ class _Batch:
         except JournalError as exc:
             self.fatal = self.fatal or exc
 
-    def api_trouble(self, exc: TavusError) -> None:
-        """The API did not answer (after the client's own retries): said once, then once a minute."""
+    def trouble(self, what: str, exc: AssetprepError) -> None:
+        """`what` ("the API", "S3") did not answer after the client's own retries: said once, then once a minute."""
         now = time.monotonic()
         with self.lock:
-            if self.api_down_since is None:
-                self.api_down_since = now
-            elif now - self.api_warned < 60:
+            if what not in self.down_since:
+                self.down_since[what] = now
+            elif now - self.warned[what] < 60:
                 return
-            self.api_warned = now
-            since = now - self.api_down_since
-        log.warning("the API is not answering%s (%s); rows keep their state and the batch tries again until its "
-                    "deadline", f" for {since:.0f} s" if since >= 1 else "", exc.message)  # fmt: skip
+            self.warned[what] = now
+            since = now - self.down_since[what]
+        log.warning("%s is not answering%s (%s); rows keep their state and the batch tries again until its "
+                    "deadline", what, f" for {since:.0f} s" if since >= 1 else "", exc.message)  # fmt: skip
 
-    def api_ok(self) -> None:
+    def answers(self, what: str) -> None:
         with self.lock:
-            since, self.api_down_since = self.api_down_since, None
+            since = self.down_since.pop(what, None)
         if since is not None:
-            log.warning("the API answers again (%.0f s after it was found not answering)", time.monotonic() - since)
+            log.warning("%s answers again (%.0f s after it was found not answering)", what, time.monotonic() - since)
 
     def fail(self, row_id: str, reason: str, *, step: str | None = None) -> None:
         """`step="download"`: the video is made and stays in the journal; the next run downloads it again."""
@@ -428,6 +429,7 @@ class _Batch:
             url, expires_at = presign(self.s3, prep.task.s3.bucket, prep.result["s3_key"], expires_in=expires)
             preflight(url, content_type=prep.result.get("content_type") or None, size=prep.result.get("size"),
                       http=self.http)  # fmt: skip
+            self.answers("S3")
             prep.url = url
             prep.result["expires_at"] = expires_at.timestamp()
         return prep.url
@@ -491,7 +493,15 @@ class _Batch:
         st = self.state(row_id)
         if st["state"] != "pending":
             return
-        urls = {kind: self.url_for(self.preps[key]) for kind, key in self.per_row[row_id].items()}
+        try:
+            urls = {kind: self.url_for(self.preps[key]) for kind, key in self.per_row[row_id].items()}
+        except StorageError as exc:
+            if not exc.transient:
+                raise
+            self.submit_q.put(row_id)  # S3 (where the API fetches the files) did not answer the preflight: it waits
+            self.trouble("S3", exc)
+            self.stop.wait(_OUTAGE_PAUSE_S)
+            return
         opts = PublishOptions(
             replica_id=row.options.replica_id, script=row.script, audio=row.audio, background=row.background,
             fast=row.options.fast, composite_locally=row.options.composite_locally, watermark=row.watermark,
@@ -518,12 +528,12 @@ class _Batch:
                 # Never arrived (refused, 503) or retried out: the row waits, the submit stage pauses.
                 self.journal.update_row(row_id, state="pending")
                 self.submit_q.put(row_id)
-                self.api_trouble(exc)
-                self.stop.wait(5.0)
+                self.trouble("the API", exc)
+                self.stop.wait(_OUTAGE_PAUSE_S)
                 return
             self.fail(row_id, f"create: {exc.message}")
             return
-        self.api_ok()
+        self.answers("the API")
         _crash_point("batch-after-post")
         took = round(time.monotonic() - t0, 3)
         self.journal.update_row(row_id, state="submitted", video_id=video.video_id,
@@ -1165,10 +1175,10 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
             try:
                 run.poll()
             except _UNREACHABLE as exc:  # an outage: the rows wait, the next poll comes a little later
-                run.api_trouble(exc)
+                run.trouble("the API", exc)
                 next_poll = time.monotonic() + min(30.0, max(sweep, 5.0))
             else:
-                run.api_ok()
+                run.answers("the API")
                 next_poll = time.monotonic() + sweep
         run.retry_downloads()
         run.write_results()
@@ -1192,6 +1202,7 @@ _DOWNLOAD_TRIES = 3  # per row and run; then the row fails at its download and a
 # enough for a slow API to have stored a create it was still working on (a second one would be a second video).
 _LOST_CREATE_S = 120.0
 _DOWNLOAD_RETRY_S = 15.0  # the wait before the second try; twice that before the third
+_OUTAGE_PAUSE_S = 5.0  # the submit stage's pause when the API or S3 does not answer
 
 
 def _finished(run: _Batch) -> bool:

@@ -123,7 +123,12 @@ class ManifestError(AssetprepError):
 
 
 class StorageError(AssetprepError):
-    """S3 upload, presign or preflight failed."""
+    """S3 upload, presign or preflight failed. `transient`: S3 did not answer (refused, timed out, cut off, a 5xx)
+    after the client's own retries, so the same request may work later; a batch waits such an outage out."""
+
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.transient = transient
 
 
 class UploadError(StorageError):
@@ -141,7 +146,9 @@ class UploadError(StorageError):
             if len(failures) == 1
             else "fix the files named and rerun: what is stored is not sent again"
         )
-        super().__init__(f"{len(failures)} of {total} files not uploaded: {shown}{more}", hint=hint)
+        transient = all(isinstance(err, StorageError) and err.transient for _, err in failures)
+        super().__init__(f"{len(failures)} of {total} files not uploaded: {shown}{more}", hint=hint,
+                         transient=transient)  # fmt: skip
         self.failures = list(failures)
         self.results = list(results)
 

@@ -156,9 +156,11 @@ def storage_error(exc: Exception, action: str, client: Any) -> StorageError:
             hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, pass --profile, or use 'assetprep s3 serve'",
         )
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
-        return StorageError(f"{action}: cannot reach S3 at {where}", hint="check --endpoint-url and that it is running")
-    if isinstance(exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectionClosedError):
-        return StorageError(f"{action}: the connection to {where} broke off", hint="retry; finished parts are kept")
+        return StorageError(f"{action}: cannot reach S3 at {where}", hint="check --endpoint-url and that it is running",
+                            transient=True)  # fmt: skip
+    if isinstance(exc, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
+        return StorageError(f"{action}: the connection to {where} broke off", hint="retry; finished parts are kept",
+                            transient=True)  # fmt: skip
     if isinstance(exc, botocore.exceptions.ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -172,7 +174,7 @@ def storage_error(exc: Exception, action: str, client: Any) -> StorageError:
                 f"{action}: not found at {where} ({code})", hint="create the bucket or pass --create-bucket"
             )
         answer = f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")  # a HEAD has no body
-        return StorageError(f"{action}: S3 at {where} answered {answer}")
+        return StorageError(f"{action}: S3 at {where} answered {answer}", transient=(status or 0) >= 500)
     if isinstance(exc, botocore.exceptions.BotoCoreError | boto3.exceptions.S3UploadFailedError):
         # S3UploadFailedError wraps the ClientError text; its message carries no secrets.
         return StorageError(f"{action}: {exc}")
@@ -725,6 +727,7 @@ def _first_byte(url: str, pool: HttpPool, timeout: float) -> Answer:
         raise PreflightError(
             f"presigned URL {redact_url(url)} is not reachable: {type(exc).__name__}",
             hint="check that the endpoint is reachable from where the URL will be fetched (--public-endpoint-url)",
+            transient=True,
         ) from None
 
 
@@ -740,7 +743,8 @@ def _judge(answer: Answer, url: str, *, content_type: str | None, size: int | No
         reason = s3_error_reason(text)
         raise PreflightError(
             f"presigned URL {shown} answered {status}{': ' + reason if reason else ''}",
-            hint="re-presign it (an expired or altered URL is refused)",
+            hint="re-presign it (an expired or altered URL is refused)" if status < 500 else "retry later",
+            transient=status >= 500,
         )
     got = (headers.get("content-type") or "").split(";")[0].strip()
     if content_type and got != content_type:

@@ -1067,6 +1067,71 @@ def test_an_api_outage_mid_batch_is_waited_out_not_the_end_of_the_batch(world, t
     assert len(names) == len(set(names)) == 12
 
 
+def test_an_s3_outage_mid_batch_is_waited_out_without_preparing_anything_again(own_sandboxes, gen, tmp_path, caplog,
+                                                                             monkeypatch):  # fmt: skip
+    """S3 stopping while a campaign ran failed every row whose prepared file it hit ("cannot reach S3"): the
+    recording or conversion was thrown away and the rows needed a rerun. Now the prepared file waits for S3 (its
+    upload is tried again) and a row whose file S3 cannot serve for the preflight waits in the submit stage.
+    Two real outages of the test's own SeaweedFS: at the first upload, and at the first preflight."""
+    from assetprep import _prepare, batch
+    from assetprep.s3local import LocalS3
+    from assetprep.upload import S3Settings, ensure_bucket, make_s3_client
+
+    monkeypatch.setattr(_prepare, "_STORAGE_PAUSES", (1.0,))
+    monkeypatch.setattr(batch, "_OUTAGE_PAUSE_S", 1.0)
+    store = LocalS3(tmp_path / "s3").start()
+    restarts: list[threading.Thread] = []
+    try:
+        store.requested_port = store.port  # restarted at the same address, with the same data
+        client = make_s3_client(S3Settings(endpoint_url=store.endpoint_url, access_key_id=store.access_key,
+                                           secret_access_key=store.secret_key), retries=1)  # fmt: skip
+        ensure_bucket(client, TEST_BUCKET, create=True)
+
+        def outage_at_first(module, name):
+            real = getattr(module, name)
+            calls = []
+
+            def first_call_stops_s3(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == 1:
+                    store.kill()  # for longer than botocore's retries
+                    restarts.append(threading.Thread(target=lambda: (time.sleep(2), store.start())))
+                    restarts[-1].start()
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, first_call_stops_s3)
+            return calls
+
+        uploads = outage_at_first(_prepare, "upload_file")
+        preflights = outage_at_first(batch, "preflight")
+        conversions: list[Path] = []  # none may be done twice
+        convert = _prepare.prepare_audio
+        monkeypatch.setattr(_prepare, "prepare_audio", lambda src, out: conversions.append(src) or convert(src, out))
+        for tone in (300, 400, 500):
+            shutil.copy(gen(f"t{tone}.wav", "-f", "lavfi", "-i", f"sine=f={tone}:d=3"), tmp_path / f"t{tone}.wav")
+        manifest = write(tmp_path / "m.csv", "first_name,audio\nA,t300.wav\nB,t400.wav\nC,t500.wav\n")
+        sb, _ = own_sandboxes(tmp_path / "state" / "runs")
+        settings = PublishSettings(runs_dir=tmp_path / "state" / "runs", bucket=TEST_BUCKET)
+        opts = BatchOptions(poll_interval=0.2, deadline=120, replica_id=DEFAULT_REPLICA, allow_private_networks=True)
+        with (
+            caplog.at_level(logging.WARNING, logger="assetprep"),
+            TavusClient(api_key=sb.api_key, base_url=sb.base_url, timeout=20) as api,
+        ):
+            result = batch_publish(manifest, opts, client=api, s3_client=client, settings=settings)
+        for t in restarts:
+            t.join(timeout=30)
+        assert result.ok and result.counts == {"downloaded": 3}, result.rows
+        assert len(conversions) == 3 and len(uploads) > 3 and len(preflights) > 3  # converted once, sent again
+        said = caplog.text
+        assert "S3 is not answering" in said and said.count("the prepared audio is kept and sent again") == 3
+        assert "S3 answers again" in said  # the submit stage's preflight waited, then went on
+        assert len(creates(sb)) == 3
+    finally:
+        for t in restarts:
+            t.join(timeout=30)
+        store.stop()
+
+
 def test_a_create_lost_with_the_server_is_sent_again_once_the_account_shows_it_never_arrived(world, tmp_path,
                                                                                           caplog, monkeypatch):  # fmt: skip
     """A create whose connection failed after it was sent (the server died with it) left its row "submitting":

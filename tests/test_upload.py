@@ -783,3 +783,33 @@ def test_a_stopped_or_killed_server_leaves_no_unix_sockets_in_tmp(tmp_path):
     finally:
         server.stop()
     assert sockets(second) == []
+
+
+def test_errors_say_whether_s3_may_answer_later(s3, client, bucket, tmp_path):
+    """A batch waits out an S3 outage (refused, cut off, a 5xx) and fails at once on what waiting cannot fix (bad
+    credentials, a missing bucket): the errors carry which it is, from real answers."""
+    import botocore.exceptions
+
+    from assetprep.upload import S3Settings, make_s3_client, storage_error
+
+    f = tmp_path / "a.wav"
+    f.write_bytes(b"RIFF" + os.urandom(500))
+    wrong_key = make_s3_client(S3Settings(endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
+                                          secret_access_key="not-the-secret"), retries=0)  # fmt: skip
+    with pytest.raises(StorageError, match="rejected the credentials") as denied:
+        upload_file(f, bucket=bucket, client=wrong_key)
+    with pytest.raises(StorageError, match="does not exist") as missing:
+        upload_file(f, bucket="no-such-bucket-here", client=client)
+    (port,) = free_port_block(1)
+    nobody = make_s3_client(S3Settings(endpoint_url=f"http://127.0.0.1:{port}", access_key_id="a",
+                                       secret_access_key="b"), retries=0)  # fmt: skip
+    with pytest.raises(StorageError, match="cannot reach S3") as refused:
+        upload_file(f, bucket=bucket, client=nobody)
+    assert (denied.value.transient, missing.value.transient, refused.value.transient) == (False, False, True)
+    busy = botocore.exceptions.ClientError(
+        {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"
+    )
+    assert storage_error(busy, "uploading a.wav", client).transient
+    with pytest.raises(PreflightError, match="not reachable") as unreachable:
+        preflight(f"http://127.0.0.1:{port}/b/a.wav?X-Amz-Signature=s")
+    assert unreachable.value.transient
