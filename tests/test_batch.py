@@ -421,6 +421,14 @@ def test_a_column_of_websites_that_nothing_uses_is_a_problem_until_it_is_used_or
     assert [r.background for r in gap] == ["https://acme.com", None]
     read_out = load_manifest(manifest, defaults={**base, "script": "I looked at {{ website }}."}, out_dir=tmp_path)
     assert read_out.rows[0].script == "I looked at acme.com."  # a script that names the site uses the column
+    kept = load_manifest(manifest, defaults={**base, "script": "{% set site = website %}Saw {{ site }}."},
+                         out_dir=tmp_path)  # fmt: skip
+    assert kept.rows[1].script == "Saw https://beta.io/team."
+    # The word in a script's text or a comment is not a use (it was: "I loved your website" hid the problem).
+    for words in ("Hi {{ first_name }}, I loved your website.", "Hi {{ first_name }}{# website later #}."):
+        with pytest.raises(ManifestError) as caught:
+            load_manifest(manifest, defaults={**base, "script": words}, out_dir=tmp_path)
+        assert caught.value.problems == [said]
     # A variable a row leaves empty is named as empty (it was "undefined (columns: ...)" though the column exists);
     # a misspelt one gets the column it was meant to be.
     with pytest.raises(ManifestError) as caught:
