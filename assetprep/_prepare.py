@@ -20,7 +20,7 @@ import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
 from . import _process
-from .errors import StorageError
+from .errors import CancelledError, StorageError
 from .probe import probe
 from .publish import BackgroundSpec, prepare_audio, prepare_background
 from .upload import S3Settings, make_s3_client, storage_error, upload_file
@@ -143,8 +143,8 @@ def _upload_waiting_out_outages(path: Path, task: PrepTask, client: Any, meta: d
                 said = time.monotonic()
                 log.warning("S3 is not answering (%s); the prepared %s is kept and sent again until it does "
                             "(up to %.0f min)", exc.message, task.kind, STORAGE_WAIT_S / 60)  # fmt: skip
-            if _process.wait_cancelled(pause):
-                raise
+            if _process.wait_cancelled(pause):  # the batch stops (deadline, Ctrl-C): not a failure to journal
+                raise CancelledError(f"the upload of the prepared {task.kind} was cancelled") from None
             attempt += 1
 
 

@@ -36,7 +36,11 @@ CONNECT_TIMEOUT = 5.0
 
 
 class RayTaskFailed(AssetprepError):
-    """A preparation failed on a Ray worker (the message names the node)."""
+    """A preparation failed on a Ray worker (the message names the node). `transient`: S3 did not answer there."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def _import_ray() -> Any:
@@ -123,7 +127,7 @@ def _prepare_on_node(data: dict[str, Any], driver_code: str | None = None) -> di
     try:
         return run_prep(task, node=node).model_dump()
     except AssetprepError as exc:
-        return {"error": f"{exc} [on {where}]"}
+        return {"error": f"{exc} [on {where}]", "transient": getattr(exc, "transient", False)}
 
 
 class RayExecutor:
@@ -152,7 +156,7 @@ class RayExecutor:
                                                 f"{type(exc).__name__}: {first[:300]}"))  # fmt: skip
                 return
             if "error" in data:
-                out.set_exception(RayTaskFailed(str(data["error"])))
+                out.set_exception(RayTaskFailed(str(data["error"]), transient=bool(data.get("transient"))))
             else:
                 out.set_result(PrepResult.model_validate(data))
 

@@ -185,6 +185,7 @@ class _Prep:
     url: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    transient: bool = False  # failed because S3 did not answer: a rerun tries again
 
 
 def batch_dir_for(manifest: Path, settings: PublishSettings, batch_id: str | None) -> tuple[str, Path]:
@@ -386,7 +387,7 @@ class _Batch:
                 continue
             if key not in needed:
                 continue
-            if done and done["state"] == "failed" and not self.o.retry_failed:
+            if done and done["state"] == "failed" and not self.o.retry_failed and not done.get("transient"):
                 prep.state, prep.error = "failed", done.get("error")
                 continue
             found = find_uploaded(prep.task, self.s3) if self.s3 is not None else None
@@ -408,6 +409,7 @@ class _Batch:
             return
         except AssetprepError as exc:
             prep.state, prep.error = "failed", f"{prep.task.kind}: {exc}"
+            prep.transient = getattr(exc, "transient", False)  # S3 did not answer for 10 min: any rerun tries again
         except Exception as exc:  # a worker lost (Ray), a bug: the rows fail with the reason, the batch goes on
             prep.state, prep.error = "failed", f"{prep.task.kind}: {type(exc).__name__}: {exc}"
         else:
@@ -416,7 +418,7 @@ class _Batch:
             prep.result = result.model_dump(exclude={"key"})
             self.journal.put_prep(key, prep.task.kind, "uploaded", **prep.result)
         if prep.state == "failed":
-            self.journal.put_prep(key, prep.task.kind, "failed", error=prep.error)
+            self.journal.put_prep(key, prep.task.kind, "failed", error=prep.error, transient=prep.transient)
         for rid in sorted(prep.rows, key=self.order.index):
             self.maybe_ready(rid)
 
@@ -439,9 +441,9 @@ class _Batch:
         if self.state(row_id)["state"] != "pending":
             return
         mine = {kind: self.preps[key] for kind, key in self.per_row[row_id].items()}
-        failed = [p.error for p in mine.values() if p.state == "failed"]
+        failed = [p for p in mine.values() if p.state == "failed"]
         if failed:
-            self.fail(row_id, str(failed[0]))
+            self.fail(row_id, str(failed[0].error), step="storage" if failed[0].transient else None)
             return
         audio = mine.get("audio")
         if audio is not None and audio.state == "uploaded":
@@ -1136,6 +1138,10 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
             # The video was made; only its download failed (a full disk, a dropped connection): fetch it again
             # on any rerun instead of paying for another one, with or without --retry-failed.
             run.journal.update_row(r["row_id"], state="ready", error=None, data={"failed_step": None})
+        elif r["data"].get("failed_step") == "storage":
+            # Its preparation was made but S3 did not take it (an outage past the wait): nothing was sent, nothing
+            # is wrong with the row; any rerun makes it, with or without --retry-failed.
+            run.journal.update_row(r["row_id"], state="pending", error=None, data={"failed_step": None})
         elif o.retry_failed:
             attempt = r["attempt"] + (1 if r["video_id"] or r["video_name"] else 0)
             run.journal.update_row(r["row_id"], state="pending", error=None, video_id=None, attempt=attempt)

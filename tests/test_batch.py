@@ -1134,6 +1134,21 @@ def test_an_s3_outage_mid_batch_is_waited_out_without_preparing_anything_again(o
         assert "S3 is not answering" in said and said.count("the prepared audio is kept and sent again") == 3
         assert "S3 answers again" in said  # the submit stage's preflight waited, then went on
         assert len(creates(sb)) == 3
+
+        # An outage past the wait fails the row at its preparation; any rerun (no --retry-failed) makes it then.
+        monkeypatch.setattr(_prepare, "STORAGE_WAIT_S", 1.5)
+        send = _prepare.upload_file
+        monkeypatch.setattr(_prepare, "upload_file", lambda *a, **k: (store.kill(), send(*a, **k))[1])
+        shutil.copy(gen("t600.wav", "-f", "lavfi", "-i", "sine=f=600:d=3"), tmp_path / "t600.wav")
+        later = write(tmp_path / "later.csv", "first_name,audio\nD,t600.wav\n")
+        with TavusClient(api_key=sb.api_key, base_url=sb.base_url, timeout=20) as api:
+            failed = batch_publish(later, opts, client=api, s3_client=client, settings=settings)
+            [row] = failed.rows
+            assert row["status"] == "failed" and "cannot reach S3" in row["error"], row
+            monkeypatch.setattr(_prepare, "upload_file", send)
+            store.start()
+            again = batch_publish(later, opts, client=api, s3_client=client, settings=settings)
+        assert again.ok and again.counts == {"downloaded": 1} and len(creates(sb)) == 4, again.rows
     finally:
         for t in restarts:
             t.join(timeout=30)
