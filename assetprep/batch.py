@@ -367,7 +367,8 @@ class _Batch:
             log.warning("%s answers again (%.0f s after it was found not answering)", what, time.monotonic() - since)
 
     def fail(self, row_id: str, reason: str, *, step: str | None = None) -> None:
-        """`step="download"`: the video is made and stays in the journal; the next run downloads it again."""
+        """`step="download"`: the video is made and stays in the journal; the next run downloads it again.
+        `step="storage"`: S3 did not take its prepared file; the next run makes the row."""
         with self.lock:
             self.journal.update_row(row_id, state="failed", error=reason, data={"failed_step": step})
             self.failures += 1
