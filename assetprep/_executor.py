@@ -54,5 +54,5 @@ def make_executor(*, jobs: int | None, ray_address: str | None, s3_client: Any =
     if ray_address:
         from ._ray import RayExecutor
 
-        return RayExecutor(ray_address)
+        return RayExecutor(ray_address, s3_client=s3_client)
     return LocalExecutor(jobs, s3_client=s3_client)

@@ -20,9 +20,10 @@ import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
 from . import _process
+from ._files import file_sha256
 from .errors import CancelledError, StorageError
 from .probe import probe
-from .publish import BackgroundSpec, prepare_audio, prepare_background
+from .publish import BackgroundSpec, background_kind, prepare_audio, prepare_background
 from .upload import S3Settings, make_s3_client, storage_error, upload_file
 
 log = logging.getLogger("assetprep.prepare")
@@ -42,6 +43,16 @@ class S3Target(BaseModel):
     region: str | None = None
 
 
+class ShippedInput(BaseModel):
+    """A driver's local input sent through the bucket, for nodes on other machines (which do not have the file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    sha256: str
+    size: int
+
+
 class PrepTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +62,7 @@ class PrepTask(BaseModel):
     background: BackgroundSpec | None = None
     s3: S3Target
     keep_dir: str | None = None  # keep the prepared file here (local runs: compositing, posters); None: temp + delete
+    shipped: ShippedInput | None = None  # `source` is fetched from the bucket first (Ray: see shippable)
 
     @property
     def file_name(self) -> str:
@@ -78,6 +90,39 @@ class PrepResult(BaseModel):
     bytes_sent: int
     facts: dict[str, Any]
     warnings: list[str] = []  # of the recording or normalization: results.csv shows them on each row it serves
+
+
+def shippable(task: PrepTask) -> bool:
+    """Whether a Ray node gets this task's input through the bucket: a local audio file, watermark, clip or still.
+    A local page stays where it is (its assets are files beside it): every node must see it, as the batch checks."""
+    from .manifest import is_http_url
+
+    if is_http_url(task.source) or not os.path.isfile(task.source):
+        return False
+    return task.kind != "background" or background_kind(task.source) in ("clip", "still")
+
+
+def ship_input(task: PrepTask, client: Any) -> PrepTask:
+    """Upload the task's local input (content-addressed under PREFIX/inputs/: sent once, whatever reruns) and
+    return the task that fetches it."""
+    prefix = "/".join(p for p in (task.s3.prefix.strip("/"), "inputs") if p)
+    # Not checked against its name: ffmpeg on the node reads the content, as it would here (a WAV named .mp3).
+    obj = upload_file(Path(task.source), bucket=task.s3.bucket, client=client, prefix=prefix, check_name=False)
+    return task.model_copy(update={"shipped": ShippedInput(key=obj.key, sha256=obj.sha256, size=obj.size)})
+
+
+def _fetch_shipped(task: PrepTask, shipped: ShippedInput, client: Any, work: Path) -> Path:
+    """The driver's input, downloaded into `work` under its own name (its suffix says what it is) and checked."""
+    dest = work / f"input-{Path(task.source).name}"
+    where = f"s3://{task.s3.bucket}/{shipped.key}"
+    try:
+        client.download_file(task.s3.bucket, shipped.key, str(dest))
+    except Exception as exc:
+        raise storage_error(exc, f"fetching the driver's {task.source} from {where}", client) from None
+    if dest.stat().st_size != shipped.size or file_sha256(dest) != shipped.sha256:
+        raise StorageError(f"{where} does not hold the driver's {task.source} (other bytes)",
+                           hint="run the batch again: the driver sends it again")  # fmt: skip
+    return dest
 
 
 def find_uploaded(task: PrepTask, client: Any) -> dict[str, Any] | None:
@@ -160,15 +205,16 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
     work.mkdir(parents=True, exist_ok=True)
     try:
         warnings: list[str] = []
+        source = str(_fetch_shipped(task, task.shipped, client, work)) if task.shipped else task.source
         if task.kind == "watermark":
-            path = Path(task.source)  # uploaded as it is
+            path = Path(source)  # uploaded as it is
         else:
             path = work / f"{task.key[:20]}-{task.file_name}"
             if task.kind == "background":
                 assert task.background is not None
-                warnings = prepare_background(task.source, path, task.background)
+                warnings = prepare_background(source, path, task.background)
             else:
-                warnings = prepare_audio(Path(task.source), path)
+                warnings = prepare_audio(Path(source), path)
         info = probe(path) if task.kind != "watermark" else None
         # The duration travels with the object: a run that finds it by HEAD (lost journal) still checks audio length.
         meta = {"duration": f"{info.duration:.6f}"} if info and info.duration else None

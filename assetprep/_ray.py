@@ -1,9 +1,12 @@
 """Batch preparation on a Ray cluster (the `ray` extra): each preparation is one Ray task.
 
 Workers record/normalize and upload straight to S3 under the task's key with their own node's credentials, and
-return only small facts; no media passes through the driver or the object store. The driver keeps the journal,
-the API key and everything that talks to Tavus. A task whose worker dies (OOM, kill -9, a lost node) is retried
-by Ray (`max_retries`); a retried task writes the same key, so there is never a second copy under another key.
+return only small facts; no media passes through the object store. The driver's local inputs (audio files, clips,
+watermarks) reach the nodes through the bucket (content-addressed under PREFIX/inputs/, sent once), since a node on
+another machine does not have them; local pages (with assets beside them) must be on every node, which is checked.
+The driver keeps the journal, the API key and everything that talks to Tavus. A task whose worker dies (OOM,
+kill -9, a lost node) is retried by Ray (`max_retries`); a retried task writes the same key, so there is never a
+second copy under another key.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ._prepare import PrepResult, PrepTask, S3Target
+from ._prepare import PrepResult, PrepTask, S3Target, ship_input, shippable
 from .errors import AssetprepError, ConfigError
 
 # CPUs a task asks for. A 720p30 recording keeps about one core busy (Chromium drawing + x264 veryfast: ~1 core-s
@@ -135,17 +138,34 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, s3_client: Any = None) -> None:
         self.ray = connect(address)
         self._remote = self.ray.remote(_prepare_on_node)
         self._refs: list[Any] = []
+        self._s3 = s3_client  # the driver's, for shipping its local inputs
+        self._shipped: dict[tuple[str, str], PrepTask] = {}
+
+    def _ship(self, task: PrepTask) -> PrepTask:
+        if not shippable(task):
+            return task
+        if (task.key, task.source) not in self._shipped:
+            from .upload import S3Settings, make_s3_client
+
+            client = self._s3 or make_s3_client(S3Settings(endpoint_url=task.s3.endpoint_url, region=task.s3.region))
+            self._shipped[(task.key, task.source)] = ship_input(task, client)
+        return self._shipped[(task.key, task.source)]
 
     def submit(self, task: PrepTask) -> Future[PrepResult]:
+        out: Future[PrepResult] = Future()
+        try:
+            task = self._ship(task)
+        except AssetprepError as exc:  # S3 refused the input: its rows fail with that (transient: a rerun retries)
+            out.set_exception(exc)
+            return out
         ref = self._remote.options(num_cpus=CPUS[task.kind], max_retries=MAX_RETRIES).remote(
             task.model_dump(), code_fingerprint()
         )
         self._refs.append(ref)
-        out: Future[PrepResult] = Future()
 
         def done(f: Future[Any]) -> None:
             try:
@@ -167,7 +187,8 @@ class RayExecutor:
         """Every alive node, before the first task: a node without ffmpeg, Chromium (for recordings), access to
         the bucket or the manifest's local files would fail each row that lands on it, often after a recording."""
         nodes = _check_nodes(self.ray, bucket=target.bucket, endpoint_url=target.endpoint_url, region=target.region,
-                             browser=any(t.kind == "background" for t in tasks), files=local_inputs(tasks))  # fmt: skip
+                             browser=any(t.kind == "background" for t in tasks),
+                             files=local_inputs([t for t in tasks if not shippable(t)]))  # fmt: skip
         return [f"node {n['node'][:12]} ({n['host']}): {'; '.join(p)}" for n in nodes if (p := node_problems(n))]
 
     def close(self, *, cancel: bool = False) -> None:
@@ -301,10 +322,11 @@ class LocalRayCluster:
     (`unshare -n`): use it there. `add_node(env)` starts one more node, e.g. with FFMPEG pointing nowhere.
     """
 
-    def __init__(self, folder: Path, *, nodes: int = 2, cpus_per_node: int = 1,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(self, folder: Path, *, nodes: int = 2, cpus_per_node: int = 1, env: dict[str, str] | None = None,
+                 hide: Sequence[Path] = ()) -> None:  # fmt: skip
         self.folder, self.count, self.cpus = folder, nodes, cpus_per_node
         self.env = env or {}  # for every node: e.g. the S3 credentials its workers use
+        self.hide = list(hide)  # folders every node sees empty (see add_node)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.address = ""
         # Each node's sessions (logs, sockets, spilled objects: ~0.7 MB a run) go here, not /tmp/ray where every
@@ -332,9 +354,9 @@ class LocalRayCluster:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="assetprep-ray-"))
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self._start("head", ["--head", f"--port={port}", "--include-dashboard=false"], None)
+        self._start("head", ["--head", f"--port={port}", "--include-dashboard=false"], None, self.hide)
         for i in range(1, self.count):
-            self._start(f"worker{i}", [f"--address={self.address}"], None)
+            self._start(f"worker{i}", [f"--address={self.address}"], None, self.hide)
         self.wait_nodes(self.count, timeout)
         return self
 

@@ -413,11 +413,14 @@ class _Upload:
     # -- one file --
 
     def upload(self, path: str | os.PathLike[str], *, key: str | None = None, metadata: dict[str, str] | None = None,
-               stored: Callable[[str, FileDigest, str], bool] | None = None) -> UploadedObject:  # fmt: skip
-        """`stored(key, digest, content_type)`: another way to learn whether the bytes are there (default: HEAD)."""
+               stored: Callable[[str, FileDigest, str], bool] | None = None,
+               check_name: bool = True) -> UploadedObject:  # fmt: skip
+        """`stored(key, digest, content_type)`: another way to learn whether the bytes are there (default: HEAD).
+        `check_name=False`: bytes going to a program that reads their content (ffmpeg), not to a consumer."""
         try:
             src = check_input_file(path)
-            if problem := media_name_problem(src):  # a player (and Tavus) would get it as media and fail later
+            # A player (and Tavus) would get a misnamed file as media and fail later.
+            if check_name and (problem := media_name_problem(src)):
                 raise StorageError(f"not uploaded: {problem}", hint="upload the real file, or name it for what it is")
             digest, data = _digest(src, self.config)
         except MediaError as exc:
@@ -565,16 +568,18 @@ def upload_file(
     on_progress: ProgressCallback | None = None,
     key: str | None = None,
     metadata: dict[str, str] | None = None,
+    check_name: bool = True,
 ) -> UploadedObject:
     """Upload a file under its content-addressed key (or `key`); skip it when the same bytes are already there.
 
     `metadata` is stored with the object next to its sha256 (x-amz-meta-*), for facts a later HEAD must find.
+    `check_name=False` skips the check that a file named like media is that media (see _Upload.upload).
     """
     ensure_bucket(client, bucket, create=create_bucket, prefix=prefix if key is None else None)
     up = _Upload(client, bucket, prefix=prefix, config=transfer_config or DEFAULT_TRANSFER, on_progress=on_progress,
                  files=1)  # fmt: skip
     try:
-        return up.upload(path, key=key, metadata=metadata)
+        return up.upload(path, key=key, metadata=metadata, check_name=check_name)
     finally:
         up.close()
 

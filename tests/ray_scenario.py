@@ -13,6 +13,7 @@ it measured to WORK/facts.json; every server is stopped by PID at the end. Phase
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -129,7 +130,10 @@ def main(work: Path) -> None:
         base_env = {**os.environ, **s3.env(), "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
         env = {**base_env, **sb.env(), "ASSETPREP_BUCKET": BUCKET, "ASSETPREP_RUNS_DIR": str(state / "runs")}
 
-        cluster = LocalRayCluster(work / "ray", nodes=2, env=base_env).start()
+        # The driver's own files (per-lead audio, a clip): no node sees them, as on other machines.
+        inputs = work / "driver-only"
+        inputs.mkdir()
+        cluster = LocalRayCluster(work / "ray", nodes=2, env=base_env, hide=[inputs]).start()
         address = cluster.address
         facts["cluster_nodes"] = cluster.wait_nodes(2)
         log(f"cluster up: {len(facts['cluster_nodes'])} nodes")
@@ -194,6 +198,33 @@ def main(work: Path) -> None:
         facts["posts"] = sum(1 for c in creates if c.get("status") == 200)
         facts["post_statuses"] = [c.get("status") for c in creates]
 
+        # Inputs only the driver has reach the nodes through the bucket: per-lead audio and a local clip.
+        for name, args in (
+            ("ann.wav", ["-f", "lavfi", "-i", "sine=f=300:d=3.5"]),
+            ("bob.m4a", ["-f", "lavfi", "-i", "sine=f=500:d=4", "-c:a", "aac"]),
+            ("loop.mp4", ["-f", "lavfi", "-i", "testsrc2=s=320x180:r=25:d=2", "-pix_fmt", "yuv420p"]),
+        ):
+            subprocess.run(["ffmpeg", "-v", "error", *args, str(inputs / name)], check=True, timeout=60)
+        (work / "shipped.csv").write_text(
+            f"first_name,audio,script,background\nAnn,{inputs / 'ann.wav'},,\n"
+            f"Bob,{inputs / 'bob.m4a'},,\nCy,,Hi Cy.,{inputs / 'loop.mp4'}\n"
+        )
+        shipped = subprocess.run([sys.executable, "-m", "assetprep", "batch", str(work / "shipped.csv"), "--replica",
+                                  DEFAULT_REPLICA, "--allow-private-networks", "--poll", "0.2", "--batch-id",
+                                  "shipped", "--prefix", "shipped", "--out", str(work / "out-shipped"), "--json",
+                                  "--ray-address", address], env=env, capture_output=True, text=True,
+                                 timeout=300)  # fmt: skip
+        listing = s3c.list_objects_v2(Bucket=BUCKET, Prefix="shipped/").get("Contents", [])
+        facts["shipped"] = {"rc": shipped.returncode, "stderr": shipped.stderr[-2000:], "result": result_of(shipped),
+                            "objects": sorted(o["Key"] for o in listing), **journal_facts(state, "shipped"),
+                            "inputs": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in inputs.iterdir()}}  # fmt: skip
+        seen = subprocess.run([sys.executable, "-c", SEEN % (address, str(inputs))], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        facts["shipped"]["nodes_see"] = (
+            json.loads(seen.stdout.strip().splitlines()[-1]) if seen.returncode == 0 else seen.stderr[-2000:]
+        )
+        log(f"shipped inputs: rc {shipped.returncode}")
+
         t = time.monotonic()
         wrong = batch(env, work, "--batch-id", "wrong", "--ray-address", f"127.0.0.1:{free_port()}", timeout=60)
         facts["wrong"] = {"rc": wrong.returncode, "stderr": wrong.stderr, "seconds": time.monotonic() - t}
@@ -241,6 +272,17 @@ def main(work: Path) -> None:
             server.stop()
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
 
+
+SEEN = """
+import json, os, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(address=%r, logging_level="ERROR", log_to_driver=False)
+folder = %r
+look = ray.remote(num_cpus=0)(lambda: sorted(os.listdir(folder)))
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
+print(json.dumps(ray.get(refs, timeout=60)))
+"""
 
 PINNED = """
 import json, ray

@@ -75,6 +75,21 @@ def test_a_killed_driver_reschedules_only_what_is_missing(facts):
     assert facts["posts"] == 18, facts["post_statuses"]  # exactly one video created per row in every batch
 
 
+def test_the_drivers_own_audio_and_clips_reach_nodes_that_do_not_have_them(facts):
+    """Per-lead audio files and a local clip that only the driver has (the nodes see their folder empty, as
+    machines without them would): before, the batch refused ("does not see 3 of the 3 local input(s)"); now they go
+    through the bucket once, content-addressed, and each node fetches and checks them."""
+    shipped = facts["shipped"]
+    assert shipped["rc"] == 0, shipped["stderr"]
+    assert shipped["result"]["counts"] == {"downloaded": 3} and shipped["result"]["executor"] == "ray"
+    assert shipped["nodes_see"] == [[], []] and len(shipped["inputs"]) == 3
+    sent = sorted(k for k in shipped["objects"] if "/inputs/" in k)
+    assert sent == sorted(f"shipped/inputs/{sha[:16]}/{name}" for name, sha in shipped["inputs"].items())
+    assert len([k for k in shipped["objects"] if "/prep/" in k]) == 3
+    cluster = set(facts["cluster_nodes"])
+    assert {p["node"] for p in shipped["preps"].values()} <= cluster
+
+
 def test_a_wrong_address_fails_in_seconds_and_a_node_without_ffmpeg_is_named(facts):
     wrong = facts["wrong"]
     assert wrong["rc"] == 1 and wrong["seconds"] < 20
