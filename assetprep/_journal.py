@@ -277,6 +277,36 @@ class BatchJournal:
                 self._states[row_id] = known._replace(**{k: v for k, v in fields.items() if k in RowState._fields})
 
 
+class MadeElsewhere(NamedTuple):
+    batch_id: str
+    manifest: str
+    rows: int  # how many of the rows asked about
+
+
+def made_elsewhere(batches: Path, row_ids: set[str], host: str, *, besides: Path) -> list[MadeElsewhere]:
+    """The other batches in `batches` (against the same API host) whose journals have a video sent for some of
+    `row_ids`. A batch's id comes from its manifest's path, so a manifest moved, renamed or copied starts a new batch
+    whose names match no video: its rows would be made, and paid for, again. Read-only: a journal that is busy or
+    damaged is someone else's to report."""
+    found = []
+    for path in sorted(batches.glob("*/journal.sqlite")):
+        if path.parent == besides:
+            continue
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+                if meta.get("api_host") != host:
+                    continue
+                made = {rid for (rid,) in db.execute(
+                    "SELECT row_id FROM rows WHERE state IN ('submitting', 'submitted', 'ready', 'downloaded') "
+                    "OR video_id IS NOT NULL")}  # fmt: skip
+        except sqlite3.Error:
+            continue
+        if hits := len(made & row_ids):
+            found.append(MadeElsewhere(path.parent.name, meta.get("manifest", "?"), hits))
+    return found
+
+
 def open_checked(path: Path, host: str, *, fresh_flag: str) -> BatchJournal:
     """The batch journal, after checking it was written against the same API host (recorded on first use)."""
     journal = BatchJournal(path)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import _process
 from ._executor import Executor, make_executor
 from ._files import atomic_output, file_sha256, writable_problem
-from ._journal import BatchJournal, RunLock, open_checked
+from ._journal import BatchJournal, RunLock, made_elsewhere, open_checked
 from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded
 from ._s3http import HttpPool
 from ._units import parse_duration
@@ -992,6 +992,23 @@ def _check_first(path: Path, client: TavusClient, rows: list[Row], s3_client: An
         )
 
 
+def _refuse_if_made_elsewhere(folder: Path, rows: list[Row], host: str) -> None:
+    """A new batch whose rows another batch already sent: the same manifest moved, renamed or copied (its batch id
+    comes from its path). Measured: moving a 2-row manifest to another folder made both videos a second time."""
+    others = made_elsewhere(folder.parent, {r.row_id for r in rows}, host, besides=folder)
+    if not others:
+        return
+    first = max(others, key=lambda o: o.rows)
+    more = f" (and by {len(others) - 1} other batch(es))" if len(others) > 1 else ""
+    raise ConfigError(
+        f"{first.rows} of the {len(rows)} rows of this manifest were already sent by batch {first.batch_id} "
+        f"(manifest {first.manifest}){more}; a moved, renamed or copied manifest starts a new batch, which would "
+        "make and pay for those videos again",
+        hint=f"to go on with that batch, pass --batch-id {first.batch_id}; to make new videos of these rows on "
+        "purpose, pass a new --batch-id NAME",
+    )
+
+
 def _plan(manifest: Manifest, rows: list[Row], preps: dict[str, _Prep], copies: list[Row]) -> dict[str, Any]:
     kinds = Counter(p.task.kind for p in preps.values())
     return {
@@ -1065,6 +1082,8 @@ def batch_publish(
     client = client or TavusClient()
     if needs_upload and s3_client is None:
         s3_client = make_s3_client(S3Settings())
+    if options.batch_id is None and not (folder / "journal.sqlite").exists():
+        _refuse_if_made_elsewhere(folder, rows + copies, client.base_url)
 
     if options.dry_run:  # every check a run makes before its first recording; nothing is started or written
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)

@@ -743,6 +743,33 @@ def test_a_lost_journal_finds_uploads_by_head_and_still_checks_audio_length(worl
     assert {r["status"] for r in read_results(other.results_csv)} == {"downloaded"}
 
 
+def test_a_moved_or_copied_manifest_does_not_pay_for_its_videos_again(world, tmp_path):
+    """The batch id comes from the manifest's path: moving leads.csv to another folder (or copying it) and running
+    it again made every video a second time (measured: 2 creates, then 4). Now the new batch is refused before
+    anything is made, naming the batch that sent them; --batch-id says which is meant."""
+    sb, run, _ = world()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    first = run(write(tmp_path / "old" / "leads.csv", "first_name,script\nAnn,Hi Ann.\nBob,Hi Bob.\n"))
+    assert first.ok and len(creates(sb)) == 2
+    moved = tmp_path / "new" / "leads.csv"
+    (tmp_path / "old" / "leads.csv").rename(moved)
+    for dry in (True, False):  # a dry run says it too
+        with pytest.raises(ConfigError) as refused:
+            run(moved, dry_run=dry)
+        assert refused.value.message.startswith(f"2 of the 2 rows of this manifest were already sent by batch "
+                                                f"{first.batch_id} (manifest {tmp_path / 'old' / 'leads.csv'})")  # fmt: skip
+        assert f"pass --batch-id {first.batch_id}" in refused.value.hint
+    assert len(creates(sb)) == 2 and [p.name for p in first.batch_dir.parent.iterdir()] == [first.batch_id]
+    same = run(moved, batch_id=first.batch_id)  # going on with that batch: its videos, nothing new
+    assert same.ok and len(creates(sb)) == 2
+    write(moved, "first_name,script\nAnn,Hi Ann.\nBob,Hi Bob.\nCy,Hi Cy.\n")  # a lead added: still refused
+    with pytest.raises(ConfigError, match="2 of the 3 rows"):
+        run(moved)
+    again = run(moved, batch_id="second-wave", out_dir=tmp_path / "wave2")  # new videos on purpose
+    assert again.ok and len(creates(sb)) == 5
+
+
 def test_kill9_at_three_moments_then_rerun_makes_each_video_once(world, tmp_path):
     sb, _, env = world()
     manifest = leads_manifest(tmp_path, 4)
