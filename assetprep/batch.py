@@ -1009,6 +1009,36 @@ def _refuse_if_made_elsewhere(folder: Path, rows: list[Row], host: str) -> None:
     )
 
 
+_OWNER = ".assetprep-batch"  # in an output folder: which batch writes its results.csv, report and videos
+
+
+def _out_dir_owner(out_dir: Path) -> dict[str, str] | None:
+    with contextlib.suppress(OSError, ValueError):
+        owner = json.loads((out_dir / _OWNER).read_text(encoding="utf-8"))
+        return owner if isinstance(owner, dict) and isinstance(owner.get("batch_id"), str) else None
+    return None
+
+
+def _check_out_dir_owner(out_dir: Path, batch_id: str) -> None:
+    """Two batches with one --out replaced each other's results.csv and report, and a video of the same name
+    (`{{ first_name | slug }}.mp4`) of the other's: one output folder belongs to one batch."""
+    owner = _out_dir_owner(out_dir)
+    if owner is not None and owner["batch_id"] != batch_id:
+        raise ConfigError(
+            f"--out {out_dir} holds the results and videos of batch {owner['batch_id']} (manifest "
+            f"{owner.get('manifest', '?')}); this batch ({batch_id}) would replace its results.csv, report and any "
+            "video of the same name",
+            hint=f"pass another --out for this batch (or delete {out_dir / _OWNER} if that batch is done with)",
+        )
+
+
+def _claim_out_dir(out_dir: Path, batch_id: str, manifest: Path) -> None:
+    if _out_dir_owner(out_dir) is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(out_dir / _OWNER) as tmp:
+            tmp.write_text(json.dumps({"batch_id": batch_id, "manifest": str(manifest)}) + "\n", encoding="utf-8")
+
+
 def _plan(manifest: Manifest, rows: list[Row], preps: dict[str, _Prep], copies: list[Row]) -> dict[str, Any]:
     kinds = Counter(p.task.kind for p in preps.values())
     return {
@@ -1084,6 +1114,7 @@ def batch_publish(
         s3_client = make_s3_client(S3Settings())
     if options.batch_id is None and not (folder / "journal.sqlite").exists():
         _refuse_if_made_elsewhere(folder, rows + copies, client.base_url)
+    _check_out_dir_owner(out_dir, batch_id)
 
     if options.dry_run:  # every check a run makes before its first recording; nothing is started or written
         executor = executor or make_executor(jobs=options.jobs, ray_address=options.ray_address, s3_client=s3_client)
@@ -1119,6 +1150,7 @@ def batch_publish(
                 raise
         if tasks:
             abort_stale_uploads(s3_client, target.bucket, target.prefix)  # parts of killed runs' uploads
+        _claim_out_dir(out_dir, batch_id, loaded.path)
         run = _Batch(loaded, rows, options, settings, client, s3_client, executor, journal, folder, out_dir, on_event,
                      copies=copies)  # fmt: skip
         _run(run, preps, per_row)

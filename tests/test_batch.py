@@ -768,6 +768,14 @@ def test_a_moved_or_copied_manifest_does_not_pay_for_its_videos_again(world, tmp
         run(moved)
     again = run(moved, batch_id="second-wave", out_dir=tmp_path / "wave2")  # new videos on purpose
     assert again.ok and len(creates(sb)) == 5
+    # One output folder, one batch: another batch there would replace its results.csv, report and same-named videos.
+    sheet = (first.out_dir / "results.csv").read_bytes()
+    for dry in (True, False):
+        with pytest.raises(ConfigError) as taken:
+            run(moved, batch_id="third", out_dir=first.out_dir, dry_run=dry)
+        assert taken.value.message.startswith(f"--out {first.out_dir} holds the results and videos of batch "
+                                              f"{first.batch_id} (manifest {tmp_path / 'old' / 'leads.csv'})")  # fmt: skip
+    assert (first.out_dir / "results.csv").read_bytes() == sheet and len(creates(sb)) == 5
 
 
 def test_kill9_at_three_moments_then_rerun_makes_each_video_once(world, tmp_path):
