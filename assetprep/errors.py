@@ -118,8 +118,42 @@ class ManifestError(AssetprepError):
         self.problems = [_URL.sub(_redact, p) for p in problems]
 
     def __str__(self) -> str:
-        head = super().__str__()
-        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+        lines = _grouped(self.problems)
+        shown = lines[:_SHOWN] + ([f"... and {len(lines) - _SHOWN} more"] if len(lines) > _SHOWN else [])
+        return "\n".join([super().__str__(), *(f"  {line}" for line in shown)])
+
+
+_SHOWN = 40  # lines of problems a terminal gets (a 50,000-row export with one stray comma per line printed 50,000)
+_ROW = re.compile(r"row (\d+)(\W.*)", re.DOTALL)
+
+
+def _grouped(problems: Sequence[str]) -> list[str]:
+    """The same problem on many rows as one line: "rows 2-50001: 5 cells but only 4 columns"."""
+    rows: dict[str, list[int]] = {}
+    order: list[str] = []
+    for problem in problems:
+        m = _ROW.fullmatch(problem)
+        key = m.group(2) if m else problem
+        if key not in rows:
+            rows[key] = []
+            order.append(key)
+        if m:
+            rows[key].append(int(m.group(1)))
+    lines = []
+    for key in order:
+        numbers = rows[key]
+        if len(numbers) <= 1:
+            lines.append(f"row {numbers[0]}{key}" if numbers else key)
+            continue
+        spans: list[list[int]] = []
+        for n in numbers:
+            if spans and n == spans[-1][1] + 1:
+                spans[-1][1] = n
+            else:
+                spans.append([n, n])
+        text = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans[:8]) + (", ..." if len(spans) > 8 else "")
+        lines.append(f"rows {text} ({len(numbers)} rows){key}")
+    return lines
 
 
 class StorageError(AssetprepError):

@@ -389,6 +389,24 @@ def test_a_website_written_without_its_scheme_is_its_https_url(tmp_path):
                                      ]  # fmt: skip
 
 
+def test_the_same_problem_on_many_rows_is_one_line_and_the_list_is_bounded(tmp_path):
+    """A 50,000-row export with a stray comma in every script printed 50,000 lines of "row N: 5 cells but only 4
+    columns" (measured). The same problem on many rows is one line; a terminal gets at most 40 lines of them. The
+    error's `problems` keeps every one."""
+    lines = ["first_name,script"]
+    lines += [f"L{i},Hi, there" for i in range(300)]  # 3 cells: every row the same problem
+    lines += [f"M{i},Hi {{{{ first_name }}}} {{{{ v{i} }}}}" for i in range(60)]  # 60 different problems
+    write(tmp_path / "big.csv", "\n".join(lines) + "\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(tmp_path / "big.csv", defaults={"replica_id": DEFAULT_REPLICA})
+    assert len(caught.value.problems) == 360
+    shown = str(caught.value).splitlines()
+    assert shown[0] == f"{tmp_path / 'big.csv'}: 360 problem(s); nothing was started"
+    assert shown[1] == "  rows 2-301 (300 rows): 3 cells but only 2 columns"
+    assert shown[2].startswith("  row 302, column script: template variable missing: 'v0' is undefined")
+    assert len(shown) == 1 + 40 + 1 and shown[-1] == "  ... and 21 more"
+
+
 def test_a_column_of_websites_that_nothing_uses_is_a_problem_until_it_is_used_or_waived(tmp_path, sandbox, s3,
                                                                                           s3_client):  # fmt: skip
     """A CRM export's website column, no background anywhere: every video was made, and paid for, without the
