@@ -128,7 +128,7 @@ _ROW = re.compile(r"row (\d+)(\W.*)", re.DOTALL)
 
 
 def _grouped(problems: Sequence[str]) -> list[str]:
-    """The same problem on many rows as one line: "rows 2-50001: 5 cells but only 4 columns"."""
+    """The same problem on many rows as one line: "rows 2-50001 (50000 rows): 5 cells but only 4 columns"."""
     rows: dict[str, list[int]] = {}
     order: list[str] = []
     for problem in problems:
