@@ -126,13 +126,15 @@ def test_validation_reports_every_problem_with_its_row_and_starts_nothing(tmp_pa
     assert "row 10, column script: template not allowed" in problems
     assert len(err.value.problems) == 9
 
-    # The CLI: every problem listed, exit 1, no traceback, nothing created on the API or on disk.
+    # The CLI: every problem listed (the same one on two rows as one line), exit 1, no traceback, nothing created on
+    # the API or on disk.
     env = {**os.environ, **sandbox.env(), "ASSETPREP_RUNS_DIR": str(tmp_path / "state" / "runs")}
     before = len(api_calls(sandbox))
     proc = cli(env, str(manifest), "--replica", DEFAULT_REPLICA, "--bucket", TEST_BUCKET)
     assert proc.returncode == 1
     assert "9 problem(s); nothing was started" in proc.stderr and "Traceback" not in proc.stderr
-    assert proc.stderr.count("\n  row ") + proc.stderr.count("\n  column ") == 9
+    assert "\n  rows 4-5 (2 rows): give exactly one of script (or script_file) and audio\n" in proc.stderr
+    assert proc.stderr.count("\n  row ") + proc.stderr.count("\n  rows ") + proc.stderr.count("\n  column ") == 8
     assert len(api_calls(sandbox)) == before
     assert not (tmp_path / "state").exists() and not (tmp_path / "bad-videos").exists()
 
