@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -1033,10 +1034,18 @@ def _check_out_dir_owner(out_dir: Path, batch_id: str) -> None:
 
 
 def _claim_out_dir(out_dir: Path, batch_id: str, manifest: Path) -> None:
+    """Make `out_dir` this batch's, or refuse. The marker is linked into place, which fails when it exists: of two
+    batches that passed the early check at the same moment, the second is refused here, before its first video."""
     if _out_dir_owner(out_dir) is None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_output(out_dir / _OWNER) as tmp:
+        tmp = out_dir / f".{_OWNER}.{os.getpid()}-{secrets.token_hex(4)}.part"
+        try:
             tmp.write_text(json.dumps({"batch_id": batch_id, "manifest": str(manifest)}) + "\n", encoding="utf-8")
+            with contextlib.suppress(FileExistsError):  # claimed meanwhile: the check below says by whom
+                os.link(tmp, out_dir / _OWNER)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _check_out_dir_owner(out_dir, batch_id)
 
 
 def _plan(manifest: Manifest, rows: list[Row], preps: dict[str, _Prep], copies: list[Row]) -> dict[str, Any]:

@@ -796,6 +796,15 @@ def test_a_moved_or_copied_manifest_does_not_pay_for_its_videos_again(world, tmp
         assert taken.value.message.startswith(f"--out {first.out_dir} holds the results and videos of batch "
                                               f"{first.batch_id} (manifest {tmp_path / 'old' / 'leads.csv'})")  # fmt: skip
     assert (first.out_dir / "results.csv").read_bytes() == sheet and len(creates(sb)) == 5
+    # Two batches that both passed that check at once: the claim itself is exclusive, the second one is refused.
+    from assetprep.batch import _claim_out_dir
+
+    race = tmp_path / "race"
+    _claim_out_dir(race, "one", moved)
+    _claim_out_dir(race, "one", moved)  # its own folder, again
+    with pytest.raises(ConfigError, match=f"--out {race} holds the results and videos of batch one"):
+        _claim_out_dir(race, "two", moved)
+    assert [p.name for p in race.iterdir()] == [".assetprep-batch"]  # no temp file left behind
 
 
 def test_kill9_at_three_moments_then_rerun_makes_each_video_once(world, tmp_path):
