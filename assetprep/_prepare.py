@@ -24,7 +24,7 @@ from ._files import file_sha256
 from .errors import CancelledError, StorageError
 from .probe import probe
 from .publish import BackgroundSpec, background_kind, prepare_audio, prepare_background
-from .upload import S3Settings, make_s3_client, storage_error, upload_file
+from .upload import S3Settings, UploadedObject, make_s3_client, storage_error, upload_file
 
 log = logging.getLogger("assetprep.prepare")
 
@@ -170,7 +170,8 @@ STORAGE_WAIT_S = 600.0  # how long a prepared file waits for S3 to answer again 
 _STORAGE_PAUSES = (5.0, 10.0, 20.0, 30.0)  # then every 30 s
 
 
-def _upload_waiting_out_outages(path: Path, task: PrepTask, client: Any, meta: dict[str, str] | None) -> Any:
+def _upload_waiting_out_outages(path: Path, task: PrepTask, client: Any,
+                                meta: dict[str, str] | None) -> UploadedObject:  # fmt: skip
     """upload_file, tried again while S3 does not answer (refused, timed out, a 5xx after botocore's own retries)
     for up to STORAGE_WAIT_S: the recording it carries took minutes, and rows that fail for a storage blip cost a
     rerun. A multipart upload cut midway resumes from its stored parts."""

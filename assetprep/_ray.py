@@ -143,17 +143,16 @@ class RayExecutor:
         self._remote = self.ray.remote(_prepare_on_node)
         self._refs: list[Any] = []
         self._s3 = s3_client  # the driver's, for shipping its local inputs
-        self._shipped: dict[tuple[str, str], PrepTask] = {}
 
     def _ship(self, task: PrepTask) -> PrepTask:
+        """Each preparation is submitted once; the upload itself skips bytes already in the bucket."""
         if not shippable(task):
             return task
-        if (task.key, task.source) not in self._shipped:
+        if self._s3 is None:
             from .upload import S3Settings, make_s3_client
 
-            client = self._s3 or make_s3_client(S3Settings(endpoint_url=task.s3.endpoint_url, region=task.s3.region))
-            self._shipped[(task.key, task.source)] = ship_input(task, client)
-        return self._shipped[(task.key, task.source)]
+            self._s3 = make_s3_client(S3Settings(endpoint_url=task.s3.endpoint_url, region=task.s3.region))
+        return ship_input(task, self._s3)
 
     def submit(self, task: PrepTask) -> Future[PrepResult]:
         out: Future[PrepResult] = Future()

@@ -556,7 +556,7 @@ def _unused_websites(raw_rows: list[tuple[int, str, dict[str, Any]]], names: dic
         if not values or not all(looks_like_website(v) for v in values):
             continue
         called = [name for name, c in names.items() if c == column]
-        if any(name in _variables_used(t) for t in templates for name in called if name in t):
+        if any(not _variables_used(t).isdisjoint(called) for t in templates if any(name in t for name in called)):
             continue
         use = f"{{{{ {min(called, key=lambda n: (n != n.lower(), len(n)))} }}}}"
         problems.append(
