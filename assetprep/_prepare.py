@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from . import _process
 from ._files import file_sha256
-from .errors import CancelledError, StorageError
+from .errors import AssetprepError, CancelledError, RecordError, StorageError
 from .probe import probe
 from .publish import BackgroundSpec, background_kind, prepare_audio, prepare_background
 from .upload import S3Settings, UploadedObject, make_s3_client, storage_error, upload_file
@@ -123,6 +123,14 @@ def _fetch_shipped(task: PrepTask, shipped: ShippedInput, client: Any, work: Pat
         raise StorageError(f"{where} does not hold the driver's {task.source} (other bytes)",
                            hint="run the batch again: the driver sends it again")  # fmt: skip
     return dest
+
+
+def retry_step(exc: AssetprepError) -> str | None:
+    """What a preparation that may work later waited on: "website" (a lead's site was down: a batch tries again
+    within the run) or "storage" (S3 did not answer for the whole wait). None: trying again would fail again."""
+    if not exc.transient:
+        return None
+    return getattr(exc, "step", None) or ("website" if isinstance(exc, RecordError) else "storage")
 
 
 def find_uploaded(task: PrepTask, client: Any) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ._prepare import PrepResult, PrepTask, S3Target, ship_input, shippable
+from ._prepare import PrepResult, PrepTask, S3Target, retry_step, ship_input, shippable
 from .errors import AssetprepError, ConfigError
 
 # CPUs a task asks for. A 720p30 recording keeps about one core busy (Chromium drawing + x264 veryfast: ~1 core-s
@@ -39,11 +39,12 @@ CONNECT_TIMEOUT = 5.0
 
 
 class RayTaskFailed(AssetprepError):
-    """A preparation failed on a Ray worker (the message names the node). `transient`: S3 did not answer there."""
+    """A preparation failed on a Ray worker (the message names the node). `step`: what it waited on there when it
+    may work later ("storage", "website"; see _prepare.retry_step)."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message, transient=step is not None)
+        self.step = step
 
 
 def _import_ray() -> Any:
@@ -130,7 +131,7 @@ def _prepare_on_node(data: dict[str, Any], driver_code: str | None = None) -> di
     try:
         return run_prep(task, node=node).model_dump()
     except AssetprepError as exc:
-        return {"error": f"{exc} [on {where}]", "transient": getattr(exc, "transient", False)}
+        return {"error": f"{exc} [on {where}]", "step": retry_step(exc)}
 
 
 class RayExecutor:
@@ -175,7 +176,7 @@ class RayExecutor:
                                                 f"{type(exc).__name__}: {first[:300]}"))  # fmt: skip
                 return
             if "error" in data:
-                out.set_exception(RayTaskFailed(str(data["error"]), transient=bool(data.get("transient"))))
+                out.set_exception(RayTaskFailed(str(data["error"]), step=data.get("step")))
             else:
                 out.set_result(PrepResult.model_validate(data))
 

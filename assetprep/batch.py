@@ -37,7 +37,7 @@ from . import _process
 from ._executor import Executor, make_executor
 from ._files import atomic_output, file_sha256, writable_problem
 from ._journal import BatchJournal, RunLock, made_elsewhere, open_checked
-from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded
+from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded, retry_step
 from ._s3http import HttpPool
 from ._units import parse_duration
 from .callbacks import CallbackReceiver, check_listen
@@ -182,11 +182,13 @@ class BatchResult(BaseModel):
 class _Prep:
     task: PrepTask
     rows: set[str] = field(default_factory=set)
-    state: str = "pending"  # pending | running | uploaded | failed
+    state: str = "pending"  # pending | running | waiting (to be tried again at retry_at) | uploaded | failed
     url: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    transient: bool = False  # failed because S3 did not answer: a rerun tries again
+    step: str | None = None  # failed on what did not answer ("storage", "website"): any rerun tries again
+    tries: int = 0  # made again in this run after its site was down
+    retry_at: float = 0.0
 
 
 def batch_dir_for(manifest: Path, settings: PublishSettings, batch_id: str | None) -> tuple[str, Path]:
@@ -369,7 +371,8 @@ class _Batch:
 
     def fail(self, row_id: str, reason: str, *, step: str | None = None) -> None:
         """`step="download"`: the video is made and stays in the journal; the next run downloads it again.
-        `step="storage"`: S3 did not take its prepared file; the next run makes the row."""
+        `step="storage"` (S3 did not take its prepared file) or `"website"` (the lead's site was down): nothing was
+        sent; the next run makes the row."""
         with self.lock:
             self.journal.update_row(row_id, state="failed", error=reason, data={"failed_step": step})
             self.failures += 1
@@ -397,11 +400,21 @@ class _Batch:
                 self.journal.put_prep(key, prep.task.kind, "uploaded", **found)
                 prep.state, prep.result = "uploaded", found
                 continue
-            prep.state = "running"
-            future = self.executor.submit(prep.task)
-            future.add_done_callback(lambda f, k=key: self.finished.put((k, f)))
+            self.run_prep(key, prep)
         for rid in self.order:
             self.maybe_ready(rid)
+
+    def run_prep(self, key: str, prep: _Prep) -> None:
+        prep.state = "running"
+        future = self.executor.submit(prep.task)
+        future.add_done_callback(lambda f, k=key: self.finished.put((k, f)))
+
+    def retry_preps(self) -> None:
+        """Make again the preparations whose site was down, once their pause is over."""
+        now = time.monotonic()
+        for key, prep in self.preps.items():
+            if prep.state == "waiting" and now >= prep.retry_at:
+                self.run_prep(key, prep)
 
     def prep_done(self, key: str, future: Future[PrepResult]) -> None:
         prep = self.preps[key]
@@ -410,8 +423,19 @@ class _Batch:
         except CancelledError:
             return
         except AssetprepError as exc:
-            prep.state, prep.error = "failed", f"{prep.task.kind}: {exc}"
-            prep.transient = getattr(exc, "transient", False)  # S3 did not answer for 10 min: any rerun tries again
+            prep.step = retry_step(exc)
+            # A lead's site that is down (refused, reset, 502/503): tried again after a pause, in which its slot
+            # records other rows. S3 that did not answer was already waited out inside the preparation.
+            if prep.step == "website" and prep.tries < len(_SITE_PAUSES):
+                pause = _SITE_PAUSES[prep.tries]
+                if time.monotonic() + pause < self.end:
+                    prep.tries += 1
+                    prep.state, prep.retry_at = "waiting", time.monotonic() + pause
+                    log.warning("%s: %s; trying again in %g s", prep.task.kind, exc.message, pause)
+                    return
+            times = f"{prep.tries + 1} times" if prep.tries else "once"
+            tried = f" (tried {times}; a rerun tries again)" if prep.step == "website" else ""
+            prep.state, prep.error = "failed", f"{prep.task.kind}: {exc}{tried}"
         except Exception as exc:  # a worker lost (Ray), a bug: the rows fail with the reason, the batch goes on
             prep.state, prep.error = "failed", f"{prep.task.kind}: {type(exc).__name__}: {exc}"
         else:
@@ -420,7 +444,7 @@ class _Batch:
             prep.result = result.model_dump(exclude={"key"})
             self.journal.put_prep(key, prep.task.kind, "uploaded", **prep.result)
         if prep.state == "failed":
-            self.journal.put_prep(key, prep.task.kind, "failed", error=prep.error, transient=prep.transient)
+            self.journal.put_prep(key, prep.task.kind, "failed", error=prep.error, transient=prep.step is not None)
         for rid in sorted(prep.rows, key=self.order.index):
             self.maybe_ready(rid)
 
@@ -445,7 +469,7 @@ class _Batch:
         mine = {kind: self.preps[key] for kind, key in self.per_row[row_id].items()}
         failed = [p for p in mine.values() if p.state == "failed"]
         if failed:
-            self.fail(row_id, str(failed[0].error), step="storage" if failed[0].transient else None)
+            self.fail(row_id, str(failed[0].error), step=failed[0].step)
             return
         audio = mine.get("audio")
         if audio is not None and audio.state == "uploaded":
@@ -1199,9 +1223,9 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
             # The video was made; only its download failed (a full disk, a dropped connection): fetch it again
             # on any rerun instead of paying for another one, with or without --retry-failed.
             run.journal.update_row(r["row_id"], state="ready", error=None, data={"failed_step": None})
-        elif r["data"].get("failed_step") == "storage":
-            # Its preparation was made but S3 did not take it (an outage past the wait): nothing was sent, nothing
-            # is wrong with the row; any rerun makes it, with or without --retry-failed.
+        elif r["data"].get("failed_step") in ("storage", "website"):
+            # S3 did not take its preparation (an outage past the wait) or its site was down: nothing was sent,
+            # nothing is wrong with the row; any rerun makes it, with or without --retry-failed.
             run.journal.update_row(r["row_id"], state="pending", error=None, data={"failed_step": None})
         elif o.retry_failed:
             attempt = r["attempt"] + (1 if r["video_id"] or r["video_name"] else 0)
@@ -1230,6 +1254,7 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
             except queue.Empty:
                 break
             run.prep_done(key, future)
+        run.retry_preps()
         now = time.monotonic()
         if run.receiver is not None:
             waiting = run.waiting()
@@ -1270,6 +1295,8 @@ _DOWNLOAD_TRIES = 3  # per row and run; then the row fails at its download and a
 _LOST_CREATE_S = 120.0
 _DOWNLOAD_RETRY_S = 15.0  # the wait before the second try; twice that before the third
 _OUTAGE_PAUSE_S = 5.0  # the submit stage's pause when the API or S3 does not answer
+# Pauses before recording a lead's site again that was down: a restart or deploy takes a minute or two.
+_SITE_PAUSES = (20.0, 60.0)
 
 
 def _finished(run: _Batch) -> bool:
@@ -1282,7 +1309,7 @@ def _finished(run: _Batch) -> bool:
     if not pending:
         return True
     blocked = run.o.max_failures is not None and run.failures >= run.o.max_failures
-    preparing = any(p.state == "running" for p in run.preps.values()) or not run.finished.empty()
+    preparing = any(p.state in ("running", "waiting") for p in run.preps.values()) or not run.finished.empty()
     return blocked and not preparing and run.submit_q.empty()
 
 

@@ -15,15 +15,17 @@ INTERRUPTED = "interrupted; no partial output was kept (rerun the same command t
 
 
 class AssetprepError(Exception):
-    """Base class of every error assetprep raises on purpose."""
+    """Base class of every error assetprep raises on purpose. `transient`: what failed did not answer (S3 down, a
+    lead's site refusing connections), so the same work may succeed later; a batch tries such work again."""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False) -> None:
         # Any URL in the words loses its credentials and query string here, whoever wrote the message: a page's
         # ?token=, a presigned signature or user:password@ in a manifest must not reach a terminal, log or report.
         message = _URL.sub(_redact, message)
         super().__init__(message)
         self.message = message
         self.hint = _URL.sub(_redact, hint) if hint else hint
+        self.transient = transient
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -87,7 +89,8 @@ class OutputCheckError(AssetprepError):
 
 
 class RecordError(AssetprepError):
-    """A page could not be loaded or recorded (unreachable, HTTP error, never ready, blocked)."""
+    """A page could not be loaded or recorded (unreachable, HTTP error, never ready, blocked). `transient`: the site
+    refused or dropped the connection or answered 429/5xx, as a site that is down or restarting does."""
 
 
 class NotAPageError(RecordError):
@@ -159,10 +162,6 @@ def _grouped(problems: Sequence[str]) -> list[str]:
 class StorageError(AssetprepError):
     """S3 upload, presign or preflight failed. `transient`: S3 did not answer (refused, timed out, cut off, a 5xx)
     after the client's own retries, so the same request may work later; a batch waits such an outage out."""
-
-    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False) -> None:
-        super().__init__(message, hint=hint)
-        self.transient = transient
 
 
 class UploadError(StorageError):

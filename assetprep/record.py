@@ -431,10 +431,27 @@ _NET_ERRORS = {  # Chromium's codes in words
     "ERR_NAME_NOT_RESOLVED": "host name not found (DNS)",
     "ERR_CONNECTION_REFUSED": "connection refused (nothing listens there)",
     "ERR_CONNECTION_TIMED_OUT": "connection timed out",
+    "ERR_CONNECTION_RESET": "connection reset",
+    "ERR_CONNECTION_CLOSED": "connection closed without an answer",
+    "ERR_EMPTY_RESPONSE": "connection closed without an answer",
     "ERR_CERT_": "TLS certificate rejected",
     "Download is starting": "it answers with a file to download (a PDF, a zip), not a web page",
     "ms exceeded": "no page came within the timeout",
 }
+
+
+# A site that is down, restarting or overloaded: it refuses or drops connections or says so (429, 502-504). Worth a
+# later try. Not: a timeout (a hung site holds a recording slot for the whole timeout again), DNS (a typo, mostly),
+# TLS, other HTTP errors. Behind the private-network guard (a proxy) a refused connection is the proxy's 502, or for
+# https a failed tunnel; a name the guard cannot resolve looks the same and is tried again too (a pause, no slot).
+_DOWN_CODES = ("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "ERR_CONNECTION_CLOSED", "ERR_EMPTY_RESPONSE",
+               "ERR_ADDRESS_UNREACHABLE", "ERR_NETWORK_CHANGED", "ERR_INTERNET_DISCONNECTED",
+               "ERR_TUNNEL_CONNECTION_FAILED")  # fmt: skip
+_DOWN_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def _site_down(exc: Exception) -> bool:
+    return any(code in str(exc) for code in _DOWN_CODES)
 
 
 def _clean_page_error(exc: Exception) -> str:
@@ -606,14 +623,16 @@ def _record_url(
                                   hint="--block-private-networks is on")  # fmt: skip
             if failure is not None:
                 raise RecordError(f"cannot load {url}: {_clean_page_error(failure)}",
-                                  hint="check the URL and that the site is reachable")  # fmt: skip
+                                  hint="check the URL and that the site is reachable",
+                                  transient=_site_down(failure))  # fmt: skip
             if response is not None and response.headers.get("cf-mitigated") == "challenge":
                 raise RecordError(f"{url} answered with a bot check (a Cloudflare challenge), not the page",
                                   hint="this site keeps automated browsers out: give a clip of it")  # fmt: skip
             if response is not None and response.status >= 400 and not options.allow_http_errors:
-                raise RecordError(
-                    f"{url} answered HTTP {response.status}", hint="fix the URL or pass --allow-http-errors"
-                )
+                down = response.status in _DOWN_STATUSES
+                raise RecordError(f"{url} answered HTTP {response.status}", transient=down,
+                                  hint="the site is down or overloaded: try again later" if down
+                                  else "fix the URL or pass --allow-http-errors")  # fmt: skip
             # A clip or picture URL opens Chromium's media viewer: recorded, it is the first frame, small, on black.
             ctype = (response.headers.get("content-type") or "").split(";")[0].strip().lower() if response else ""
             media = ctype.split("/")[0]

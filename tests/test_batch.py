@@ -935,6 +935,65 @@ def test_a_hung_lead_site_fails_its_row_at_page_timeout_which_is_not_part_of_wha
     assert list(keys[0]) == list(keys[1]) and [p.task.background.timeout for p in keys[0].values()] == [3]
 
 
+def test_a_lead_site_that_is_down_is_recorded_again_later_in_the_run_and_by_any_rerun(
+    world, tmp_path, caplog, monkeypatch
+):
+    """A lead's site restarting (refused, 503) failed its rows at once, and only --retry-failed (which also pays
+    again for rows whose video failed) tried it again. Now it is recorded again after a pause; still down after the
+    last try, its rows fail, and any rerun makes them."""
+    import functools
+    import http.server
+
+    from _media import http_server
+
+    from assetprep import batch
+    from assetprep._server import ThreadedServer
+
+    monkeypatch.setattr(batch, "_SITE_PAUSES", (0.5, 1.0))
+    sb, run, _ = world()
+    asked: list[int] = []
+
+    class Restarting(http.server.SimpleHTTPRequestHandler):  # 503 twice, then the page
+        def do_GET(self) -> None:
+            if self.path.startswith("/short.html"):
+                asked.append(1)
+                if len(asked) <= 2:
+                    self.send_error(503, "restarting")
+                    return
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))
+    down_port = down.getsockname()[1]
+    down.close()  # nothing listens there: connections are refused
+    with http_server(functools.partial(Restarting, directory=str(PAGES))) as flaky:
+        manifest = write(tmp_path / "sites.csv", "name,script,background,background_seconds\n"
+                         f"flaky,Hi,http://127.0.0.1:{flaky.server_port}/short.html,2\n"
+                         f"down,Hi,http://127.0.0.1:{down_port}/short.html,2\n")  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="assetprep"):
+            first = run(manifest, background_preset="background-720p")
+    by_name = {r["name"]: r for r in first.rows}
+    assert by_name["flaky"]["status"] == "downloaded" and len(asked) == 3, (by_name, asked)
+    assert caplog.text.count("answered HTTP 503; trying again in") == 2
+    assert by_name["down"]["status"] == "failed"
+    assert "connection refused" in by_name["down"]["error"] and "tried 3 times" in by_name["down"]["error"]
+    assert len(creates(sb)) == 1
+
+    # The site is back: a plain rerun (no --retry-failed) makes that row, and nothing else.
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", down_port), functools.partial(Quiet, directory=str(PAGES)))
+    with ThreadedServer(server):
+        again = run(manifest, background_preset="background-720p")
+    assert again.ok and again.counts == {"downloaded": 2}, again.rows
+    assert len(creates(sb)) == 2 and len(asked) == 3  # the flaky site was not recorded again
+
+
 def test_the_report_holds_each_distinct_picture_once_and_frames_each_background_once(gen, tmp_path, monkeypatch):
     """300 rows that failed over 2 backgrounds took an ffmpeg and 8 KB each (0.3 s a row at the end of the batch)."""
     import assetprep.batch as batch_module
