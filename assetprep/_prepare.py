@@ -7,6 +7,7 @@ node's own boto3 chain. It returns only small facts (key, sha256, size): no medi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
 from . import _process
-from ._files import file_sha256
+from ._files import atomic_output, file_sha256
 from .errors import AssetprepError, CancelledError, RecordError, StorageError
 from .probe import probe
 from .publish import BackgroundSpec, background_kind, prepare_audio, prepare_background
@@ -202,6 +203,24 @@ def _upload_waiting_out_outages(path: Path, task: PrepTask, client: Any,
             attempt += 1
 
 
+def _made_mark(path: Path) -> Path:
+    return path.with_name(f".{path.name}.made.json")
+
+
+def _made_before(path: Path) -> list[str] | None:
+    """The warnings of a prepared file an earlier run of this batch kept but did not get into S3 (S3 down past the
+    wait, a kill during the upload), so a recording of minutes is not made again; None: make it. The mark is written
+    after the file (each atomically): a file without one, or one ffprobe cannot read, is made again."""
+    mark = _made_mark(path)
+    try:
+        warnings = json.loads(mark.read_text())["warnings"]
+        probe(path)
+    except (OSError, ValueError, KeyError, AssetprepError):
+        return None
+    log.info("%s: made by an earlier run of this batch and kept; not made again", path.name)
+    return [str(w) for w in warnings]
+
+
 def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) -> PrepResult:
     """Prepare and upload one task; the prepared file is kept in task.keep_dir or deleted."""
     started = time.monotonic()
@@ -219,11 +238,17 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
             path = Path(source)  # uploaded as it is
         else:
             path = work / f"{task.key[:20]}-{task.file_name}"
-            if task.kind == "background":
+            kept = _made_before(path) if task.keep_dir else None
+            if kept is not None:
+                warnings = kept
+            elif task.kind == "background":
                 assert task.background is not None
                 warnings = prepare_background(source, path, task.background)
             else:
                 warnings = prepare_audio(Path(source), path)
+            if task.keep_dir and kept is None:
+                with atomic_output(_made_mark(path)) as tmp:
+                    tmp.write_text(json.dumps({"warnings": warnings}))
         info = probe(path) if task.kind != "watermark" else None
         # The duration travels with the object: a run that finds it by HEAD (lost journal) still checks audio length.
         meta = {"duration": f"{info.duration:.6f}"} if info and info.duration else None

@@ -1258,7 +1258,7 @@ def test_an_s3_outage_mid_batch_is_waited_out_without_preparing_anything_again(o
         assert "S3 answers again" in said  # the submit stage's preflight waited, then went on
         assert len(creates(sb)) == 3
 
-        # An outage past the wait fails the row at its preparation; any rerun (no --retry-failed) makes it then.
+        # An outage past the wait fails the row at its preparation; any rerun (no --retry-failed) sends it then ...
         monkeypatch.setattr(_prepare, "STORAGE_WAIT_S", 1.5)
         send = _prepare.upload_file
         monkeypatch.setattr(_prepare, "upload_file", lambda *a, **k: (store.kill(), send(*a, **k))[1])
@@ -1272,10 +1272,28 @@ def test_an_s3_outage_mid_batch_is_waited_out_without_preparing_anything_again(o
             store.start()
             again = batch_publish(later, opts, client=api, s3_client=client, settings=settings)
         assert again.ok and again.counts == {"downloaded": 1} and len(creates(sb)) == 4, again.rows
+        # ... from the file the failed run made and kept: it was not converted again.
+        assert [c.name for c in conversions].count("t600.wav") == 1, conversions
     finally:
         for t in restarts:
             t.join(timeout=30)
         store.stop()
+
+
+def test_a_kept_prepared_file_is_used_again_only_when_complete_and_readable(gen, tmp_path):
+    """What a rerun takes from the batch folder instead of recording or converting again: the file's mark is written
+    after it, so a file without one (a kill in between) or one ffprobe cannot read is made again."""
+    from assetprep._prepare import _made_before, _made_mark
+
+    made = tmp_path / "abc-audio.wav"
+    shutil.copy(gen("tone.wav", "-f", "lavfi", "-i", "sine=f=440:d=1"), made)
+    assert _made_before(made) is None  # no mark
+    _made_mark(made).write_text(json.dumps({"warnings": ["the audio is silent"]}))
+    assert _made_before(made) == ["the audio is silent"]
+    made.write_bytes(b"RIFF" + bytes(100))  # damaged since
+    assert _made_before(made) is None
+    made.unlink()
+    assert _made_before(made) is None
 
 
 def test_a_create_lost_with_the_server_is_sent_again_once_the_account_shows_it_never_arrived(world, tmp_path,
