@@ -39,8 +39,8 @@ CONNECT_TIMEOUT = 5.0
 
 
 class RayTaskFailed(AssetprepError):
-    """A preparation failed on a Ray worker (the message names the node). `step`: what it waited on there when it
-    may work later ("storage", "website"; see _prepare.retry_step)."""
+    """A preparation failed on a Ray worker (the message names the node). `step`: why it may work later: "storage"
+    or "website" (see _prepare.retry_step), "cluster" (Ray lost the task: its workers died, the cluster went)."""
 
     def __init__(self, message: str, *, step: str | None = None) -> None:
         super().__init__(message, transient=step is not None)
@@ -134,6 +134,22 @@ def _prepare_on_node(data: dict[str, Any], driver_code: str | None = None) -> di
         return {"error": f"{exc} [on {where}]", "step": retry_step(exc)}
 
 
+def _settle(out: Future[PrepResult], kind: str, done: Future[Any]) -> None:
+    """`out` gets what a finished Ray task says: its result, the error it reported, or how Ray lost it."""
+    try:
+        data = done.result()
+    except Exception as exc:  # the task died MAX_RETRIES + 1 times, or the cluster went away
+        # Nothing is wrong with the row and nothing was sent: a rerun tries it again (step "cluster").
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        out.set_exception(RayTaskFailed(f"the Ray task preparing {kind} failed: {type(exc).__name__}: {first[:300]}",
+                                        step="cluster"))  # fmt: skip
+        return
+    if "error" in data:
+        out.set_exception(RayTaskFailed(str(data["error"]), step=data.get("step")))
+    else:
+        out.set_result(PrepResult.model_validate(data))
+
+
 class RayExecutor:
     """Submits PrepTasks as Ray tasks; results come back as concurrent futures of PrepResult."""
 
@@ -166,21 +182,7 @@ class RayExecutor:
             task.model_dump(), code_fingerprint()
         )
         self._refs.append(ref)
-
-        def done(f: Future[Any]) -> None:
-            try:
-                data = f.result()
-            except Exception as exc:  # the task died MAX_RETRIES + 1 times, or the cluster went away
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                out.set_exception(RayTaskFailed(f"the Ray task preparing {task.kind} failed: "
-                                                f"{type(exc).__name__}: {first[:300]}"))  # fmt: skip
-                return
-            if "error" in data:
-                out.set_exception(RayTaskFailed(str(data["error"]), step=data.get("step")))
-            else:
-                out.set_result(PrepResult.model_validate(data))
-
-        ref.future().add_done_callback(done)
+        ref.future().add_done_callback(lambda f: _settle(out, task.kind, f))
         return out
 
     def check(self, target: S3Target, tasks: list[PrepTask]) -> list[str]:

@@ -371,8 +371,8 @@ class _Batch:
 
     def fail(self, row_id: str, reason: str, *, step: str | None = None) -> None:
         """`step="download"`: the video is made and stays in the journal; the next run downloads it again.
-        `step="storage"` (S3 did not take its prepared file) or `"website"` (the lead's site was down): nothing was
-        sent; the next run makes the row."""
+        `step="storage"` (S3 did not take its prepared file), `"website"` (the lead's site was down) or `"cluster"`
+        (Ray lost the preparation): nothing was sent; the next run makes the row."""
         with self.lock:
             self.journal.update_row(row_id, state="failed", error=reason, data={"failed_step": step})
             self.failures += 1
@@ -434,8 +434,8 @@ class _Batch:
                     log.warning("%s: %s; trying again in %g s", prep.task.kind, exc.message, pause)
                     return
             times = f"{prep.tries + 1} times" if prep.tries else "once"
-            tried = f" (tried {times}; a rerun tries again)" if prep.step == "website" else ""
-            prep.state, prep.error = "failed", f"{prep.task.kind}: {exc}{tried}"
+            said = {"website": f" (tried {times}; a rerun tries again)", "cluster": " (a rerun tries again)"}
+            prep.state, prep.error = "failed", f"{prep.task.kind}: {exc}{said.get(prep.step or '', '')}"
         except Exception as exc:  # a worker lost (Ray), a bug: the rows fail with the reason, the batch goes on
             prep.state, prep.error = "failed", f"{prep.task.kind}: {type(exc).__name__}: {exc}"
         else:
@@ -1223,9 +1223,9 @@ def _run(run: _Batch, preps: dict[str, _Prep], per_row: dict[str, dict[str, str]
             # The video was made; only its download failed (a full disk, a dropped connection): fetch it again
             # on any rerun instead of paying for another one, with or without --retry-failed.
             run.journal.update_row(r["row_id"], state="ready", error=None, data={"failed_step": None})
-        elif r["data"].get("failed_step") in ("storage", "website"):
-            # S3 did not take its preparation (an outage past the wait) or its site was down: nothing was sent,
-            # nothing is wrong with the row; any rerun makes it, with or without --retry-failed.
+        elif r["data"].get("failed_step") in ("storage", "website", "cluster"):
+            # S3 did not take its preparation (an outage past the wait), its site was down or Ray lost its task:
+            # nothing was sent, nothing is wrong with the row; any rerun makes it, with or without --retry-failed.
             run.journal.update_row(r["row_id"], state="pending", error=None, data={"failed_step": None})
         elif o.retry_failed:
             attempt = r["attempt"] + (1 if r["video_id"] or r["video_name"] else 0)

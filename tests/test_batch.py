@@ -1414,6 +1414,33 @@ def test_max_failures_stops_submitting_new_rows(world, site, tmp_path):
     assert creates(sb) == []  # nothing was submitted after the limit
 
 
+def test_what_a_finished_ray_task_says_reaches_its_rows_and_a_lost_one_is_for_a_rerun():
+    """Ray giving up on a task (its workers killed MAX_RETRIES + 1 times, the cluster gone) failed its rows as if the
+    row were wrong: only --retry-failed tried them again. Now such a failure is the "cluster" step, which any rerun
+    makes again; an error the node reports keeps its own step (none for a bad input)."""
+    from concurrent.futures import Future
+
+    from assetprep._prepare import retry_step
+    from assetprep._ray import RayTaskFailed, _settle
+
+    def settled(outcome):
+        ray_side, out = Future(), Future()
+        if isinstance(outcome, Exception):
+            ray_side.set_exception(outcome)
+        else:
+            ray_side.set_result(outcome)
+        _settle(out, "background", ray_side)
+        return out.exception()
+
+    lost = settled(RuntimeError("WorkerCrashedError: the worker died\ntraceback ..."))
+    assert isinstance(lost, RayTaskFailed) and retry_step(lost) == "cluster"
+    assert str(lost).startswith("the Ray task preparing background failed: RuntimeError: WorkerCrashedError")
+    down = settled({"error": "cannot load https://x.example/: connection refused [on node 1]", "step": "website"})
+    assert retry_step(down) == "website"
+    bad = settled({"error": "not a media file [on node 1]", "step": None})
+    assert retry_step(bad) is None and not bad.transient
+
+
 def test_the_local_inputs_a_ray_node_must_see_at_the_same_path_and_size(tmp_path):
     from assetprep._prepare import PrepTask, S3Target
     from assetprep._ray import local_inputs, unseen_inputs
