@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import socket
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from . import _process
 from ._files import atomic_output, file_sha256
-from .errors import AssetprepError, CancelledError, RecordError, StorageError
+from .errors import AssetprepError, CancelledError, ConfigError, RecordError, StorageError
 from .probe import probe
 from .publish import BackgroundSpec, background_kind, prepare_audio, prepare_background
 from .upload import S3Settings, UploadedObject, make_s3_client, storage_error, upload_file
@@ -52,6 +53,7 @@ class ShippedInput(BaseModel):
     key: str
     sha256: str
     size: int
+    page: str | None = None  # an archive of a local page's folder; the page in it ("": the folder's index.html)
 
 
 class PrepTask(BaseModel):
@@ -93,28 +95,93 @@ class PrepResult(BaseModel):
     warnings: list[str] = []  # of the recording or normalization: results.csv shows them on each row it serves
 
 
+# A local page travels with its folder (its assets are files beside it), up to this much; a bigger folder (a page
+# saved into ~/Downloads) stays where it is, and every node must see it there, as the batch checks.
+PAGE_FOLDER_MAX_BYTES = 256 * 1024 * 1024
+PAGE_FOLDER_MAX_FILES = 2000
+
+
 def shippable(task: PrepTask) -> bool:
-    """Whether a Ray node gets this task's input through the bucket: a local audio file, watermark, clip or still.
-    A local page stays where it is (its assets are files beside it): every node must see it, as the batch checks."""
+    """Whether a Ray node gets this task's input through the bucket: a local audio file, watermark, clip or still,
+    and a local page whose folder is small enough to travel (see PAGE_FOLDER_MAX_*)."""
     from .manifest import is_http_url
 
-    if is_http_url(task.source) or not os.path.isfile(task.source):
+    if is_http_url(task.source):
         return False
-    return task.kind != "background" or background_kind(task.source) in ("clip", "still")
+    page = _page_folder(task)
+    if page is not None:
+        return _folder_files(page[0]) is not None
+    return os.path.isfile(task.source)
+
+
+def _page_folder(task: PrepTask) -> tuple[Path, str] | None:
+    """A local page's folder and the page's name in it ("": the folder itself, whose index.html is the page)."""
+    if task.kind != "background" or background_kind(task.source) != "page":
+        return None
+    source = Path(task.source)
+    return (source, "") if source.is_dir() else (source.parent, source.name)
+
+
+def _folder_files(folder: Path) -> list[tuple[str, Path]] | None:
+    """(name in the folder, path) of the files the recording serves from it (web assets; no dotfiles, no .git or
+    .env: they never leave the machine) in a fixed order; None when there are too many or they are too big (the
+    walk stops there). Links to files are followed; linked folders are not (a link to / would be all of it)."""
+    from .record import is_served
+
+    found: list[tuple[str, Path]] = []
+    total = 0
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(root, name)
+            if not is_served(list(path.relative_to(folder).parts), path.suffix):
+                continue
+            try:
+                if not path.is_file():
+                    continue
+                total += path.stat().st_size
+            except OSError:
+                continue
+            found.append((path.relative_to(folder).as_posix(), path))
+            if len(found) > PAGE_FOLDER_MAX_FILES or total > PAGE_FOLDER_MAX_BYTES:
+                return None
+    return found
+
+
+def _pack(files: list[tuple[str, Path]], archive: Path) -> None:
+    """A tar of the files that depends only on their names and bytes (no times, owners, modes): the same folder is
+    the same object in the bucket, sent once."""
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, path in files:
+            with open(path, "rb") as f:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = os.fstat(f.fileno()).st_size, 0o644
+                tar.addfile(info, f)
 
 
 def ship_input(task: PrepTask, client: Any) -> PrepTask:
     """Upload the task's local input (content-addressed under PREFIX/inputs/: sent once, whatever reruns) and
-    return the task that fetches it."""
+    return the task that fetches it. A page goes as a tar of its folder."""
     prefix = "/".join(p for p in (task.s3.prefix.strip("/"), "inputs") if p)
-    # Not checked against its name: ffmpeg on the node reads the content, as it would here (a WAV named .mp3).
-    obj = upload_file(Path(task.source), bucket=task.s3.bucket, client=client, prefix=prefix, check_name=False)
-    return task.model_copy(update={"shipped": ShippedInput(key=obj.key, sha256=obj.sha256, size=obj.size)})
+    page = _page_folder(task)
+    with tempfile.TemporaryDirectory(prefix="assetprep-ship-") as tmp:
+        source, name = Path(task.source), None
+        if page is not None:
+            files = _folder_files(page[0])
+            if files is None:
+                raise ConfigError(f"the folder of {task.source} is too big to send to the Ray nodes",
+                                  hint="put the page and its files in a folder of their own")  # fmt: skip
+            source, name = Path(tmp, f"{page[0].name or 'page'}.tar"), page[1]
+            _pack(files, source)
+        # Not checked against its name: ffmpeg on the node reads the content, as it would here (a WAV named .mp3).
+        obj = upload_file(source, bucket=task.s3.bucket, client=client, prefix=prefix, check_name=False)
+    shipped = ShippedInput(key=obj.key, sha256=obj.sha256, size=obj.size, page=name)
+    return task.model_copy(update={"shipped": shipped})
 
 
 def _fetch_shipped(task: PrepTask, shipped: ShippedInput, client: Any, work: Path) -> Path:
     """The driver's input, downloaded into `work` under its own name (its suffix says what it is) and checked."""
-    dest = work / f"input-{Path(task.source).name}"
+    dest = work / f"input-{Path(task.source).name}{'' if shipped.page is None else '.tar'}"
     where = f"s3://{task.s3.bucket}/{shipped.key}"
     try:
         client.download_file(task.s3.bucket, shipped.key, str(dest))
@@ -123,7 +190,21 @@ def _fetch_shipped(task: PrepTask, shipped: ShippedInput, client: Any, work: Pat
     if dest.stat().st_size != shipped.size or file_sha256(dest) != shipped.sha256:
         raise StorageError(f"{where} does not hold the driver's {task.source} (other bytes)",
                            hint="run the batch again: the driver sends it again")  # fmt: skip
-    return dest
+    if shipped.page is None:
+        return dest
+    folder = work / "page"
+    with tarfile.open(dest) as tar:
+        for member in tar:  # only what _pack writes: plain files at relative paths inside the folder
+            parts = Path(member.name).parts
+            if not member.isfile() or not parts or Path(member.name).is_absolute() or ".." in parts:
+                raise StorageError(f"{where} holds {member.name!r}, which is not a file of a page's folder",
+                                   hint="run the batch again: the driver sends the folder again")  # fmt: skip
+            target = folder.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
+                shutil.copyfileobj(src, out)
+    dest.unlink()
+    return folder / shipped.page if shipped.page else folder
 
 
 def retry_step(exc: AssetprepError) -> str | None:

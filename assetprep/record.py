@@ -405,13 +405,18 @@ _WEB_ASSETS = {
 }  # fmt: skip
 
 
+def is_served(parts: list[str], suffix: str) -> bool:
+    """Whether serve_local serves a file at this path in the page's folder (its parts) with this suffix."""
+    return not any(p.startswith(".") for p in parts) and suffix.lower() in _WEB_ASSETS
+
+
 class _PageHandler(http.server.SimpleHTTPRequestHandler):
     def send_head(self) -> Any:
         parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
         target = Path(self.translate_path(self.path))
         if target.is_dir():
             target = target / "index.html"
-        if any(p.startswith(".") for p in parts) or target.suffix.lower() not in _WEB_ASSETS:
+        if not is_served(parts, target.suffix):
             self.send_error(404, "Not Found")
             return None
         return super().send_head()

@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -82,10 +83,23 @@ def journal_facts(state: Path, batch_id: str) -> dict:
         return {"prepared_on": [], "preps": {}}
     with sqlite3.connect(path) as db:
         rows = [json.loads(d) for (d,) in db.execute("SELECT data FROM rows")]
-        preps = [(k, s, json.loads(d)) for k, s, d in db.execute("SELECT key, state, data FROM preps")]
+        preps = [
+            (k, kind, s, json.loads(d)) for k, kind, s, d in db.execute("SELECT key, kind, state, data FROM preps")
+        ]
     return {"prepared_on": [r.get("prepared_on") for r in rows],
-            "preps": {k: {"state": s, "sha256": d.get("sha256"), "s3_key": d.get("s3_key"), "node": d.get("node"),
-                          "pid": d.get("pid")} for k, s, d in preps}}  # fmt: skip
+            "preps": {k: {"state": s, "kind": kind, "sha256": d.get("sha256"), "s3_key": d.get("s3_key"),
+                          "node": d.get("node"), "pid": d.get("pid")} for k, kind, s, d in preps}}  # fmt: skip
+
+
+def centre_rgb(s3c, key: str) -> list[int]:
+    """The RGB of the centre pixel of the first frame of a prepared background in the bucket."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "clip.mp4"
+        s3c.download_file(BUCKET, key, str(clip))
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-frames:v", "1", "-vf",
+                              "crop=2:2:iw/2:ih/2", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                             capture_output=True, check=True, timeout=60).stdout  # fmt: skip
+    return list(raw[:3])
 
 
 def kill_one_recording_worker(stop: threading.Event, killed: list[int]) -> None:
@@ -198,16 +212,22 @@ def main(work: Path) -> None:
         facts["posts"] = sum(1 for c in creates if c.get("status") == 200)
         facts["post_statuses"] = [c.get("status") for c in creates]
 
-        # Inputs only the driver has reach the nodes through the bucket: per-lead audio and a local clip.
+        # Inputs only the driver has reach the nodes through the bucket: per-lead audio, a local clip, and a local
+        # page with its folder (its colour comes from a stylesheet beside it: white if that did not travel).
         for name, args in (
             ("ann.wav", ["-f", "lavfi", "-i", "sine=f=300:d=3.5"]),
             ("bob.m4a", ["-f", "lavfi", "-i", "sine=f=500:d=4", "-c:a", "aac"]),
             ("loop.mp4", ["-f", "lavfi", "-i", "testsrc2=s=320x180:r=25:d=2", "-pix_fmt", "yuv420p"]),
         ):
             subprocess.run(["ffmpeg", "-v", "error", *args, str(inputs / name)], check=True, timeout=60)
+        (inputs / "site").mkdir()
+        (inputs / "site" / "index.html").write_text('<link rel="stylesheet" href="style.css"><p>Hello</p>')
+        (inputs / "site" / "style.css").write_text(
+            "html, body { margin: 0; height: 100%; background: rgb(0, 160, 80) }"
+        )
         (work / "shipped.csv").write_text(
-            f"first_name,audio,script,background\nAnn,{inputs / 'ann.wav'},,\n"
-            f"Bob,{inputs / 'bob.m4a'},,\nCy,,Hi Cy.,{inputs / 'loop.mp4'}\n"
+            f"first_name,audio,script,background,background_seconds\nAnn,{inputs / 'ann.wav'},,,\n"
+            f"Bob,{inputs / 'bob.m4a'},,,\nCy,,Hi Cy.,{inputs / 'loop.mp4'},\nDi,,Hi Di.,{inputs / 'site'},2\n"
         )
         shipped = subprocess.run([sys.executable, "-m", "assetprep", "batch", str(work / "shipped.csv"), "--replica",
                                   DEFAULT_REPLICA, "--allow-private-networks", "--poll", "0.2", "--batch-id",
@@ -217,7 +237,11 @@ def main(work: Path) -> None:
         listing = s3c.list_objects_v2(Bucket=BUCKET, Prefix="shipped/").get("Contents", [])
         facts["shipped"] = {"rc": shipped.returncode, "stderr": shipped.stderr[-2000:], "result": result_of(shipped),
                             "objects": sorted(o["Key"] for o in listing), **journal_facts(state, "shipped"),
-                            "inputs": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in inputs.iterdir()}}  # fmt: skip
+                            "inputs": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in inputs.iterdir()
+                                       if f.is_file()}}  # fmt: skip
+        facts["shipped"]["background_centres"] = sorted(
+            centre_rgb(s3c, p["s3_key"]) for p in facts["shipped"]["preps"].values() if p["kind"] == "background"
+        )
         seen = subprocess.run([sys.executable, "-c", SEEN % (address, str(inputs))], env=env, capture_output=True,
                               text=True, timeout=120)  # fmt: skip
         facts["shipped"]["nodes_see"] = (

@@ -1459,3 +1459,57 @@ def test_the_local_inputs_a_ray_node_must_see_at_the_same_path_and_size(tmp_path
     (page.parent / "index.html").unlink()
     page.parent.rmdir()
     assert unseen_inputs(files) == [str(page.parent), str(audio)]
+
+
+def test_a_local_page_travels_to_ray_nodes_with_its_folder_once_and_a_huge_folder_stays(s3_client, tmp_path,
+                                                                                        monkeypatch):  # fmt: skip
+    """A local page's assets are files beside it: a node on another machine needs the folder, not just the page."""
+    from assetprep import _prepare
+    from assetprep._prepare import PrepTask, S3Target, _fetch_shipped, ship_input, shippable
+    from assetprep.errors import StorageError
+
+    site = tmp_path / "site"
+    (site / "img").mkdir(parents=True)
+    write(site / "index.html", '<link rel="stylesheet" href="style.css"><img src="img/dot.png">')
+    write(site / "style.css", "body { background: green }")
+    (site / "img" / "dot.png").write_bytes(bytes(range(256)) * 4)
+    write(site / ".env", "API_KEY=secret")  # never served, never sent
+    (site / ".git").mkdir()
+    write(site / ".git" / "config", "[core]")
+    write(site / "notes.docx", "not a web asset")
+    target = S3Target(bucket=TEST_BUCKET, prefix="pagetest")
+    by_folder = PrepTask(key="a" * 64, kind="background", source=str(site), s3=target)
+    by_file = PrepTask(key="b" * 64, kind="background", source=str(site / "index.html"), s3=target)
+    assert shippable(by_folder) and shippable(by_file)
+    sent = ship_input(by_folder, s3_client)
+    assert sent.shipped.page == "" and sent.shipped.key.endswith("/site.tar")
+    again = ship_input(by_file, s3_client)  # the same folder: the same archive, the same object
+    assert again.shipped.key == sent.shipped.key and again.shipped.page == "index.html"
+    for task, node in ((sent, tmp_path / "node1"), (again, tmp_path / "node2")):
+        node.mkdir()
+        got = _fetch_shipped(task, task.shipped, s3_client, node)
+        folder = got if task.shipped.page == "" else got.parent
+        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+            "img/dot.png", "index.html", "style.css"]  # fmt: skip
+        assert all((folder / n).read_bytes() == (site / n).read_bytes() for n in ("index.html", "img/dot.png"))
+        assert not list(node.glob("*.tar"))  # the archive itself is not kept
+    # An archive that is not what the driver packs (a name that climbs out of the folder) is refused, not unpacked.
+    import hashlib
+    import io
+    import tarfile
+
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        info = tarfile.TarInfo("../escaped.html")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    s3_client.put_object(Bucket=TEST_BUCKET, Key="pagetest/evil.tar", Body=evil.getvalue())
+    forged = sent.shipped.model_copy(update={"key": "pagetest/evil.tar", "size": len(evil.getvalue()),
+                                             "sha256": hashlib.sha256(evil.getvalue()).hexdigest()})  # fmt: skip
+    (tmp_path / "node3").mkdir()
+    with pytest.raises(StorageError, match="not a file of a page's folder"):
+        _fetch_shipped(sent, forged, s3_client, tmp_path / "node3")
+    assert not (tmp_path / "escaped.html").exists()
+    # A page saved into a big folder (~/Downloads) does not travel: every node must see it, as before.
+    monkeypatch.setattr(_prepare, "PAGE_FOLDER_MAX_FILES", 2)
+    assert not shippable(by_folder) and not shippable(by_file)

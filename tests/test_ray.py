@@ -75,17 +75,23 @@ def test_a_killed_driver_reschedules_only_what_is_missing(facts):
     assert facts["posts"] == 18, facts["post_statuses"]  # exactly one video created per row in every batch
 
 
-def test_the_drivers_own_audio_and_clips_reach_nodes_that_do_not_have_them(facts):
-    """Per-lead audio files and a local clip that only the driver has (the nodes see their folder empty, as
-    machines without them would): before, the batch refused ("does not see 3 of the 3 local input(s)"); now they go
-    through the bucket once, content-addressed, and each node fetches and checks them."""
+def test_the_drivers_own_audio_clips_and_pages_reach_nodes_that_do_not_have_them(facts):
+    """Per-lead audio files, a local clip and a local page that only the driver has (the nodes see their folder
+    empty, as machines without them would): before, the batch refused ("does not see 3 of the 3 local input(s)");
+    now they go through the bucket once, content-addressed (a page as a tar of its folder), and each node fetches
+    and checks them."""
     shipped = facts["shipped"]
     assert shipped["rc"] == 0, shipped["stderr"]
-    assert shipped["result"]["counts"] == {"downloaded": 3} and shipped["result"]["executor"] == "ray"
+    assert shipped["result"]["counts"] == {"downloaded": 4} and shipped["result"]["executor"] == "ray"
     assert shipped["nodes_see"] == [[], []] and len(shipped["inputs"]) == 3
-    sent = sorted(k for k in shipped["objects"] if "/inputs/" in k)
+    sent = sorted(k for k in shipped["objects"] if "/inputs/" in k and not k.endswith("/site.tar"))
     assert sent == sorted(f"shipped/inputs/{sha[:16]}/{name}" for name, sha in shipped["inputs"].items())
-    assert len([k for k in shipped["objects"] if "/prep/" in k]) == 3
+    assert len([k for k in shipped["objects"] if k.endswith("/site.tar")]) == 1
+    assert len([k for k in shipped["objects"] if "/prep/" in k]) == 4
+    # The page's colour is its stylesheet's (a file beside it), recorded on a node from the folder sent with it:
+    # rgb(0, 160, 80) reads back as about (0, 138, 78) through the encoder's YUV; without the stylesheet, white.
+    centres = shipped["background_centres"]
+    assert any(r < 30 and g > 110 and b < 110 for r, g, b in centres), centres
     cluster = set(facts["cluster_nodes"])
     assert {p["node"] for p in shipped["preps"].values()} <= cluster
 
@@ -115,7 +121,7 @@ def test_a_batch_on_a_cluster_with_a_broken_node_stops_before_any_work(facts):
     assert "1 node(s) of the cluster cannot prepare this batch; nothing was started" in refused["stderr"]
     line = next(x for x in refused["stderr"].splitlines() if bad[:12] in x)
     assert "lacks ffmpeg" in line and "S3:" in line and "not-the-secret" not in refused["stderr"]
-    assert "does not see 3 of the 3 local input(s) at their path and size" in line  # the three pages
+    assert "does not see" not in line  # the pages it lacks travel through the bucket
     assert "install the same build on every node" in line
     assert refused["posts"] == 0 and refused["objects"] == []  # nothing recorded, uploaded or created
     assert refused["seconds"] < 60
