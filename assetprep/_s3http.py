@@ -106,6 +106,7 @@ class HttpPool:
         while True:
             sock = self._take(where)
             reused = sock is not None
+            sent = 0  # of a file body, counted as sent: taken back when the request fails after all
             try:
                 if sock is None:
                     sock = self._connect(where)
@@ -114,7 +115,7 @@ class HttpPool:
                 try:
                     if isinstance(body, FileSlice):
                         sock.sendall(head)
-                        _send_file(sock, body)
+                        sent = _send_file(sock, body)
                     else:
                         sock.sendall(head + body if body else head)  # one write: one packet for a small request
                     status, fields, data, reusable = _read_answer(sock, method, limit)
@@ -122,6 +123,7 @@ class HttpPool:
                     if watch is not None and self._watchdog.unwatch(watch):  # cut off: whatever broke, that is why
                         raise TimeoutError(f"no complete answer within {deadline:g} s")
             except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
+                _take_back(body, sent)
                 if sock is not None:
                     sock.close()
                 if reused:  # the server dropped an idle connection just as we took it: once more, on a new one
@@ -129,6 +131,7 @@ class HttpPool:
                     continue
                 raise
             except BaseException:
+                _take_back(body, sent)
                 if sock is not None:
                     sock.close()
                 raise
@@ -372,7 +375,16 @@ class _Watchdog:
             self._wakes_at = float("inf")
 
 
-def _send_file(sock: socket.socket, body: FileSlice) -> None:
+def _take_back(body: bytes | FileSlice | None, sent: int) -> None:
+    """A file body all sent, and then the answer failed (a reset: the loopback buffers took the whole part before
+    the server said no): not sent after all, and a retry counts it again."""
+    if sent and isinstance(body, FileSlice) and body.on_sent is not None:
+        with contextlib.suppress(Exception):
+            body.on_sent(-sent)
+
+
+def _send_file(sock: socket.socket, body: FileSlice) -> int:
+    """Send the slice, counting as it goes; a failure takes back what it counted. Returns the bytes sent."""
     sent = 0
     try:
         with open(body.path, "rb") as f:
@@ -384,10 +396,9 @@ def _send_file(sock: socket.socket, body: FileSlice) -> None:
                 if body.on_sent is not None:
                     body.on_sent(n)
     except BaseException:
-        if sent and body.on_sent is not None:  # not sent after all: a retry (or botocore) counts it again
-            with contextlib.suppress(Exception):
-                body.on_sent(-sent)
+        _take_back(body, sent)  # not sent after all: a retry (or botocore) counts it again
         raise
+    return sent
 
 
 def _idle_and_open(sock: socket.socket) -> bool:

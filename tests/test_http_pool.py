@@ -200,9 +200,12 @@ def test_preflight_is_bounded_when_a_server_never_answers_or_is_not_there(server
         preflight("http://127.0.0.1:99999/a.wav?X-Amz-Signature=secret")  # the message itself used to raise
 
 
-def test_a_file_body_cut_off_by_the_server_takes_back_what_it_counted(tmp_path):
-    """A part sent with sendfile to a server that reads 6 MiB of it and resets: an error, and the progress counted
-    for the slices that went out is taken back (botocore's retry of the part counts them again)."""
+@pytest.mark.parametrize("reads_mib", [6, 16])
+def test_a_file_body_cut_off_by_the_server_takes_back_what_it_counted(tmp_path, reads_mib):
+    """A part sent with sendfile to a server that reads 6 MiB of it (or all 16) and resets: an error, and the
+    progress counted for the slices that went out is taken back (botocore's retry of the part counts them again).
+    With all of it read, the reset meets the answer's read, not the sending: that was not taken back (found when
+    the loopback buffers took the rest of the 6 MiB case under load, 1 run in many)."""
     import struct
 
     from assetprep._s3http import FileSlice
@@ -216,7 +219,7 @@ def test_a_file_body_cut_off_by_the_server_takes_back_what_it_counted(tmp_path):
         def read_then_reset() -> None:
             conn, _ = listener.accept()
             total = 0
-            while total < 6 * 1024 * 1024:
+            while total < reads_mib * 1024 * 1024:
                 chunk = conn.recv(1 << 20)
                 if not chunk:
                     break
@@ -235,7 +238,7 @@ def test_a_file_body_cut_off_by_the_server_takes_back_what_it_counted(tmp_path):
                 body=FileSlice(str(f), 0, f.stat().st_size, counted.append),
             )
         t.join(5)
-    assert got and got[0] >= 6 * 1024 * 1024  # the server did take bytes, and the first slice was counted
+    assert got and got[0] >= reads_mib * 1024 * 1024  # the server did take bytes, and the first slice was counted
     assert counted[0] > 0 and sum(counted) == 0
 
 
