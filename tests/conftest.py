@@ -122,3 +122,28 @@ def own_sandboxes(s3, tmp_path):
     yield start
     for sb in servers:
         sb.stop()
+
+
+@pytest.fixture
+def world(own_sandboxes, s3_client, tmp_path):
+    """For the batch tests: start(**sandbox options) → (sandbox, run(manifest, **BatchOptions) -> result, env for the CLI)."""
+
+    from assetprep.batch import BatchOptions, batch_publish
+    from assetprep.publish import PublishSettings
+    from assetprep.sandbox import DEFAULT_REPLICA
+    from assetprep.tavus import TavusClient
+
+    def start(**options):
+        sb, env = own_sandboxes(tmp_path / "state" / "runs", **options)
+        settings = PublishSettings(runs_dir=tmp_path / "state" / "runs", bucket=TEST_BUCKET)
+
+        def run(manifest, on_event=None, max_retries=5, **fields):
+            client = TavusClient(api_key=sb.api_key, base_url=sb.base_url, timeout=20, max_retries=max_retries)
+            opts = BatchOptions(**{"poll_interval": 0.2, "deadline": 300, "replica_id": DEFAULT_REPLICA,
+                                   "allow_private_networks": True, **fields})  # fmt: skip
+            return batch_publish(manifest, opts, client=client, s3_client=s3_client, settings=settings,
+                                 on_event=on_event)  # fmt: skip
+
+        return sb, run, env
+
+    return start
