@@ -419,13 +419,16 @@ def test_sigterm_while_s3_is_waited_for_keeps_the_prepared_file_for_the_rerun(ow
         store.requested_port = store.port  # restarted at the same address
         ensure_bucket(make_s3_client(S3Settings(endpoint_url=store.endpoint_url, access_key_id=store.access_key,
                                                 secret_access_key=store.secret_key)), TEST_BUCKET, create=True)  # fmt: skip
-        shutil.copy(gen("long.wav", "-f", "lavfi", "-i", "sine=f=330:d=30"), tmp_path / "long.wav")
+        shutil.copy(gen("long.wav", "-f", "lavfi", "-i", "sine=f=330:d=10"), tmp_path / "long.wav")
         manifest = write(tmp_path / "m.csv", "first_name,audio\nAnn,long.wav\n")
         sb, env = own_sandboxes(tmp_path / "state" / "runs")
         env = {**env, **store.env()}
         cmd = [sys.executable, "-m", "assetprep", "batch", str(manifest), "--replica", DEFAULT_REPLICA,
                "--allow-private-networks", "--poll", "0.2"]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+        reader.start()
         prep = tmp_path / "state" / "batches"
         end = time.monotonic() + 60
         while time.monotonic() < end and not list(prep.glob("*/prep/.*.part")):
@@ -437,11 +440,15 @@ def test_sigterm_while_s3_is_waited_for_keeps_the_prepared_file_for_the_rerun(ow
             time.sleep(0.05)
             kept = list(prep.glob("*/prep/.*.made.json"))
         assert kept, "the conversion did not finish"
-        time.sleep(3)  # the upload has met the dead S3 by now, and waits
-        assert proc.poll() is None
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not any("S3 is not answering" in line for line in said):
+            time.sleep(0.05)  # the upload met the dead S3 and waits
+        assert proc.poll() is None, said
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+        err = "".join(said)
         assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - started < 5, err
         assert "S3 is not answering" in err and "interrupted" in err and "Traceback" not in err
         assert list(prep.glob("*/prep/.*.part")) == [] and creates(sb) == []
