@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from . import _process
 from ._files import atomic_output, file_sha256
 from .errors import AssetprepError, CancelledError, ConfigError, RecordError, StorageError
-from .probe import probe
+from .probe import MediaInfo, probe
 from .publish import BackgroundSpec, background_kind, prepare_audio, prepare_background
 from .upload import S3Settings, UploadedObject, make_s3_client, storage_error, upload_file
 
@@ -288,18 +288,18 @@ def _made_mark(path: Path) -> Path:
     return path.with_name(f".{path.name}.made.json")
 
 
-def _made_before(path: Path) -> list[str] | None:
-    """The warnings of a prepared file an earlier run of this batch kept but did not get into S3 (S3 down past the
-    wait, a kill during the upload), so a recording of minutes is not made again; None: make it. The mark is written
-    after the file (each atomically): a file without one, or one ffprobe cannot read, is made again."""
+def _made_before(path: Path) -> tuple[list[str], MediaInfo] | None:
+    """The warnings and probe of a prepared file an earlier run of this batch kept but did not get into S3 (S3 down
+    past the wait, a kill during the upload), so a recording of minutes is not made again; None: make it. The mark
+    is written after the file (each atomically): a file without one, or one ffprobe cannot read, is made again."""
     mark = _made_mark(path)
     try:
         warnings = json.loads(mark.read_text())["warnings"]
-        probe(path)
+        info = probe(path)
     except (OSError, ValueError, KeyError, AssetprepError):
         return None
     log.info("%s: made by an earlier run of this batch and kept; not made again", path.name)
-    return [str(w) for w in warnings]
+    return [str(w) for w in warnings], info
 
 
 def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) -> PrepResult:
@@ -314,6 +314,7 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
     work.mkdir(parents=True, exist_ok=True)
     try:
         warnings: list[str] = []
+        info: MediaInfo | None = None
         source = str(_fetch_shipped(task, task.shipped, client, work)) if task.shipped else task.source
         if task.kind == "watermark":
             path = Path(source)  # uploaded as it is
@@ -321,16 +322,17 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
             path = work / f"{task.key[:20]}-{task.file_name}"
             kept = _made_before(path) if task.keep_dir else None
             if kept is not None:
-                warnings = kept
-            elif task.kind == "background":
-                assert task.background is not None
-                warnings = prepare_background(source, path, task.background)
+                warnings, info = kept
             else:
-                warnings = prepare_audio(Path(source), path)
-            if task.keep_dir and kept is None:
-                with atomic_output(_made_mark(path)) as tmp:
-                    tmp.write_text(json.dumps({"warnings": warnings}))
-        info = probe(path) if task.kind != "watermark" else None
+                if task.kind == "background":
+                    assert task.background is not None
+                    warnings = prepare_background(source, path, task.background)
+                else:
+                    warnings = prepare_audio(Path(source), path)
+                if task.keep_dir:
+                    with atomic_output(_made_mark(path)) as tmp:
+                        tmp.write_text(json.dumps({"warnings": warnings}))
+                info = probe(path)
         # The duration travels with the object: a run that finds it by HEAD (lost journal) still checks audio length.
         meta = {"duration": f"{info.duration:.6f}"} if info and info.duration else None
         obj = _upload_waiting_out_outages(path, task, client, meta)

@@ -2,8 +2,9 @@
 
 Workers record/normalize and upload straight to S3 under the task's key with their own node's credentials, and
 return only small facts; no media passes through the object store. The driver's local inputs (audio files, clips,
-watermarks) reach the nodes through the bucket (content-addressed under PREFIX/inputs/, sent once), since a node on
-another machine does not have them; local pages (with assets beside them) must be on every node, which is checked.
+watermarks, and pages with the folder of assets beside them) reach the nodes through the bucket (content-addressed
+under PREFIX/inputs/, sent once), since a node on another machine does not have them; a page in a folder too big to
+send must be on every node, which is checked.
 The driver keeps the journal, the API key and everything that talks to Tavus. A task whose worker dies (OOM,
 kill -9, a lost node) is retried by Ray (`max_retries`); a retried task writes the same key, so there is never a
 second copy under another key.

@@ -186,7 +186,7 @@ class _Prep:
     url: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    step: str | None = None  # failed on what did not answer ("storage", "website"): any rerun tries again
+    step: str | None = None  # failed on what may work later ("storage", "website", "cluster"): any rerun tries again
     tries: int = 0  # made again in this run after its site was down
     retry_at: float = 0.0
 
@@ -436,7 +436,7 @@ class _Batch:
             times = f"{prep.tries + 1} times" if prep.tries else "once"
             said = {"website": f" (tried {times}; a rerun tries again)", "cluster": " (a rerun tries again)"}
             prep.state, prep.error = "failed", f"{prep.task.kind}: {exc}{said.get(prep.step or '', '')}"
-        except Exception as exc:  # a worker lost (Ray), a bug: the rows fail with the reason, the batch goes on
+        except Exception as exc:  # a bug: the rows fail with the reason, the batch goes on
             prep.state, prep.error = "failed", f"{prep.task.kind}: {type(exc).__name__}: {exc}"
         else:
             self.prepared_now += 1

@@ -179,9 +179,8 @@ class UploadError(StorageError):
             if len(failures) == 1
             else "fix the files named and rerun: what is stored is not sent again"
         )
-        transient = all(isinstance(err, StorageError) and err.transient for _, err in failures)
         super().__init__(f"{len(failures)} of {total} files not uploaded: {shown}{more}", hint=hint,
-                         transient=transient)  # fmt: skip
+                         transient=all(err.transient for _, err in failures))  # fmt: skip
         self.failures = list(failures)
         self.results = list(results)
 
