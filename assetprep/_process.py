@@ -326,6 +326,14 @@ def spawn(
         log.close()
 
 
+def start_worker(args: Sequence[str]) -> subprocess.Popen[bytes]:
+    """A helper child that talks over its stdin/stdout (the template renderer); the kernel kills it with us."""
+    return subprocess.Popen(
+        list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )  # fmt: skip
+
+
 def stop(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> int:
     """Stop a child by PID: SIGTERM, then SIGKILL after `timeout` seconds. Returns its exit code."""
     if proc.poll() is None:

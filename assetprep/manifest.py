@@ -25,9 +25,10 @@ import jinja2.sandbox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._files import file_sha256, not_text, read_text_file
+from ._templates import MAX_OUTPUT, MEMORY_BYTES, SECONDS, RenderFailed, environment, render, slug
 from ._urls import looks_like_website, website_or_path
 from .errors import ManifestError
-from .tavus import ID_PATTERN
+from .tavus import ID_PATTERN, SCRIPT_MAX_CHARS
 
 # Options a column may set; the rest of the columns are template variables.
 OPTION_COLUMNS = (
@@ -39,19 +40,9 @@ TEMPLATED = ("script", "video_name", "output", "background")
 _TRIMMED = ("background", "output", "audio", "script_file", "watermark", "callback_url", "replica_id")
 _PAGE_SUFFIXES = (".html", ".htm")
 _CLIP_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg")
-_MAX_SCRIPT = 20000  # characters; far past what one video should say (Tavus advises splitting over 5 minutes)
 
 
-def slug(value: Any) -> str:
-    """`Acme Café, Inc.` → `acme-cafe-inc`: safe in file names and video names."""
-    text = unicodedata.normalize("NFKD", str(value)).encode("ascii", "ignore").decode()
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
-
-
-_ENV = jinja2.sandbox.SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
-)
-_ENV.filters["slug"] = slug
+_ENV = environment()  # parsing only (which variables a template reads); rendering happens in _templates' child
 
 
 class RowOptions(BaseModel):
@@ -182,12 +173,7 @@ def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[s
                 continue
             rows.append((i, f"line {i}", {k: v for k, v in value.items() if v is not None and v != ""}))
     elif suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+        doc = _load_yaml(text, path)
         if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
             raise ManifestError(f"{path}: expected a mapping with a 'rows:' list (and optional 'defaults:')")
         unknown = sorted(set(doc) - {"defaults", "rows"})
@@ -210,14 +196,41 @@ def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[s
     return rows, defaults, problems
 
 
+_YAML_MAX_CHARACTERS = 50_000_000  # what a YAML manifest may expand to through its aliases
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """YAML, refused when its aliases expand past _YAML_MAX_CHARACTERS: nine levels of ten aliases each (a "billion
+    laughs") is a short file that took 5.5 GB even in a key nobody reads, once its values were turned into text."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        sizes: dict[int, int] = {}
+
+        def size(n: Any) -> int:  # characters once expanded; each distinct node is counted once (memo)
+            if id(n) not in sizes:
+                if isinstance(n, yaml.ScalarNode):
+                    sizes[id(n)] = len(n.value) + 1
+                else:
+                    items = n.value if isinstance(n, yaml.SequenceNode) else [x for kv in n.value for x in kv]
+                    sizes[id(n)] = 1 + sum(size(x) for x in items)
+            return sizes[id(n)]
+
+        if node is not None and (total := size(node)) > _YAML_MAX_CHARACTERS:
+            raise ManifestError(f"{path}: its YAML aliases (*name) expand to {total:,} characters (at most "
+                                f"{_YAML_MAX_CHARACTERS:,})", hint="use fewer nested aliases")  # fmt: skip
+        return None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 # --- rendering and checking ------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(template: str) -> jinja2.Template:
-    """Most rows share their templates (the manifest's script, a YAML default): compiling once per distinct text,
-    not per row, took 10,000 rows from 6 s to 1.5 s."""
-    return _ENV.from_string(template)
 
 
 _FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -244,33 +257,45 @@ def _render(template: str, variables: dict[str, Any], where: str, column: str, p
         if (parts := _fields_only(template)) is not None:
             for name in parts[1::2]:
                 if name not in variables:
-                    raise jinja2.exceptions.UndefinedError(f"'{name}' is undefined")
+                    raise RenderFailed("undefined", f"'{name}' is undefined")
             return "".join(t if i % 2 == 0 else str(variables[t]) for i, t in enumerate(parts))
-        return _compiled(template).render(variables)
-    except jinja2.exceptions.UndefinedError as exc:
-        name = m[1] if (m := re.fullmatch(r"'([^']+)' is undefined", exc.message or "")) else None
-        if name is not None and name in names:  # a CRM's empty cell: "Hi , I looked at ." must not reach a lead
+        if template in _stuck:  # 10,000 rows of one hanging template: one wait, not 10,000
+            raise RenderFailed("time", _stuck[template])
+        return render(template, variables)
+    except RenderFailed as exc:
+        if exc.kind == "time":
+            _stuck[template] = exc.message
+        name = m[1] if (m := re.fullmatch(r"'([^']+)' is undefined", exc.message)) else None
+        if exc.kind == "undefined" and name is not None and name in names:
+            # A CRM's empty cell: "Hi , I looked at ." must not reach a lead.
             of = f" (column {names[name]!r})" if names[name] != name else ""
             # An empty background is none: a lead without a website can still get its video.
             value, why = ("''", "to make this row's video without one") if column == "background" else (
                 "'...'", "in the template")  # fmt: skip
             problems.append(f"{where}, column {column}: {{{{ {name} }}}}{of} is empty in this row (fill it in, or "
                             f"write {{{{ {name} | default({value}) }}}} {why})")  # fmt: skip
-            return None
-        close = difflib.get_close_matches(name, list(names), n=1) if name else []
-        known = ", ".join(sorted(variables)) or "none"
-        problems.append(f"{where}, column {column}: template variable missing: {exc.message}"
-                        + (f"; did you mean {close[0]!r}?" if close else f" (columns: {known})"))  # fmt: skip
-    except jinja2.exceptions.SecurityError as exc:
-        problems.append(f"{where}, column {column}: template not allowed: {exc}")
-    except jinja2.exceptions.TemplateSyntaxError as exc:
-        spelt = [(name, c) for name, c in names.items() if name != c and not c.isidentifier()
-                 and re.search(rf"\{{\{{-?\s*{re.escape(c)}\s*(?:\||-?\}}\}})", template)]  # fmt: skip
-        said = "; ".join(f"write {{{{ {name} }}}} for the column {c!r}" for name, c in spelt)
-        problems.append(f"{where}, column {column}: template syntax error: {said or exc.message}")
-    except Exception as exc:  # a template can raise anything a filter raises (e.g. a division by zero)
-        problems.append(f"{where}, column {column}: template failed: {type(exc).__name__}: {exc}")
+        elif exc.kind == "undefined":
+            close = difflib.get_close_matches(name, list(names), n=1) if name else []
+            known = ", ".join(sorted(variables)) or "none"
+            problems.append(f"{where}, column {column}: template variable missing: {exc.message}"
+                            + (f"; did you mean {close[0]!r}?" if close else f" (columns: {known})"))  # fmt: skip
+        elif exc.kind == "security":
+            problems.append(f"{where}, column {column}: template not allowed: {exc.message}")
+        elif exc.kind == "syntax":
+            spelt = [(name, c) for name, c in names.items() if name != c and not c.isidentifier()
+                     and re.search(rf"\{{\{{-?\s*{re.escape(c)}\s*(?:\||-?\}}\}})", template)]  # fmt: skip
+            said = "; ".join(f"write {{{{ {name} }}}} for the column {c!r}" for name, c in spelt)
+            problems.append(f"{where}, column {column}: template syntax error: {said or exc.message}")
+        elif exc.kind in ("time", "memory", "size"):
+            problems.append(f"{where}, column {column}: template {exc.message} (a template may run {SECONDS:g} s, "
+                            f"use {MEMORY_BYTES >> 20} MB and render {MAX_OUTPUT:,} characters; is a loop or a "
+                            "repeat too large?)")  # fmt: skip
+        else:
+            problems.append(f"{where}, column {column}: template failed: {exc.message}")
     return None
+
+
+_stuck: dict[str, str] = {}  # templates that ran out of time, with why
 
 
 def output_problem(output: Path) -> str | None:
@@ -319,8 +344,22 @@ def load_manifest(
     columns: list[str] = []
     for _, _, values in raw_rows:
         columns += [c for c in values if c not in columns]
+    unreadable = set()  # rows (and "defaults") with a refused character: checked no further, said once
+    for where, values in [("defaults", file_defaults), *((w, v) for _, w, v in raw_rows)]:
+        if said := _text_problems(where, values):
+            problems += said
+            unreadable.add(where)
+    if "defaults" in unreadable:
+        file_defaults = {}
+    # CRM exports head their columns "Script", "Video Name", "Replica ID": options by any case and spacing.
+    spelt = {c: o for c in [*columns, *file_defaults] if (o := option_name(c)) is not None and o != c}
+    for option in sorted(set(spelt.values())):
+        for layer in (columns, list(file_defaults)):
+            if len(same := [c for c in layer if option_name(c) == option]) > 1:
+                problems.append(f"columns {', '.join(map(repr, same))} all set the option {option}: keep one")
+    file_defaults = {spelt.get(k, k): v for k, v in file_defaults.items()}
     for column in columns + list(file_defaults):
-        if column in OPTION_COLUMNS or not column:
+        if option_name(column) is not None or not column:
             continue
         close = difflib.get_close_matches(column, OPTION_COLUMNS, n=1, cutoff=0.8)
         if close:
@@ -333,14 +372,16 @@ def load_manifest(
     outputs: dict[Path, str] = {}
     names: dict[str, str] = {}
     script_files: dict[Path, str | None] = {}
-    shas: dict[Path, str] = {}
+    shas: dict[tuple[Path, int, int, int], str] = {}
     inputs: dict[Path, str] = {}  # every local input file → where it is named first
     templates: set[str] = set()  # every distinct template text, to find the columns nothing uses
-    called = _template_names([c for c in columns if c not in OPTION_COLUMNS])
+    called = _template_names([c for c in columns if option_name(c) is None])
     aliases = [(name, column) for name, column in called.items() if name != column]
     backgrounds = False
     for number, where, given in raw_rows:
-        merged = {**(defaults or {}), **file_defaults, **given}
+        if where in unreadable:
+            continue
+        merged = {**(defaults or {}), **file_defaults, **{spelt.get(k, k): v for k, v in given.items()}}
         backgrounds = backgrounds or merged.get("background") is not None
         templates.update(str(merged[c]) for c in TEMPLATED if merged.get(c) is not None)
         for column in _TRIMMED:  # CRM exports pad cells (" acme.com", "speech.wav "): never part of a path or URL
@@ -391,8 +432,9 @@ def load_manifest(
             problems.append(f"{where}: give exactly one of script (or script_file) and audio")
         if script is not None and not script.strip() and audio is None:
             problems.append(f"{where}, column script: the rendered script is empty")
-        if script is not None and len(script) > _MAX_SCRIPT:
-            problems.append(f"{where}, column script: {len(script)} characters (at most {_MAX_SCRIPT}; split it)")
+        if script is not None and len(script) > SCRIPT_MAX_CHARS:  # the API's limit: a dry run refuses it too
+            problems.append(f"{where}, column script: {len(script):,} characters; the API takes at most "
+                            f"{SCRIPT_MAX_CHARS:,} (about ten minutes of speech): split it")  # fmt: skip
         if audio is not None and not audio.is_file():
             problems.append(f"{where}, column audio: file not found: {audio}")
 
@@ -462,10 +504,8 @@ def load_manifest(
         for key, local_path in (("audio", audio), ("background", background), ("watermark", watermark)):
             if local_path is None or is_http_url(str(local_path)):
                 continue
-            p = Path(local_path)
-            if p.is_file():
-                shas.setdefault(p, file_sha256(p))
-                identity[f"{key}_sha256"] = shas[p]
+            if sha := _file_sha(Path(local_path), shas):
+                identity[f"{key}_sha256"] = sha
         row_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
         # A lead twice in a CRM export (or two leads that get the same words over the same site): one video,
         # made once, reported on both rows.
@@ -520,6 +560,55 @@ def load_manifest(
             hint=None,
         )
     return Manifest(path=path, columns=columns, rows=rows, duplicates=duplicates)
+
+
+def option_name(column: str) -> str | None:
+    """The option a column sets ("Script", "Video Name", "replica-id"), or None for a template variable."""
+    name = re.sub(r"[\s_-]+", "_", column.strip().lower())
+    return name if name in OPTION_COLUMNS else None
+
+
+def _file_sha(path: Path, shas: dict[tuple[Path, int, int, int], str]) -> str | None:
+    """A local input's SHA-256, hashed once per distinct file (path and stat): 500 rows over one 138 MB clip hashed
+    it 500 times (135 s)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if not path.is_file():
+        return None
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in shas:
+        shas[key] = file_sha256(path)
+    return shas[key]
+
+
+# Characters refused in every cell: controls other than tab and newlines (a NUL reached the API inside a script),
+# lone surrogates (JSON's "\ud800": no UTF-8 for it, so results.csv and the report could not be written, after the
+# videos were paid for), and the bidi embeddings, overrides and isolates that make printed text and file names read
+# other than they are (U+202E). Marks (U+200E, U+200F) stay: right-to-left scripts use them.
+_REFUSED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
+
+
+def _text_problems(where: str, values: dict[str, Any]) -> list[str]:
+    """One problem per cell that holds a refused character (nested YAML/JSON values and keys included)."""
+    problems = []
+    for column, value in values.items():
+        pending: list[Any] = [column, value]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, dict):
+                pending += [*item.keys(), *item.values()]
+            elif isinstance(item, list):
+                pending += item
+            elif isinstance(item, str) and (m := _REFUSED.search(item)):
+                char = m.group()
+                name = unicodedata.name(char, "a control character" if char < "\ud800" else "a lone surrogate")
+                shown = column.encode("utf-8", "backslashreplace").decode() if _REFUSED.search(column) else column
+                problems.append(f"{where}, column {shown}: holds U+{ord(char):04X} ({name}) at character "
+                                f"{m.start() + 1}; remove it (it is not text a lead should see)")  # fmt: skip
+                break
+    return problems
 
 
 def _template_names(columns: list[str]) -> dict[str, str]:

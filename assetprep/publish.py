@@ -46,7 +46,7 @@ from .errors import (
 from .normalize import normalize_audio, normalize_video, tavus_audio_problem
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
-from .tavus import Replica, TavusClient, Video
+from .tavus import SCRIPT_MAX_CHARS, Replica, TavusClient, Video
 from .upload import S3Settings, ensure_bucket, make_s3_client, upload_and_presign
 
 log = logging.getLogger("assetprep.publish")
@@ -566,6 +566,10 @@ def check_publish_options(options: PublishOptions) -> None:
         raise ConfigError("give exactly one of a script or an audio file")
     if options.script is not None and not options.script.strip():
         raise ConfigError("the script is empty", hint="give the text the replica speaks")
+    if options.script is not None and len(options.script) > SCRIPT_MAX_CHARS:
+        raise ConfigError(f"the script is {len(options.script):,} characters; the API takes at most "
+                          f"{SCRIPT_MAX_CHARS:,} (about ten minutes of speech)",
+                          hint="split it into several videos")  # fmt: skip
     if options.composite_locally and options.background is None:
         raise ConfigError("--composite-locally needs a --background to composite onto")
     if options.composite_locally and options.background_via == "tavus":

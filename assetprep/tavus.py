@@ -68,6 +68,12 @@ class VideoProperties(BaseModel):
     start_with_wave: bool | None = None
 
 
+# The longest script a request may carry: about ten minutes of speech, Tavus's limit for audio_url. The sandbox
+# refuses longer ones; the client and batch's checks (a dry run too) use the same number, so nothing is paid for
+# and then refused at create.
+SCRIPT_MAX_CHARS = 10_000
+
+
 class GenerateVideoRequest(BaseModel):
     """Body of POST /v2/videos, validated against the API's rules before anything is sent."""
 

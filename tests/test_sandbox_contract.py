@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
-from assetprep.sandbox.config import ERROR_SENTENCE, GENERATING, MAX_BODY_BYTES, SCRIPT_MAX_CHARS
+from assetprep.sandbox.config import ERROR_SENTENCE, GENERATING, MAX_BODY_BYTES
+from assetprep.tavus import SCRIPT_MAX_CHARS
 from assetprep.sandbox.render import RenderJob, render_graph
 
 SPEC = Path(__file__).parents[2] / "shared" / "tavus" / "openapi-videos-replicas.yml"

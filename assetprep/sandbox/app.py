@@ -30,8 +30,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..errors import InvalidRequestError
-from ..tavus import validate_request
-from .config import MAX_BODY_BYTES, REPLICAS, SCRIPT_MAX_CHARS, SandboxConfig, http_time
+from ..tavus import SCRIPT_MAX_CHARS, validate_request
+from .config import MAX_BODY_BYTES, REPLICAS, SandboxConfig, http_time
 from .store import Store
 from .worker import Lifecycle, at_base
 

@@ -23,10 +23,9 @@ GENERATING = "Your request is being processed."
 SUCCESS_SENTENCE = "Your request has processed successfully!"
 ERROR_SENTENCE = "An error occurred while generating this request. Please check your inputs or try your request again."
 
-# Sandbox limits (README: Sandbox): request bodies and scripts above these are refused at once (413 / 400). A script
-# of 10,000 characters is about ten minutes of speech, Tavus's limit for audio_url.
+# Sandbox limits (README: Sandbox): request bodies and scripts (tavus.SCRIPT_MAX_CHARS) above these are refused at
+# once (413 / 400).
 MAX_BODY_BYTES = 1 << 20
-SCRIPT_MAX_CHARS = 10_000
 
 
 class SandboxConfig(BaseModel):
