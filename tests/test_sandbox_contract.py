@@ -20,8 +20,8 @@ import yaml
 
 from assetprep.sandbox import DEFAULT_REPLICA, LocalSandbox
 from assetprep.sandbox.config import ERROR_SENTENCE, GENERATING, MAX_BODY_BYTES
-from assetprep.tavus import SCRIPT_MAX_CHARS
 from assetprep.sandbox.render import RenderJob, render_graph
+from assetprep.tavus import SCRIPT_MAX_CHARS
 
 SPEC = Path(__file__).parents[2] / "shared" / "tavus" / "openapi-videos-replicas.yml"
 TRAINING = "rb17cf590e15"  # its videos stay queued: nothing is rendered, the account only grows
