@@ -23,11 +23,38 @@ _IDLE_SECONDS = 60.0  # a tunnel with no traffic for this long is closed
 _CONNECT_SECONDS = 15.0
 
 
+# Every range of IANA's IPv4 special-purpose registry, and multicast: none is where a lead's website lives. The
+# cloud metadata services sit in link-local (169.254.169.254) and in shared address space (100.100.100.200).
+_BLOCKED_V4 = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+    "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16", "192.175.48.0/24",
+    "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+))  # fmt: skip
+# IPv6 websites are in global unicast (2000::/3); inside it, these are IANA's special-purpose ranges: IETF protocol
+# assignments with Teredo (2001::/23), documentation, AS112. Outside it only addresses that carry an IPv4 one are
+# looked into: IPv4-mapped (::ffff:0:0/96) and NAT64 (64:ff9b::/96); the rest (ULA fc00::/7, link-local, multicast,
+# discard, local-use NAT64 64:ff9b:1::/48, the deprecated IPv4-compatible ::/96) is refused. 6to4 (2002::/16)
+# carries an IPv4 address in its bits 16-47: refused when that one is.
+_GLOBAL_V6 = ipaddress.IPv6Network("2000::/3")
+_BLOCKED_V6 = tuple(ipaddress.IPv6Network(n) for n in (
+    "2001::/23", "2001:db8::/32", "2620:4f:8000::/48", "3fff::/20",
+))  # fmt: skip
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def is_private(ip: str) -> bool:
+    """Whether an address is anywhere but the public internet (see _BLOCKED_V4 and _BLOCKED_V6)."""
     addr = ipaddress.ip_address(ip.split("%")[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_unspecified
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        elif addr in _NAT64:
+            addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        elif addr.sixtofour is not None:
+            addr = addr.sixtofour
+        else:
+            return addr not in _GLOBAL_V6 or any(addr in net for net in _BLOCKED_V6)
+    return any(addr in net for net in _BLOCKED_V4)  # 255.255.255.255 is in 240.0.0.0/4
 
 
 def resolve_public(host: str, port: int) -> tuple[str, int] | None:
@@ -66,6 +93,7 @@ class _Handler(socketserver.StreamRequestHandler):
             try:
                 address = resolve_public(host, port)
             except OSError:
+                self.server.unresolved.add(host)
                 self._answer(502, f"cannot resolve {host}")
                 return
         if address is None:
@@ -126,6 +154,7 @@ class _GuardServer(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.allowed = allowed
         self.blocked: list[str] = []
+        self.unresolved: set[str] = set()  # hosts without a DNS answer: not a site that is down
 
 
 @contextlib.contextmanager

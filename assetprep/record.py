@@ -448,7 +448,7 @@ _NET_ERRORS = {  # Chromium's codes in words
 # A site that is down, restarting or overloaded: it refuses or drops connections or says so (429, 502-504). Worth a
 # later try. Not: a timeout (a hung site holds a recording slot for the whole timeout again), DNS (a typo, mostly),
 # TLS, other HTTP errors. Behind the private-network guard (a proxy) a refused connection is the proxy's 502, or for
-# https a failed tunnel; a name the guard cannot resolve looks the same and is tried again too (a pause, no slot).
+# https a failed tunnel; a name the guard cannot resolve looks the same, and is told apart by the guard's list.
 _DOWN_CODES = ("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "ERR_CONNECTION_CLOSED", "ERR_EMPTY_RESPONSE",
                "ERR_ADDRESS_UNREACHABLE", "ERR_NETWORK_CHANGED", "ERR_INTERNET_DISCONNECTED",
                "ERR_TUNNEL_CONNECTION_FAILED")  # fmt: skip
@@ -550,7 +550,7 @@ def _record_url(
     deadline = time.monotonic() + options.timeout + options.duration * 20 + 60
 
     with atomic_output(output, inputs=inputs, suffixes=MP4_SUFFIXES) as tmp, contextlib.ExitStack() as stack:
-        proxy, blocked, guard_args = None, [], []
+        proxy, blocked, unresolved, guard_args = None, [], set(), []
         if options.block_private_networks:
             # WebRTC sends UDP (STUN/TURN, host candidates) around any HTTP proxy: Chromium's policy for
             # "no UDP that is not proxied" leaves WebRTC nothing but the proxy, i.e. nothing.
@@ -559,10 +559,10 @@ def _record_url(
             # (a .html file or folder being recorded) is the one private address it lets through.
             own = urlsplit(trusted) if trusted else None
             guard = stack.enter_context(guard_proxy({(own.hostname or "", own.port or 80)} if own else set()))
-            proxy, blocked = (
+            proxy, blocked, unresolved = (
                 {"server": f"http://127.0.0.1:{guard.server_address[1]}", "bypass": "<-loopback>"},
-                guard.blocked,
-            )
+                guard.blocked, guard.unresolved,
+            )  # fmt: skip
         pw = stack.enter_context(sync_playwright())
         exact = options.mode == "exact"
         executable = find_chromium(pw)
@@ -626,6 +626,11 @@ def _record_url(
             if blocked and (failure or (response and response.headers.get(BLOCKED_HEADER.lower()))):
                 raise RecordError(f"{url}: blocked request to a private address ({blocked[0]})",
                                   hint="--block-private-networks is on")  # fmt: skip
+            # A name the guard could not resolve is its 502 or a failed tunnel, which alone reads as a site that is
+            # down (tried again for 80 s): it is a lapsed domain or a typo, said as Chromium says it unguarded.
+            if (host := urlsplit(url).hostname) in unresolved and (failure or (response and response.status == 502)):
+                raise RecordError(f"cannot load {url}: host name not found (DNS): {host}",
+                                  hint="check the website's spelling; its domain may have lapsed")  # fmt: skip
             if failure is not None:
                 raise RecordError(f"cannot load {url}: {_clean_page_error(failure)}",
                                   hint="check the URL and that the site is reachable",

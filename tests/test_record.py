@@ -336,6 +336,12 @@ def test_unreachable_and_missing_path(tmp_path):
     rules = ["--host-resolver-rules=MAP nowhere.invalid ~NOTFOUND"]
     with pytest.raises(RecordError, match=r"cannot load http://nowhere.invalid/: host name not found \(DNS\)"):
         record("http://nowhere.invalid/", tmp_path / "d.mp4", opts(duration=1, fps=5, browser_args=rules))
+    # Behind the guard a name it cannot resolve was its 502 / a failed tunnel: a site "down", retried for 80 s.
+    for scheme in ("https", "http"):
+        with pytest.raises(RecordError, match=r"host name not found \(DNS\): nowhere.invalid") as err:
+            record(f"{scheme}://nowhere.invalid/", tmp_path / "d.mp4",
+                   opts(duration=1, fps=5, block_private_networks=True))  # fmt: skip
+        assert not err.value.transient and "lapsed" in (err.value.hint or "")
     with pytest.raises(RecordError, match="no such page"):
         record(tmp_path / "nope.html", tmp_path / "n.mp4", opts(duration=1))
     assert list(tmp_path.iterdir()) == []
