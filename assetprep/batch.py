@@ -59,7 +59,7 @@ from .errors import (
     StorageError,
     TavusError,
 )
-from .manifest import OPTION_COLUMNS, Manifest, Row, is_http_url, load_manifest, output_problem, parse_rows
+from .manifest import OPTION_COLUMNS, Manifest, Row, Sheet, is_http_url, load_manifest, output_problem, parse_rows
 from .normalize import tavus_audio_problem
 from .probe import probe
 from .progress import Progress
@@ -848,7 +848,7 @@ class _Batch:
             return path
         self.results_dirty = False
         started = time.monotonic()
-        write_results_csv(path, self.manifest.columns, self.result_rows())
+        write_results_csv(path, self.manifest.columns, self.result_rows(), self.manifest.sheet)
         self.results_written = time.monotonic()
         # About once a second, but a sheet of thousands of rows takes a while to write: at most 5 % of the time.
         self.results_every = max(1.0, 20 * (self.results_written - started))
@@ -884,17 +884,30 @@ def _sheet_cell(value: Any) -> Any:
     return value
 
 
-def write_results_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    """Every input column, then the outcome columns; atomically replaced (a reader never sees half a sheet)."""
+def write_results_csv(path: Path, columns: list[str], rows: list[dict[str, Any]], sheet: Sheet | None = None) -> None:
+    """Every input column, then the outcome columns, written as the manifest was (`sheet`: delimiter, BOM, line
+    ends); atomically replaced (a reader never sees half a sheet), and left alone when it already says the same."""
+    sheet = sheet or Sheet()
     head = [name for name in map(input_column, columns) if name not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, head, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, head, extrasaction="ignore", delimiter=sheet.delimiter,
+                            lineterminator="\r\n" if sheet.crlf else "\n")  # fmt: skip
     writer.writeheader()
     for r in rows:
         writer.writerow({k: _sheet_cell(v) for k, v in r.items()})
+    _write_unless_same(path, buf.getvalue(), "utf-8-sig" if sheet.bom else "utf-8")
+
+
+def _write_unless_same(path: Path, text: str, encoding: str = "utf-8", *, ignore: str | None = None) -> None:
+    """Replace `path` atomically with `text`, unless it holds that already (`ignore`: a pattern both may differ in,
+    the report's time): a finished batch rerun over a read-only --out has nothing to write, and must not fail."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        old = path.read_text(encoding=encoding)
+        if old == text or (ignore is not None and re.sub(ignore, "", old) == re.sub(ignore, "", text)):
+            return
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        tmp.write_text(text, encoding=encoding)
 
 
 _NO_PICTURE = (
@@ -931,6 +944,9 @@ def _image_uri(path: str | None, clip: str | None, frames: dict[str, str]) -> st
     return "data:image/svg+xml;base64," + base64.b64encode(_NO_PICTURE).decode()
 
 
+_WHEN = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
+
+
 def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
     """One self-contained HTML file (no external assets): totals and a card per row with a poster frame.
 
@@ -958,7 +974,7 @@ def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
         )
     styles = "\n".join(f'.{name}{{background-image:url("{uri}")}}' for uri, name in pictures.items())
     totals = " · ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")  # _WHEN
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
 body{{font-family:sans-serif;margin:24px;background:#fafafa}}.grid{{display:flex;flex-wrap:wrap;gap:16px}}
 .card{{width:320px;background:#fff;border:1px solid #ddd;border-radius:6px;overflow:hidden}}
@@ -968,8 +984,7 @@ body{{font-family:sans-serif;margin:24px;background:#fafafa}}.grid{{display:flex
 {styles}</style></head><body>
 <h1>{html.escape(title)}</h1><p class="totals">{len(rows)} rows · {html.escape(totals)} · {when}</p>
 <div class="grid">{"".join(cards)}</div></body></html>"""
-    with atomic_output(path) as tmp:
-        tmp.write_text(doc, encoding="utf-8")
+    _write_unless_same(path, doc, ignore=_WHEN)
     return path
 
 

@@ -8,6 +8,7 @@ variable is an error, not an empty string. Everything is checked before anything
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import functools
@@ -81,10 +82,21 @@ class Row(BaseModel):
     same_as: str | None = None  # a duplicate: the row (as messages name it) whose video it shares
 
 
+class Sheet(BaseModel):
+    """How the manifest's CSV was written, so results.csv opens the same way (Excel in a ';' locale: a BOM, ';')."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delimiter: str = ","
+    bom: bool = False
+    crlf: bool = False
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: Path
+    sheet: Sheet = Sheet()
     columns: list[str]  # input columns in their order (variables and options)
     rows: list[Row]  # one per distinct video
     duplicates: list[Row] = []  # rows with the content of an earlier row: its video, reported on them too
@@ -125,8 +137,8 @@ def _delimiter(text: str, suffix: str) -> str:
     return ","
 
 
-def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[str, Any], list[str]]:
-    """(rows as (number, where, values), YAML defaults, problems) of a manifest file."""
+def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[str, Any], list[str], Sheet]:
+    """(rows as (number, where, values), YAML defaults, problems, how a CSV is written) of a manifest file."""
     try:
         text = read_text_file(path, None)
     except FileNotFoundError:
@@ -141,8 +153,12 @@ def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[s
     problems: list[str] = []
     rows: list[tuple[int, str, dict[str, Any]]] = []
     defaults: dict[str, Any] = {}
+    sheet = Sheet()
     if suffix in (".csv", ".tsv"):
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text, suffix))
+        with open(path, "rb") as f:
+            bom = f.read(3).startswith((codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        sheet = Sheet(delimiter=_delimiter(text, suffix), bom=bom, crlf="\r\n" in text.split("\n", 1)[0] + "\n")
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sheet.delimiter)
         try:
             records = list(reader)
         except csv.Error as exc:
@@ -193,7 +209,7 @@ def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[s
                             hint="use .csv (or .tsv), .yaml or .jsonl")  # fmt: skip
     if not rows and not problems:
         raise ManifestError(f"{path} has no rows")
-    return rows, defaults, problems
+    return rows, defaults, problems, sheet
 
 
 _YAML_MAX_CHARACTERS = 50_000_000  # what a YAML manifest may expand to through its aliases
@@ -340,7 +356,7 @@ def load_manifest(
     path = Path(path).resolve()
     base = path.parent
     out_dir = (out_dir or base / f"{path.stem}-videos").resolve()
-    raw_rows, file_defaults, problems = _read_raw(path)
+    raw_rows, file_defaults, problems, sheet = _read_raw(path)
     columns: list[str] = []
     for _, _, values in raw_rows:
         columns += [c for c in values if c not in columns]
@@ -559,7 +575,7 @@ def load_manifest(
             problems=problems,
             hint=None,
         )
-    return Manifest(path=path, columns=columns, rows=rows, duplicates=duplicates)
+    return Manifest(path=path, sheet=sheet, columns=columns, rows=rows, duplicates=duplicates)
 
 
 def option_name(column: str) -> str | None:

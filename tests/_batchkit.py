@@ -20,9 +20,9 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def read_results(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+def read_results(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f, delimiter=delimiter))
 
 
 def creates(sb: LocalSandbox) -> list[dict]:

@@ -927,19 +927,24 @@ def test_a_rerun_hashes_only_outputs_that_were_touched_and_fetches_only_changed_
 
 
 def test_a_leads_own_status_or_error_column_is_kept_in_the_results_beside_the_batchs(world, tmp_path):
+    """Also: an Excel export in a ';' locale (a BOM, ';', CRLF, "Script" capitalised) gets its results.csv written
+    the same way, so Excel opens it into columns (it was ',' without a BOM: one column of text)."""
     sb, run, _ = world()
-    manifest = write(tmp_path / "crm.csv", "first_name,status,error,row_id,script\n"
-                     "Ann,customer,none,A-1,Hi {{ first_name }}.\nBob,lead,bounced,B-2,Hi {{ first_name }}.\n")  # fmt: skip
+    manifest = tmp_path / "crm.csv"
+    manifest.write_bytes(codecs.BOM_UTF8 + b"first_name;status;error;row_id;Script\r\n"
+                         b"Ann;customer;none;A-1;Hi {{ first_name }}.\r\nBob;lead;bounced;B-2;Hi {{ first_name }}.\r\n")  # fmt: skip
     result = run(manifest, out_dir=tmp_path / "out")
     assert result.ok, result.rows
-    rows = read_results(result.results_csv)
-    assert list(rows[0])[:6] == ["first_name", "status (input)", "error (input)", "row_id (input)", "script", "row"]
+    data = result.results_csv.read_bytes()
+    assert data.startswith(codecs.BOM_UTF8 + b"first_name;status (input);") and data.count(b"\r\n") == 3
+    rows = read_results(result.results_csv, ";")
+    assert list(rows[0])[:6] == ["first_name", "status (input)", "error (input)", "row_id (input)", "Script", "row"]
     assert [(r["status (input)"], r["error (input)"], r["row_id (input)"]) for r in rows] == [
         ("customer", "none", "A-1"), ("lead", "bounced", "B-2")]  # fmt: skip
     assert [(r["status"], r["error"]) for r in rows] == [("downloaded", ""), ("downloaded", "")]
     assert [r["status (input)"] for r in result.rows] == ["customer", "lead"]  # --json gives the same
     # The input column keeps the template; script_sent is what each lead hears, as Tavus got it.
-    assert [(r["script"], r["script_sent"]) for r in rows] == [("Hi {{ first_name }}.", "Hi Ann."),
+    assert [(r["Script"], r["script_sent"]) for r in rows] == [("Hi {{ first_name }}.", "Hi Ann."),
                                                               ("Hi {{ first_name }}.", "Hi Bob.")]  # fmt: skip
     assert sorted((v.data or {}).get("script") for v in account(sb)) == ["Hi Ann.", "Hi Bob."]
     assert list(rows[0])[-1] == "script_sent"

@@ -78,6 +78,17 @@ def test_an_output_disk_that_is_read_only_or_fills_up_costs_no_video_twice_and_s
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["counts"] == {"downloaded": 8} and len(creates(sb)) == 8
 
+    # A finished batch rerun into its --out made read-only (an archive mount) ended in "internal error: OSError".
+    # Nothing is left to make or write: it says so, and exits 0.
+    command = shlex.join([sys.executable, "-m", "assetprep", "batch", str(manifest), "--out", str(disk / "out"),
+                          "--replica", DEFAULT_REPLICA, "--poll", "0.2"])  # fmt: skip
+    script = (f"mount -t tmpfs -o size=20m none {disk} && {command} >/dev/null 2>&1 && "
+              f"mount -o remount,ro {disk} && exec {command} --json")  # fmt: skip
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout)["counts"] == {"downloaded": 8} and len(creates(sb)) == 8
+
 
 def test_a_journal_disk_that_fills_up_stops_the_batch_with_one_message_and_loses_nothing(world, tmp_path):
     """The journal's disk filling up mid-batch printed a thread's traceback (or "internal error: RuntimeError:
