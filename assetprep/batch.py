@@ -40,6 +40,7 @@ from ._journal import BatchJournal, RunLock, made_elsewhere, open_checked
 from ._prepare import PrepResult, PrepTask, S3Target, find_uploaded, retry_step
 from ._s3http import HttpPool
 from ._units import parse_duration
+from ._urls import looks_like_website
 from .callbacks import CallbackReceiver, check_listen
 from .composite import composite
 from .errors import (
@@ -59,7 +60,17 @@ from .errors import (
     StorageError,
     TavusError,
 )
-from .manifest import OPTION_COLUMNS, Manifest, Row, Sheet, is_http_url, load_manifest, output_problem, parse_rows
+from .manifest import (
+    OPTION_COLUMNS,
+    Manifest,
+    Row,
+    Sheet,
+    is_http_url,
+    load_manifest,
+    option_name,
+    output_problem,
+    parse_rows,
+)
 from .normalize import tavus_audio_problem
 from .probe import probe
 from .progress import Progress
@@ -128,6 +139,7 @@ class BatchOptions(BaseModel):
     page_timeout: float = Field(default=60.0, gt=0, le=600)  # seconds a lead's page may take to load and get ready
     ray_address: str | None = None
     downloads: int = Field(default=4, ge=1, le=32)
+    report_title: list[str] | None = None  # columns that title report.html's cards (default: name and company)
 
 
 @dataclass
@@ -947,8 +959,38 @@ def _image_uri(path: str | None, clip: str | None, frames: dict[str, str]) -> st
 _WHEN = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
 
 
-def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
-    """One self-contained HTML file (no external assets): totals and a card per row with a poster frame.
+# Columns a lead's card is titled with, by their identifier form (see card_columns): who, then where.
+_PERSON = ("name", "full_name", "contact", "contact_name", "lead", "lead_name", "first_name", "last_name")
+_COMPANY = ("company", "company_name", "organization", "organisation", "account", "account_name", "business")
+
+
+def card_columns(columns: list[str], rows: list[dict[str, Any]], named: list[str] | None = None) -> list[str]:
+    """The columns that title a card: those named (batch --report-title), else the lead's name and company, else the
+    first two columns of plain text (not sites, e-mail addresses or numbers); options are never among them."""
+    if named:
+        return named
+    variables = [c for c in columns if option_name(c) is None]
+    forms = {c: re.sub(r"\W+", "_", c.strip().lower()).strip("_") for c in variables}
+    person = sorted((c for c in variables if forms[c] in _PERSON), key=lambda c: _PERSON.index(forms[c]))
+    person = person[:1] if person and forms[person[0]] in _PERSON[:6] else person[:2]  # "name", or first + last
+    company = sorted((c for c in variables if forms[c] in _COMPANY), key=lambda c: _COMPANY.index(forms[c]))[:1]
+    if person or company:
+        return person + company
+
+    def plain(column: str) -> bool:
+        values = [str(v) for r in rows if (v := r.get(input_column(column)))]
+        return bool(values) and not any(looks_like_website(v) or "@" in v or _NUMBER.fullmatch(v) for v in values)
+
+    return [c for c in variables if plain(c)][:2]
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def write_report(path: Path, title: str, rows: list[dict[str, Any]], titled_by: list[str] | None = None) -> Path:
+    """One self-contained HTML file (no external assets): totals and a card per row with a poster frame, titled
+    with the lead (`titled_by` columns; see card_columns), failures first, with the script each lead heard.
 
     Each distinct picture is in the file once, as a CSS class: 1,000 rows that failed over 3 backgrounds are 3
     frames (one ffmpeg each), not 1,000 (it took 0.3 s and 8 KB per row: 58 s and 1.6 MB for 200 such rows)."""
@@ -956,7 +998,8 @@ def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
     frames: dict[str, str] = {}
     pictures: dict[str, str] = {}  # data URI -> its class
     cards = []
-    for r in rows:
+    titled_by = titled_by or []
+    for r in sorted(rows, key=lambda r: r["status"] != "failed"):  # stable: in row order within each
         picture = pictures.setdefault(_image_uri(r.get("_poster"), r.get("_background"), frames), f"p{len(pictures)}")
         links = []
         if r.get("output"):
@@ -966,11 +1009,15 @@ def write_report(path: Path, title: str, rows: list[dict[str, Any]]) -> Path:
             links.append(f'<a href="{html.escape(r["hosted_url"])}">hosted</a>')
         error = f'<p class="err">{html.escape(r["error"])}</p>' if r.get("error") else ""
         error += f'<p class="warn">{html.escape(r["warnings"])}</p>' if r.get("warnings") else ""
+        names = [str(v) for c in titled_by if (v := r.get(input_column(c)))]
+        heading = " · ".join(names) or r.get("video_name") or f"row {r['row']}"
+        script = r.get("script_sent") or ""
+        said = f'<p class="script" title="{html.escape(script)}">“{html.escape(_shortened(script, 280))}”</p>'
         cards.append(
             f'<div class="card {html.escape(r["status"])}"><div class="poster {picture}" role="img"></div>'
-            f"<h3>{html.escape(r.get('video_name') or 'row ' + str(r['row']))}</h3>"
-            f"<p>row {r['row']} · <b>{html.escape(r['status'])}</b> · {html.escape(r.get('video_id') or '')}</p>"
-            f"{error}<p>{' · '.join(links)}</p></div>"
+            f"<h3>{html.escape(heading)}</h3>"
+            f"<p>row {r['row']} · <b>{html.escape(r['status'])}</b> · {html.escape(r.get('video_name') or '')} "
+            f"{html.escape(r.get('video_id') or '')}</p>{error}{said if script else ''}<p>{' · '.join(links)}</p></div>"
         )
     styles = "\n".join(f'.{name}{{background-image:url("{uri}")}}' for uri, name in pictures.items())
     totals = " · ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
@@ -980,7 +1027,7 @@ body{{font-family:sans-serif;margin:24px;background:#fafafa}}.grid{{display:flex
 .card{{width:320px;background:#fff;border:1px solid #ddd;border-radius:6px;overflow:hidden}}
 .poster{{width:320px;aspect-ratio:16/9;background:#ddd center/contain no-repeat}}
 .card h3,.card p{{margin:6px 10px;font-size:14px;word-break:break-all}}
-.failed{{border-color:#c33}}.err{{color:#c33}}.warn{{color:#a60}}
+.failed{{border-color:#c33}}.err{{color:#c33}}.warn{{color:#a60}}.script{{color:#444;font-style:italic}}
 {styles}</style></head><body>
 <h1>{html.escape(title)}</h1><p class="totals">{len(rows)} rows · {html.escape(totals)} · {when}</p>
 <div class="grid">{"".join(cards)}</div></body></html>"""
@@ -1134,6 +1181,9 @@ def batch_publish(
         rows = [r for r in loaded.rows if r.row_id in ids]
     if options.rows is not None and not rows:
         raise ManifestError(f"--rows selects none of the {len(loaded.rows) + len(loaded.duplicates)} rows of {path}")
+    if unknown := [c for c in options.report_title or [] if c not in loaded.columns]:
+        raise ConfigError(f"--report-title: no column {unknown[0]!r} in {path}",
+                          hint=f"name columns of the manifest: {', '.join(loaded.columns)}")  # fmt: skip
     out_dir = (options.out_dir or loaded.path.parent / f"{loaded.path.stem}-videos").resolve()
     if problem := output_problem(out_dir / "results.csv"):
         raise ConfigError(f"--out {out_dir}: {problem}", hint="name a folder for the videos and the results sheet")
@@ -1219,7 +1269,8 @@ def batch_publish(
             journal.close()
         lock.close()
         _process.reset_cancel()
-    report = write_report(out_dir / "report.html", f"assetprep batch {loaded.path.name}", results)
+    report = write_report(out_dir / "report.html", f"assetprep batch {loaded.path.name}", results,
+                          card_columns(loaded.columns, results, options.report_title))  # fmt: skip
     counts = Counter(r["status"] for r in results)
     public_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     return BatchResult(

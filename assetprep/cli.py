@@ -693,6 +693,9 @@ def batch_cmd(
     ray_address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Prepare on a Ray cluster: auto or HOST:PORT.")
     ] = None,
+    report_title: Annotated[
+        str | None, typer.Option(help="Columns that title report.html's cards: 'First Name,Company'.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Make one video per manifest row: shared preparation, exactly once, results.csv and report.html."""
@@ -712,6 +715,7 @@ def batch_cmd(
             deadline=parse_duration(deadline, what="--deadline") if deadline else None, poll_interval=poll,
             bucket=bucket, prefix=prefix, replica_id=replica, ray_address=ray_address, background=background,
             no_background=no_background, background_preset=background_preset, page_timeout=page_timeout,
+            report_title=[c.strip() for c in report_title.split(",")] if report_title else None,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "batch options")) from None

@@ -1066,3 +1066,27 @@ def test_a_local_page_travels_to_ray_nodes_with_its_folder_once_and_a_huge_folde
     # A page saved into a big folder (~/Downloads) does not travel: every node must see it, as before.
     monkeypatch.setattr(_prepare, "PAGE_FOLDER_MAX_FILES", 2)
     assert not shippable(by_folder) and not shippable(by_file)
+
+
+def test_report_cards_name_the_lead_put_failures_first_and_show_the_script(tmp_path):
+    """Cards were titled with video names (hashes, for most) in row order, without what the lead hears."""
+    from assetprep.batch import card_columns, write_report
+
+    def row(n, status, **cells):
+        return {"row": n, "status": status, "video_name": f"v{n}-3f9a", "video_id": "", "error": "",
+                "script_sent": f"Hi {cells.get('First Name', 'there')}, I saw your site.", **cells}  # fmt: skip
+
+    rows = [row(2, "downloaded", **{"First Name": "Ann", "Last Name": "Lee", "Company": "Acme", "Script": "Hi"}),
+            row(3, "failed", **{"First Name": "Bob", "Last Name": "Roe", "Company": "Globex", "Script": "Hi"}),
+            row(4, "downloaded", **{"First Name": "Cid", "Company": "Initech", "Script": "Hi"})]  # fmt: skip
+    columns = ["Script", "Company", "First Name", "Last Name"]
+    assert card_columns(columns, rows) == ["First Name", "Last Name", "Company"]
+    text = write_report(tmp_path / "r.html", "t", rows, card_columns(columns, rows)).read_text()
+    assert [m for m in __import__("re").findall(r"<h3>([^<]*)</h3>", text)] == [
+        "Bob · Roe · Globex", "Ann · Lee · Acme", "Cid · Initech"]  # fmt: skip
+    assert "“Hi Bob, I saw your site.”" in text
+    # No name or company column: the first columns of plain text (not sites, addresses or numbers); or as named.
+    plain = [{"row": 2, "status": "ready", "site": "acme.com", "mail": "a@acme.com", "n": "3", "who": "Ann",
+              "team": "Sales", "note": "x"}]  # fmt: skip
+    assert card_columns(["site", "mail", "n", "who", "team", "note"], plain) == ["who", "team"]
+    assert card_columns(["site", "who"], plain, ["site"]) == ["site"]
