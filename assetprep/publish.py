@@ -305,9 +305,37 @@ _NOT_IN_RUN_ID = {
 }
 
 
+# Options that change nothing unless their part of the run happens: without a background, how it is recorded; with
+# nothing to upload (a script, and a background composited here), where uploads go; the layout, unless composited.
+_ONLY_WITH = {
+    "background": ("background_via", "background_seconds", "background_preset", "scroll", "scroll_depth",
+                   "scroll_return", "block_private_networks"),
+    "uploads": ("bucket", "prefix"),
+    "composite_locally": ("layout",),
+}  # fmt: skip
+
+
+def uploaded_files(o: PublishOptions) -> list[str]:
+    """Which prepared files go to S3: audio, a background recorded or normalized here (not one Tavus records, not
+    one composited here), a local watermark."""
+    names = ["audio"] if o.audio is not None else []
+    if o.background is not None and o.background_via != "tavus" and not o.composite_locally:
+        names.append("background")
+    if o.watermark and not is_url(o.watermark):
+        names.append("watermark")
+    return names
+
+
 def run_id_for(options: PublishOptions) -> str:
-    """Same inputs and options → same run (so a rerun resumes); any change → a new run."""
+    """Same inputs and options → same run (so a rerun resumes); any change that makes another video → a new run.
+    An option that does not apply is taken at its default, so adding one (--bucket to a run that uploads nothing)
+    resumes the same run, and the ids of runs that never gave it stay as they were."""
     parts: dict[str, Any] = options.model_dump(mode="json", exclude=_NOT_IN_RUN_ID)
+    applies = {"background": options.background is not None, "uploads": bool(uploaded_files(options)),
+               "composite_locally": options.composite_locally}  # fmt: skip
+    for part, names in _ONLY_WITH.items():
+        if not applies[part]:
+            parts.update({name: PublishOptions.model_fields[name].default for name in names})
     for name in ("audio", "background"):
         value = getattr(options, name)
         if value is not None and not is_url(str(value)) and Path(value).is_file():
@@ -373,15 +401,7 @@ class _Run:
         return path
 
     def uploaded(self) -> list[str]:
-        """Which prepared files go to S3: audio, a background recorded or normalized here (not one Tavus records,
-        not one composited here), a local watermark."""
-        o = self.o
-        names = ["audio"] if o.audio is not None else []
-        if o.background is not None and o.background_via != "tavus" and not o.composite_locally:
-            names.append("background")
-        if o.watermark and not is_url(o.watermark):
-            names.append("watermark")
-        return names
+        return uploaded_files(self.o)
 
     def bucket(self) -> str:
         if not (bucket := self.o.bucket or self.settings.bucket):

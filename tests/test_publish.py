@@ -140,6 +140,31 @@ def test_a_hung_background_site_fails_at_page_timeout_and_the_run_id_ignores_it(
     assert run_id_for(PublishOptions(**same, page_timeout=3)) == run_id_for(PublishOptions(**same))
 
 
+def test_an_option_that_does_not_apply_keeps_the_run_and_ids_of_earlier_runs_stay(tmp_path):
+    """--bucket added to a --composite-locally run (nothing uploaded) gave a new run id: the page was recorded
+    again and another video made."""
+    import hashlib
+    import json
+
+    from assetprep.publish import _NOT_IN_RUN_ID
+
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    local = {"replica_id": DEFAULT_REPLICA, "script": "Hi.", "background": "https://example.com/",
+             "composite_locally": True}  # fmt: skip
+    assert run_id_for(PublishOptions(**local, bucket="b", prefix="p")) == run_id_for(PublishOptions(**local))
+    assert run_id_for(PublishOptions(**local, layout="full")) != run_id_for(PublishOptions(**local))
+    plain = {"replica_id": DEFAULT_REPLICA, "script": "Hi."}
+    assert run_id_for(PublishOptions(**plain, scroll="none", layout="full")) == run_id_for(PublishOptions(**plain))
+    spoken = {"replica_id": DEFAULT_REPLICA, "audio": audio}  # the audio is uploaded: its bucket is part of the run
+    assert run_id_for(PublishOptions(**spoken, bucket="b")) != run_id_for(PublishOptions(**spoken))
+    # A run that never gave such an option keeps the id it had before this rule.
+    for fields in (local, plain, {**plain, "background": "https://example.com/", "bucket": "b", "scroll": "none"}):
+        options = PublishOptions(**fields)
+        before = json.dumps(options.model_dump(mode="json", exclude=_NOT_IN_RUN_ID), sort_keys=True).encode()
+        assert run_id_for(options) == hashlib.sha256(before).hexdigest()[:12]
+
+
 def test_what_the_recording_warns_of_is_shown(world, site, tmp_path):
     """publish dropped the recording's warnings: a page with nothing to scroll (or one recorded before it finished
     loading) gave no word."""
