@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -267,11 +268,15 @@ def upload_cmd(
 def s3_serve(
     dir: Annotated[Path, typer.Option("--dir", help="Data folder (objects and credentials).")] = Path(".assetprep/s3"),
     port: Annotated[int | None, typer.Option(help="S3 port (default: a free one).")] = None,
+    bucket: Annotated[str, typer.Option(help="Bucket to create (printed as ASSETPREP_BUCKET).")] = "assetprep",
 ) -> None:
     """Run SeaweedFS on 127.0.0.1 in the foreground; prints the endpoint and credentials to use."""
     import signal
 
+    from pydantic import SecretStr
+
     from .s3local import LocalS3
+    from .upload import S3Settings, ensure_bucket, make_s3_client
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM must stop weed too, not leave it orphaned
@@ -280,8 +285,12 @@ def s3_serve(
     signal.signal(signal.SIGINT, on_term)
     server = LocalS3(dir, port=port).start()
     try:
+        # A bucket, so that every line of the README's tour runs as written once these lines are pasted.
+        s3 = S3Settings(endpoint_url=server.endpoint_url, region="us-east-1", access_key_id=server.access_key,
+                        secret_access_key=SecretStr(server.secret_key))  # fmt: skip
+        ensure_bucket(make_s3_client(s3), bucket, create=True)
         print(f"S3 endpoint: {server.endpoint_url}   data: {dir}   log: {server.log_path}")
-        for key, value in server.env().items():
+        for key, value in {**server.env(), "ASSETPREP_BUCKET": bucket}.items():
             print(f"export {key}={value}")
         print("Ctrl-C to stop.", flush=True)
         assert server.proc is not None
@@ -575,8 +584,15 @@ def sandbox_serve(
         config = sandbox.SandboxConfig(data_dir=data_dir, api_key=key, **fields)
     except ValidationError as exc:
         raise ConfigError(presets.format_validation_error(exc, "sandbox options")) from None
-    stderr.print(f"Tavus sandbox on {config.public_url}  data: {data_dir}  "
-                 f"(key: TAVUS_API_KEY from {data_dir / 'api_key'} or --api-key)", markup=False)  # fmt: skip
+    # Lines a shell can paste, as `s3 serve` prints (plain print: rich wrapped the key's line at the terminal's width).
+    # The generated key is named by its file, so it is not on the screen or in a scrollback.
+    given = "the key given with --api-key or ASSETPREP_SANDBOX_API_KEY"
+    where = shlex.quote(str((data_dir / "api_key").resolve()))
+    print(f"Tavus sandbox on {config.public_url}   data: {data_dir}")
+    print(f"export TAVUS_API_BASE_URL={config.public_url}")
+    print(f'export TAVUS_API_KEY="$(cat {where})"' if api_key is None else f"# TAVUS_API_KEY: {given}")
+    print(f"export ASSETPREP_REPLICA_ID={sandbox.DEFAULT_REPLICA}   # a replica this sandbox has")
+    print("Ctrl-C to stop.", flush=True)
     sandbox.serve(config)
 
 

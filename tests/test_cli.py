@@ -215,3 +215,34 @@ def test_ctrl_c_while_the_command_is_still_starting_is_one_line():
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
     assert err.strip() == "interrupted; no partial output was kept (rerun the same command to continue)"
+
+
+def test_sandbox_serve_prints_lines_a_shell_can_paste(tmp_path):
+    """It printed no export lines (s3 serve does) and its key line was wrapped at the terminal's width; the key
+    itself stays off the screen (read from its file by the pasted line)."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "sandbox dir"  # a space: the pasted line quotes the path
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAVUS_", "ASSETPREP_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "assetprep", "sandbox", "serve", "--port", str(port), "--data-dir",
+                             str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+    try:
+        lines = [proc.stdout.readline() for _ in range(5)]
+        assert lines[-1] == "Ctrl-C to stop.\n", lines
+        exports = [line for line in lines if line.startswith("export ")]
+        assert [line.split("=")[0] for line in exports] == [
+            "export TAVUS_API_BASE_URL", "export TAVUS_API_KEY", "export ASSETPREP_REPLICA_ID"]  # fmt: skip
+        key = (data / "api_key").read_text().strip()
+        assert key not in "".join(lines) and f"export TAVUS_API_BASE_URL=http://127.0.0.1:{port}\n" in exports
+        # Pasted into a shell, the lines reach this sandbox with its key.
+        script = "".join(exports) + f'exec "{sys.executable}" -m assetprep replicas list --json'
+        listed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert "r90bbd427f71" in [r["replica_id"] for r in json.loads(listed.stdout)["data"]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

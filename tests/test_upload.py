@@ -329,12 +329,15 @@ def test_s3_serve_command_stops_weed_on_sigterm(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "assetprep", "s3", "serve", "--dir", str(tmp_path / "s3")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        lines = [proc.stdout.readline() for _ in range(6)]
+        lines = [proc.stdout.readline() for _ in range(7)]
+        assert lines[-1] == "Ctrl-C to stop.\n"
         env = dict(line.removeprefix("export ").strip().split("=", 1) for line in lines if line.startswith("export "))
         c = make_s3_client(S3Settings(endpoint_url=env["AWS_ENDPOINT_URL_S3"], access_key_id=env["AWS_ACCESS_KEY_ID"],
                                       secret_access_key=env["AWS_SECRET_ACCESS_KEY"]))  # fmt: skip
+        # The bucket it names is there (the README's tour uploads to it as written).
+        assert env["ASSETPREP_BUCKET"] == "assetprep"
         c.create_bucket(Bucket="served")
-        assert [b["Name"] for b in c.list_buckets()["Buckets"]] == ["served"]
+        assert [b["Name"] for b in c.list_buckets()["Buckets"]] == ["assetprep", "served"]
         weed_pids = [p for p in os.listdir("/proc") if p.isdigit() and _is_weed_under(tmp_path, p)]
         assert weed_pids
     finally:
