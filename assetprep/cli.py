@@ -9,20 +9,24 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from . import __version__, normalize, presets
+from . import __version__
 from ._files import not_text, read_text_file
 from ._units import parse_duration, parse_rate
 from ._urls import redact_url
 from .errors import INTERRUPTED, AssetprepError, ConfigError, ProcessError, UploadError
-from .probe import probe as probe_file
 from .progress import Progress as ProgressReport
 from .progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from .normalize import NormalizeResult
+
+# Heavy modules (normalize, presets, probe, pydantic, rich's progress) are imported by the commands that use them:
+# `assetprep --help` and `assetprep upload` paid 0.2-0.3 s for modules they never touch.
 
 app = typer.Typer(
     help="Prepare and publish videos for the Tavus Generate Video API.",
@@ -65,6 +69,8 @@ def progress_bar(enabled: bool = True, *, transient: bool = False) -> Iterator[P
     if not enabled or not stderr.is_terminal:
         yield lambda _p: None
         return
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
     columns = (TextColumn("{task.description:<16}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[speed]}"))  # fmt: skip
     with Progress(*columns, console=stderr, transient=transient) as bar:
@@ -127,7 +133,7 @@ def emit(result: dict[str, Any], as_json: bool, human: str, warnings: list[str] 
         print(human)
 
 
-def _describe(result: normalize.NormalizeResult) -> str:
+def _describe(result: NormalizeResult) -> str:
     facts = result.info.summary()
     parts = [f"{result.output}  ({result.path_taken}, {result.seconds:.1f} s)"]
     if v := facts.get("video"):
@@ -159,6 +165,8 @@ def normalize_video_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Normalize a video into an H.264 MP4 for background_source_url."""
+    from . import normalize
+
     if fit not in (None, "cover", "contain", "stretch"):
         raise typer.BadParameter("must be cover, contain or stretch", param_hint="--fit")
     with progress_bar(not as_json) as on_progress:
@@ -180,6 +188,8 @@ def normalize_audio_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Normalize audio into a .wav or .mp3 for audio_url."""
+    from . import normalize
+
     target: float | bool | None = False if no_loudness else loudness
     with progress_bar(not as_json) as on_progress:
         result = normalize.normalize_audio(
@@ -195,6 +205,8 @@ def probe_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the media facts assetprep sees in a file."""
+    from .probe import probe as probe_file
+
     info = probe_file(file, count_frames=count_frames)
     emit(info.model_dump(), as_json, json.dumps(info.summary(), indent=2))
 
@@ -202,6 +214,8 @@ def probe_cmd(
 @presets_app.command("list")
 def presets_list(as_json: JsonOpt = False) -> None:
     """List the built-in presets."""
+    from . import presets
+
     items = presets.list_presets()
     emit(
         {"presets": [p.model_dump() for p in items]},
@@ -213,6 +227,8 @@ def presets_list(as_json: JsonOpt = False) -> None:
 @presets_app.command("show")
 def presets_show(name: Annotated[str, typer.Argument(help="Preset name or file.")]) -> None:
     """Show every setting of a preset (defaults included)."""
+    from . import presets
+
     print(json.dumps(presets.load_preset(name).model_dump(), indent=2))
 
 
@@ -335,6 +351,8 @@ def record_cmd(
 ) -> None:
     """Record a web page into an H.264 .mp4 background (frame-exact, deterministic)."""
     from pydantic import ValidationError
+
+    from . import presets
 
     # Not `from . import record`: the package re-exports the function under that name.
     from .record import RecordOptions, parse_viewport, record
@@ -521,6 +539,8 @@ def videos_download(
     as_json: JsonOpt = False,
 ) -> None:
     """Download a ready video (resumes dropped connections; written atomically)."""
+    from .probe import probe as probe_file
+
     with _client(api_key, base_url) as client, progress_bar(not as_json) as on_progress:
         path = client.download(video_id, output, on_progress=on_progress)
     info = probe_file(path)
@@ -567,7 +587,7 @@ def sandbox_serve(
     """Run the sandbox in the foreground (Ctrl-C or SIGTERM stops it)."""
     from pydantic import ValidationError
 
-    from . import sandbox
+    from . import presets, sandbox
 
     fields: dict[str, Any] = {
         "host": host, "port": port, "speed": speed, "seed": seed, "rate_limit": parse_rate(rate_limit),
@@ -637,6 +657,7 @@ def publish_cmd(
     """Prepare, upload, submit, wait and download one Tavus video. Rerun the same command to resume."""
     from pydantic import ValidationError
 
+    from . import presets
     from .publish import CONFIG_FILE, PublishOptions, PublishSettings, publish
 
     script = _read_script(script, script_file)
@@ -717,6 +738,7 @@ def batch_cmd(
     """Make one video per manifest row: shared preparation, exactly once, results.csv and report.html."""
     from pydantic import ValidationError
 
+    from . import presets
     from .batch import BatchOptions, batch_publish
     from .publish import PublishSettings
 
