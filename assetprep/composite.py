@@ -39,7 +39,8 @@ def composite(layer: Path, background: Path, output: Path, *, layout: Layout = "
     with atomic_output(output, inputs=(layer, background)) as tmp:
         _process.run_ffmpeg(
             ffmpeg.output(video, fg.audio, str(tmp), t=f"{seconds:.3f}", **{"c:v": "libx264", "preset": "veryfast",
-                          "crf": 20, "c:a": "aac", "b:a": "160k", "ar": 48000, **mp4_options()}),
+                          "crf": 20, "c:a": "aac", "b:a": "160k", "ar": 48000, "color_range": "tv",
+                          "colorspace": "bt709", "color_primaries": "bt709", "color_trc": "bt709", **mp4_options()}),
             stage="composite", total=seconds, timeout=300 + 20 * seconds, on_progress=on_progress,
             what="ffmpeg (composite)",
         )  # fmt: skip

@@ -122,8 +122,23 @@ def _remux_blockers(info: MediaInfo, preset: VideoPreset) -> list[str]:
     return container + _stream_mismatches(info.video, preset)
 
 
+# ffprobe's color_space → the scale filter's names for it
+_MATRICES = {"bt709": "bt709", "smpte170m": "smpte170m", "bt470bg": "bt470", "bt2020nc": "bt2020",
+             "bt2020c": "bt2020", "smpte240m": "smpte240m", "fcc": "fcc"}  # fmt: skip
+
+
+def color_matrix(v: VideoStream) -> dict[str, str]:
+    """scale options that convert to the BT.709 the output is tagged with. Without them swscale converted RGB (stills,
+    image sequences, GIFs) with BT.601: CSS #b61924 played back as (193, 38, 33). A YUV input is converted from its
+    tagged matrix; untagged, from what its kind uses (JPEG: BT.601; video: BT.709 from 720 lines up, else BT.601)."""
+    tagged = _MATRICES.get(v.color_space or "")
+    guess = "bt601" if v.codec in ("mjpeg", "jpegls") or v.height < 720 else "bt709"
+    return {"in_color_matrix": tagged or guess, "out_color_matrix": "bt709"}  # RGB input: `in` does not apply
+
+
 def _video_filters(stream: Any, v: VideoStream, preset: VideoPreset, fit: Fit) -> Any:
     w, h = preset.width, preset.height
+    matrix = color_matrix(v)
     # Drop frames before the expensive filters (a 60 fps phone clip halves the tone-map and scale work).
     stream = stream.filter("fps", fps=preset.fps)
     if v.is_hdr and preset.tone_map:
@@ -138,15 +153,15 @@ def _video_filters(stream: Any, v: VideoStream, preset: VideoPreset, fit: Fit) -
         stream = stream.filter("scale", "trunc(iw*sar/2)*2", "ih").filter("setsar", 1)
     # out_range=tv: full-range (yuvj420p, pc) input becomes limited range, which every player expects.
     if fit == "cover":
-        stream = stream.filter("scale", w, h, force_original_aspect_ratio="increase", out_range="tv").filter(
+        stream = stream.filter("scale", w, h, force_original_aspect_ratio="increase", out_range="tv", **matrix).filter(
             "crop", w, h
         )
     elif fit == "contain":
         stream = stream.filter(
-            "scale", w, h, force_original_aspect_ratio="decrease", force_divisible_by=2, out_range="tv"
+            "scale", w, h, force_original_aspect_ratio="decrease", force_divisible_by=2, out_range="tv", **matrix
         ).filter("pad", w, h, "(ow-iw)/2", "(oh-ih)/2", color=preset.pad_color)
     else:
-        stream = stream.filter("scale", w, h, out_range="tv")
+        stream = stream.filter("scale", w, h, out_range="tv", **matrix)
     return stream.filter("setsar", 1).filter("format", preset.pix_fmt)
 
 

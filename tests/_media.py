@@ -44,6 +44,22 @@ def frame_rgb(path: Path | str, index: int, width: int, height: int) -> bytes:
     ).stdout[: width * height * 3]  # fmt: skip
 
 
+_ZSCALE_MATRIX = {"bt709": "709", "smpte170m": "170m", "bt470bg": "470bg", "bt2020nc": "2020_ncl"}
+
+
+def frame_rgb_as_tagged(path: Path | str, index: int, width: int, height: int) -> bytes:
+    """One frame as a player shows it: converted to RGB with the matrix and range the file is tagged with (zscale,
+    which rounds exactly); untagged, as players guess: BT.709 from 720 lines up, else BT.601."""
+    tags = streams(path)[0]
+    matrix = _ZSCALE_MATRIX.get(tags.get("color_space", ""), "709" if int(tags["height"]) >= 720 else "470bg")
+    rin = "full" if tags.get("color_range") == "pc" else "limited"
+    return subprocess.run(
+        [FFMPEG, "-v", "error", "-i", str(path), "-vf",
+         f"select=eq(n\\,{index}),zscale=min={matrix}:rin={rin},format=gbrp,format=rgb24", "-frames:v", "1",
+         "-f", "rawvideo", "-"], check=True, capture_output=True, timeout=60,
+    ).stdout[: width * height * 3]  # fmt: skip
+
+
 def pixel(frame: bytes, width: int, x: int, y: int) -> tuple[int, int, int]:
     i = (y * width + x) * 3
     return frame[i], frame[i + 1], frame[i + 2]

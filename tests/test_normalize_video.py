@@ -347,3 +347,41 @@ def test_real_hdr_clip_becomes_8bit_sdr(media_dir, tmp_path):
     frame = frame_rgb(out, 4, W, H)
     lum = sorted(frame[i] for i in range(0, len(frame), 3 * 97))
     assert lum[len(lum) // 20] < 60 and lum[-len(lum) // 20] > 150
+
+
+COLOURS = ((0xB6, 0x19, 0x24), (0x00, 0xF1, 0xC9), (0xFF, 0xC8, 0x00))  # CSS #b61924, #00f1c9, #ffc800
+
+
+def _bands(path: Path, size: str, then: str | None, *extra: str) -> None:
+    """Three solid bands of COLOURS side by side (`then`: filters after)."""
+    sources = ";".join(f"color=c=0x{r:02x}{g:02x}{b:02x}:s={size}:d=1[c{i}]" for i, (r, g, b) in enumerate(COLOURS))
+    ffmpeg("-filter_complex", f"{sources};[c0][c1][c2]hstack=3" + (f",{then}" if then else ""), *extra, str(path))
+
+
+def test_colours_play_back_as_they_were_from_rgb_and_from_other_matrices(tmp_path):
+    """RGB was converted with BT.601 and tagged BT.709: #b61924 played back as (193, 38, 33). Decoded with the matrix
+    each file is tagged with, every source colour now comes back within 2 code values: a still PNG, an SD clip
+    tagged BT.601 (smpte170m), and an HD clip without tags (BT.709 by convention)."""
+    from _media import frame_rgb_as_tagged
+
+    png = tmp_path / "bands.png"
+    _bands(png, "426x720", None, "-frames:v", "1")
+    sd = tmp_path / "sd.mp4"
+    _bands(sd, "214x480", "scale=out_color_matrix=bt601:out_range=tv,format=yuv420p", "-c:v", "libx264", "-crf", "12",
+           "-colorspace", "smpte170m", "-color_primaries", "smpte170m", "-color_trc", "smpte170m")  # fmt: skip
+    hd = tmp_path / "hd.mp4"
+    _bands(hd, "426x720", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p", "-c:v", "libx264", "-crf", "12")
+    for source, extra in ((png, {"duration": 1}), (sd, {}), (hd, {})):
+        out = tmp_path / f"{source.stem}-out.mp4"
+        normalize_video(source, out, preset="background-720p", fit="cover", force_encode=True, **extra)
+        tags = streams(out)[0]
+        assert (tags["color_space"], tags["color_range"]) == ("bt709", "tv")
+        frame = frame_rgb_as_tagged(out, 0, W, H)
+        # A clip's colours are what it shows (its own 8-bit YUV is already a code value or two off the CSS colour).
+        width = int(streams(source)[0]["width"]) if source.suffix == ".mp4" else 0
+        shown = frame_rgb_as_tagged(source, 0, width, 480 if source is sd else 720) if width else b""
+        for i, colour in enumerate(COLOURS):
+            if shown:
+                colour = pixel(shown, width, width // 6 + width // 3 * i, 240)
+            got = pixel(frame, W, 213 + 427 * i, 360)
+            assert max(abs(a - b) for a, b in zip(got, colour, strict=True)) <= 2, (source.name, colour, got)
