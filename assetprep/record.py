@@ -100,6 +100,8 @@ class RecordResult(BaseModel):
     capture_fps: float
     page_height: int
     max_scroll: int
+    # How deep the recording scrolled (px): the depth asked for, or as deep as a readable speed goes in the time.
+    scroll_reached: int = 0
     warnings: list[str]
     info: MediaInfo
 
@@ -108,7 +110,8 @@ class RecordResult(BaseModel):
             "url": self.url, "output": str(self.output), "mode": self.mode, "capture": self.capture,
             "browser": self.browser, "frames": self.frames, "fps": self.fps,
             "seconds": round(self.seconds, 3), "capture_fps": round(self.capture_fps, 1),
-            "page_height": self.page_height, "max_scroll": self.max_scroll, "warnings": self.warnings,
+            "page_height": self.page_height, "max_scroll": self.max_scroll, "scroll_reached": self.scroll_reached,
+            "warnings": self.warnings,
             "facts": self.info.summary(),
         }  # fmt: skip
 
@@ -185,6 +188,20 @@ TIME_SHIM = r"""
 
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
 _FRAME_JS = "window.__assetprep.advance({t:.4f}); window.scrollTo(0, {y})"
+# Seconds until the page's finite animations and transitions that are running now end (virtual time: they start
+# with the first frame).
+# Exact mode's clock holds them paused at virtual time, so "paused" counts as playing here.
+_INTRO_JS = """() => Math.max(0, ...document.getAnimations().map(a => {
+  const t = a.effect && a.effect.getComputedTiming();
+  if (!t || !isFinite(t.endTime) || a.playState === "finished" || a.playState === "idle") return 0;
+  return (t.endTime - (t.localTime || 0)) / 1000;
+}))"""
+# Content the scroll will show, loaded before the first frame: lazy images (loading=lazy, IntersectionObserver
+# scripts) load when they near the viewport, so the page is walked through once; then images and fonts are waited
+# for. Returns whether everything in that range has loaded.
+# (`complete` is true for a broken image too: a 404 is not waited for.)
+_LOADED_JS = """(bottom) => document.fonts.status === "loaded" && [...document.images].every(
+  img => img.getBoundingClientRect().top + window.scrollY > bottom || img.complete)"""
 _MEASURE_JS = """() => [Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),
                       window.innerHeight]"""
 
@@ -192,31 +209,71 @@ _MEASURE_JS = """() => [Math.max(document.documentElement.scrollHeight, document
 # --- scroll plans ----------------------------------------------------------------------------------------------------
 
 
-def scroll_keyframes(options: RecordOptions, max_scroll: int, last: float | None = None) -> list[tuple[float, float]]:
-    """(seconds, y) points of the scroll path; y is linear between them. Mirrors Tavus's scroll properties.
+# Readable motion: a visitor reads the first screen, scrolls at most about a screen a second, and the clip (which
+# Tavus loops) ends at rest. Before: scrolling began on frame 1, and `human --scroll-depth bottom` moved up to 3.5
+# screens in 0.37 s.
+HOLD_SECONDS = 1.0  # the first screen at rest, longer while its intro animations play (up to INTRO_MAX_SECONDS)
+INTRO_MAX_SECONDS = 3.0
+REST_SECONDS = 0.5  # at the end, at rest
+SMOOTH_SCREENS_PER_SECOND = 1.0
+HUMAN_STEP_SCREENS = 0.75  # the most a human step moves
+HUMAN_SCREENS_PER_SECOND = 1.5  # while it moves
+HUMAN_PAUSE_SECONDS = 0.6  # reading between steps
+RETURN_SCREENS_PER_SECOND = 2.0
 
-    `last` is the time of the last frame (duration - 1/fps): a return trip ends exactly there.
+
+def scroll_target(options: RecordOptions, max_scroll: int) -> int:
+    """The depth asked for, in px: middle, bottom or a number, within the page."""
+    depth = options.scroll_depth
+    return max_scroll // 2 if depth == "middle" else max_scroll if depth == "bottom" else min(int(depth), max_scroll)
+
+
+def scroll_keyframes(options: RecordOptions, max_scroll: int, last: float | None = None, *, view_h: int = 720,
+                     intro: float = 0.0) -> list[tuple[float, float]]:  # fmt: skip
+    """(seconds, y) points of the scroll path; y is linear between them. Mirrors Tavus's scroll properties, at a
+    readable speed: the first screen holds (HOLD_SECONDS, or while the page's intro animations play: `intro`,
+    bounded), moves are capped in screens per second, and the path ends at rest. The depth asked for is reached when
+    the time allows; the path's deepest point says how deep it went.
+
+    `last` is the time of the last frame (duration - 1/fps): a return trip ends REST_SECONDS before it.
     """
     T = last if last is not None else options.duration
     if options.keyframes:
         return sorted((t, min(max(0.0, y), float(max_scroll))) for t, y in options.keyframes)
-    if options.scroll == "none" or max_scroll <= 0:
+    if options.scroll == "none" or max_scroll <= 0 or T <= 0:
         return [(0.0, 0.0)]
-    depth = options.scroll_depth
-    target = max_scroll // 2 if depth == "middle" else max_scroll if depth == "bottom" else min(int(depth), max_scroll)
+    target = scroll_target(options, max_scroll)
     back = options.scroll_return == "return"
+    hold = round(min(max(HOLD_SECONDS, min(intro, INTRO_MAX_SECONDS)), T * 0.25), 3)
+    rest = min(REST_SECONDS, T * 0.1)
     down_end = T * (0.45 if back else 0.85)
+    if not back:
+        down_end = min(down_end, T - rest)
+    avail = max(0.0, down_end - hold)
+    screen = float(max(1, view_h))
+    points = [(0.0, 0.0), (hold, 0.0)]
     if options.scroll == "smooth":
-        points = [(0.0, 0.0), (down_end, float(target))]
+        reach = float(min(target, math.floor(SMOOTH_SCREENS_PER_SECOND * screen * avail)))
+        points.append((down_end, reach))
     else:  # human: steps of most of a screen with reading pauses between them
-        steps = max(1, min(8, math.ceil(target / 500)))
-        move = down_end / steps * 0.55
-        points = [(0.0, 0.0)]
+        steps = max(1, math.ceil(target / (HUMAN_STEP_SCREENS * screen)))
+        step = target / steps
+        move = step / (HUMAN_SCREENS_PER_SECOND * screen)
+        fit = math.floor((avail + HUMAN_PAUSE_SECONDS) / (move + HUMAN_PAUSE_SECONDS))
+        if fit < 1:  # not even one step fits: part of one
+            steps, step, move = 1, HUMAN_SCREENS_PER_SECOND * screen * avail, avail
+        elif fit < steps:
+            steps = fit
+        slot = avail / steps  # spread over the time there is, as before: slower is more readable
+        move = min(slot, max(move, slot * 0.55))
         for i in range(1, steps + 1):
-            start = down_end / steps * (i - 1)
-            points += [(start + move, target * i / steps), (start + down_end / steps, target * i / steps)]
-    if back:
-        points += [(T * 0.55, float(target)), (T, 0.0)]
+            start = hold + slot * (i - 1)
+            points += [(start + move, step * i), (start + slot, step * i)]
+    reach = points[-1][1]
+    if back and reach > 0:
+        end = T - rest
+        took = max(reach / (RETURN_SCREENS_PER_SECOND * screen), end - T * 0.55)
+        points += [(max(points[-1][0], end - took), reach), (end, 0.0)]
     return points
 
 
@@ -234,8 +291,8 @@ def _ffmpeg_expr(points: list[tuple[float, float]], fps: int) -> str:
     t = f"(n/{fps})"
     expr = f"{points[-1][1]:.3f}"
     for (t0, y0), (t1, y1) in reversed(list(itertools.pairwise(points))):
-        seg = f"{y0:.3f}" if t1 == t0 else f"({y0:.3f}+({y1 - y0:.3f})*({t}-{t0:.4f})/{t1 - t0:.4f})"
-        expr = f"if(lt({t},{t1:.4f}),{seg},{expr})"  # ffmpeg-python escapes the commas
+        seg = f"{y0:.6f}" if t1 == t0 else f"({y0:.6f}+({y1 - y0:.6f})*({t}-{t0:.9f})/{t1 - t0:.9f})"
+        expr = f"if(lt({t},{t1:.9f}),{seg},{expr})"  # ffmpeg-python escapes the commas
     return f"round({expr})"
 
 
@@ -701,16 +758,30 @@ def _record_url(
                                 f"scrolling stops at {depth} px")  # fmt: skip
             if options.scroll != "none" and max_scroll == 0:
                 warnings.append("the page is not taller than the viewport: recorded without scrolling")
-            points = scroll_keyframes(options, max_scroll, (frames - 1) / fps)
+            last = (frames - 1) / fps
+            capture: Capture = _frame_control(cdp, dog, bound) if exact else "fullpage"
+            points = scroll_keyframes(options, max_scroll, last, view_h=view_h)
+            if options.scroll != "none" and not options.keyframes:
+                with dog.step("while loading what the scroll shows", PRIME_SECONDS + 10):
+                    if not _prime(page, cdp, points, capture, min(options.timeout, PRIME_SECONDS)):
+                        warnings.append(f"some images or fonts the scroll shows had not loaded after "
+                                        f"{min(options.timeout, PRIME_SECONDS):g} s")  # fmt: skip
+            # Reveal-on-load animations (a hero that fades or slides in) still playing: the first screen holds
+            # until they end (bounded), so the hero is seen at rest. Exact mode only: fast mode has one still.
+            with dog.step("while getting ready", bound):
+                intro = float(page.evaluate(_INTRO_JS)) if exact else 0.0
+            points = scroll_keyframes(options, max_scroll, last, view_h=view_h, intro=intro)
+            reached = round(max(y for _, y in points))
+            if not options.keyframes and options.scroll != "none" and reached < scroll_target(options, max_scroll):
+                warnings.append(f"scrolled to {reached} of {scroll_target(options, max_scroll)} px: at a readable "
+                                f"speed that is as deep as {options.duration:g} s go (a longer duration goes "
+                                "deeper)")  # fmt: skip
             if exact:
-                capture, capture_fps = _record_exact(
-                    page, cdp, tmp, preset, frames, points, options, on_progress, deadline, dog
+                capture_fps = _record_exact(
+                    page, cdp, tmp, preset, frames, points, options, on_progress, deadline, dog, capture
                 )
             else:
-                capture, capture_fps = (
-                    "fullpage",
-                    _record_fast(page, tmp, preset, frames, points, options, on_progress, deadline, dog),
-                )
+                capture_fps = _record_fast(page, tmp, preset, frames, points, options, on_progress, deadline, dog)
         finally:
             browser.close()
             if profile is not None:
@@ -732,7 +803,8 @@ def _record_url(
     return RecordResult(
         url=url, output=Path(output), mode=options.mode, capture=capture, browser=executable or "playwright",
         frames=frames, fps=fps, seconds=time.monotonic() - started,
-        capture_fps=capture_fps, page_height=page_height, max_scroll=max_scroll, warnings=warnings,
+        capture_fps=capture_fps, page_height=page_height, max_scroll=max_scroll, scroll_reached=reached,
+        warnings=warnings,
         info=info.model_copy(update={"path": str(output)}),
     )  # fmt: skip
 
@@ -799,23 +871,55 @@ def _encoder(preset: VideoPreset, out: Path, source: Any, x264_preset: X264Prese
     return ffmpeg.output(video, str(out), **{**x264_options(preset), **mp4_options(), "an": None})
 
 
+PRIME_SECONDS = 10.0  # at most, walking the page and waiting for its images and fonts before the first frame
+
+
+def _prime(page: Any, cdp: Any, points: list[tuple[float, float]], capture: Capture, seconds: float) -> bool:
+    """Walk the page down to the deepest point of the scroll, a screen at a time, so lazy content loads and its
+    fade-ins play before the first frame (58 of 360 frames of a lazy image list were almost white); then back to the
+    top. The clock moves a tenth of a second per screen, and frames are drawn (deterministic mode draws none by
+    itself). Whether all images and fonts in the range loaded in time."""
+    bottom = max(y for _, y in points)
+    view_h = int(page.evaluate("() => window.innerHeight"))
+    end = time.monotonic() + seconds
+
+    def tick(y: float, ms: float = 100) -> None:
+        clock = f"window.__assetprep && window.__assetprep.advance(window.__assetprep.now() + {ms}); "  # fast: none
+        cdp.send("Runtime.evaluate", {"expression": f"{clock}window.scrollTo(0, {round(y)})"})
+        if capture == "beginframe":
+            cdp.send("HeadlessExperimental.beginFrame", {"interval": ms, "noDisplayUpdates": False})
+        else:
+            time.sleep(ms / 1000)
+
+    if bottom <= 0:
+        return True
+    y = 0.0
+    while y < bottom and time.monotonic() < end:
+        y = min(bottom, y + view_h)
+        tick(y)
+        time.sleep(0.02)  # the requests the new screen made go out
+    loaded = False
+    while time.monotonic() < end:
+        if loaded := bool(page.evaluate(_LOADED_JS, bottom + view_h)):
+            break
+        tick(bottom)
+    for _ in range(15):  # their fade-ins (up to 1.5 s) end here, not on screen
+        tick(bottom)
+    tick(0)
+    return loaded
+
+
 def _record_exact(
     page: Any, cdp: Any, tmp: Path, preset: VideoPreset, frames: int, points: list[tuple[float, float]],
     options: RecordOptions, on_progress: ProgressCallback | None, deadline: float, dog: _Watchdog,
-) -> tuple[Capture, float]:  # fmt: skip
+    capture: Capture,
+) -> float:  # fmt: skip
+    """Frame by frame on the virtual clock; the capture rate (frames per wall second)."""
     bound = options.timeout
     with dog.step("before the first frame", bound):
         offset = page.evaluate("() => window.__assetprep.now()")  # virtual time spent getting ready
     fps = preset.fps
     jpeg = {"format": "jpeg", "quality": options.jpeg_quality, "optimizeForSpeed": True}
-    try:
-        with dog.step("before the first frame", bound):
-            cdp.send("HeadlessExperimental.enable")
-        capture: Capture = "beginframe"
-    except RecordError:
-        raise
-    except Exception:  # a full Chromium has no such domain: its compositor runs by itself
-        capture = "screenshot"
 
     def grab() -> bytes:
         if capture == "screenshot":
@@ -852,7 +956,20 @@ def _record_exact(
         timeout=max(30.0, deadline - time.monotonic()), what="ffmpeg (recording)", stdin_chunks=shots(),
     )  # fmt: skip
     elapsed = time.monotonic() - t0
-    return capture, frames / elapsed if elapsed else 0.0
+    return frames / elapsed if elapsed else 0.0
+
+
+def _frame_control(cdp: Any, dog: _Watchdog, bound: float) -> Capture:
+    """beginframe: the headless shell draws a frame when asked; screenshot: a full Chromium's compositor runs by
+    itself (it has no HeadlessExperimental domain)."""
+    try:
+        with dog.step("before the first frame", bound):
+            cdp.send("HeadlessExperimental.enable")
+        return "beginframe"
+    except RecordError:
+        raise
+    except Exception:
+        return "screenshot"
 
 
 def _record_fast(
