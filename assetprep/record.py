@@ -149,6 +149,7 @@ TIME_SHIM = r"""
     timers.set(id, {fn, at: vt + d, args, every: repeat ? d : 0});
     return id;
   };
+  const realTimeout = window.setTimeout.bind(window);
   window.setTimeout = (fn, delay, ...args) => add(fn, delay, args, false);
   window.setInterval = (fn, delay, ...args) => add(fn, delay, args, true);
   window.clearTimeout = window.clearInterval = (id) => timers.delete(id);
@@ -163,8 +164,46 @@ TIME_SHIM = r"""
       try { a.pause(); a.currentTime = vt - starts.get(a); } catch (e) {}
     }
   };
+  // Media elements follow the clock too, seeked to it each frame (played on their own, a second video ran at
+  // 1.7-2.2x and reruns differed from frame 60 on). play() starts driving one from where it is, pause() stops it;
+  // an autoplay element starts once its duration is known.
+  const driven = new Map(), stopped = new WeakSet();  // element -> [vt at its start, its time then]
+  const media = HTMLMediaElement.prototype, realPause = media.pause;
+  media.play = function () {
+    stopped.delete(this);
+    if (!driven.has(this)) driven.set(this, [vt, this.currentTime || 0]);
+    realPause.call(this);
+    return Promise.resolve();
+  };
+  media.pause = function () { driven.delete(this); stopped.add(this); realPause.call(this); };
+  let seeking = [];
+  const drive = () => {
+    for (const el of document.querySelectorAll("video[autoplay], audio[autoplay]")) {
+      if (!driven.has(el) && !stopped.has(el)) driven.set(el, [vt, 0]);
+    }
+    for (const [el, [t0, from]] of driven) {
+      if (!el.paused) realPause.call(el);
+      const d = el.duration;
+      if (!isFinite(d) || d <= 0) { driven.set(el, [vt, from]); continue; }  // not loaded yet: starts when it is
+      const t = el.loop ? (from + (vt - t0) / 1000) % d : Math.min(from + (vt - t0) / 1000, d);
+      if (Math.abs(el.currentTime - t) > 1e-4) {
+        seeking.push(new Promise((done) => {
+          el.addEventListener("seeked", done, {once: true});
+          realTimeout(done, 1000);
+        }));
+        el.currentTime = t;
+      }
+    }
+  };
   window.__assetprep = {
     now: () => vt,
+    // After advance: a promise that ends when the media seeked to this frame's time (at most 1 s), or nothing.
+    settled() {
+      if (!seeking.length) return undefined;
+      const all = Promise.all(seeking);
+      seeking = [];
+      return all.then(() => 0);
+    },
     advance(target) {
       for (let guard = 0; guard < 100000; guard++) {
         let next = null;
@@ -180,6 +219,7 @@ TIME_SHIM = r"""
       frames.clear();
       for (const cb of due) call(cb, [vt]);
       seek();
+      drive();
     },
   };
   document.addEventListener("DOMContentLoaded", seek);
@@ -187,7 +227,7 @@ TIME_SHIM = r"""
 """
 
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
-_FRAME_JS = "window.__assetprep.advance({t:.4f}); window.scrollTo(0, {y})"
+_FRAME_JS = "window.__assetprep.advance({t:.4f}); window.scrollTo(0, {y}); window.__assetprep.settled()"
 # Seconds until the page's finite animations and transitions that are running now end (virtual time: they start
 # with the first frame).
 # Exact mode's clock holds them paused at virtual time, so "paused" counts as playing here.
@@ -468,6 +508,21 @@ def is_served(parts: list[str], suffix: str) -> bool:
     return not any(p.startswith(".") for p in parts) and suffix.lower() in _WEB_ASSETS
 
 
+class _Slice:
+    """The first `left` bytes of a file from where it stands, as a readable file (for copyfileobj)."""
+
+    def __init__(self, f: Any, left: int) -> None:
+        self.f, self.left = f, left
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
 class _PageHandler(http.server.SimpleHTTPRequestHandler):
     def send_head(self) -> Any:
         parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
@@ -477,7 +532,33 @@ class _PageHandler(http.server.SimpleHTTPRequestHandler):
         if not is_served(parts, target.suffix):
             self.send_error(404, "Not Found")
             return None
-        return super().send_head()
+        # Byte ranges, as web servers answer them: without, Chromium cannot seek a page's <video> (seekable is
+        # empty), which the recording's clock does every frame.
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
+        if m is None or not target.is_file():
+            return super().send_head()
+        size = target.stat().st_size
+        first, last = int(m[1]), min(int(m[2] or size - 1), size - 1)
+        if first >= size or last < first:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        f = open(target, "rb")  # noqa: SIM115 - SimpleHTTPRequestHandler copies from it and closes it
+        f.seek(first)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(str(target)))
+        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return _Slice(f, last - first + 1)
+
+    def end_headers(self) -> None:
+        if self.command in ("GET", "HEAD") and not any(b"Accept-Ranges" in h for h in self._headers_buffer):
+            self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
 
     def list_directory(self, path: Any) -> Any:
         self.send_error(404, "Not Found")  # no listings: a folder without index.html shows nothing
@@ -939,7 +1020,7 @@ def _record_exact(
             t = i / fps
             step = _FRAME_JS.format(t=offset + t * 1000, y=round(scroll_at(points, t)))
             with dog.step(f"at frame {i}", min(bound, max(1.0, deadline - time.monotonic()))):
-                answer = cdp.send("Runtime.evaluate", {"expression": step})
+                answer = cdp.send("Runtime.evaluate", {"expression": step, "awaitPromise": True})
                 if "exceptionDetails" in answer:
                     raise RecordError(f"{page.url}: the virtual clock failed at frame {i}: "
                                       f"{answer['exceptionDetails'].get('text', 'script error')}")  # fmt: skip

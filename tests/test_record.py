@@ -763,3 +763,31 @@ def test_lazy_images_that_fade_in_are_loaded_before_the_first_frame(tmp_path):
     blank = [i for i, f in enumerate(frames) if min(px(f, 640, 360)) > 200 or min(px(f, 640, 700)) > 200]
     assert blank == [] and result.scroll_reached > 720, (blank, result.scroll_reached)
     assert not any("had not loaded" in w for w in result.warnings)
+
+
+def test_embedded_videos_follow_the_recording_clock(tmp_path):
+    """Two `<video autoplay muted loop>` played on their own: reruns differed from frame 60 on and the second video
+    ran at 1.7-2.2x. Each is now seeked to the virtual clock every frame: two runs give the same frames and the
+    same bytes, and a 0.5 s colour segment lasts 5 frames at 10 fps (1x)."""
+    clip = tmp_path / "site" / "segments.webm"
+    clip.parent.mkdir()
+    names = ("red", "lime", "blue", "yellow")
+    sources = "".join(f"color=c={c}:s=160x120:r=30:d=0.5[s{i}];" for i, c in enumerate(names))
+    subprocess.run(["ffmpeg", "-v", "error", "-filter_complex", f"{sources}[s0][s1][s2][s3]concat=n=4", "-c:v",
+                    "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", str(clip)],
+                   check=True, timeout=60)  # fmt: skip
+    video = '<video src="segments.webm" autoplay muted loop style="width:640px;height:360px;display:block"></video>'
+    (clip.parent / "index.html").write_text(f'<body style="margin:0;background:#000">{video}{video}</body>')
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.mp4"
+        record(clip.parent, out, opts(duration=3, fps=10, scroll="none"))
+        runs.append(out)
+    assert frames_rgb(runs[0]) == frames_rgb(runs[1]) and runs[0].read_bytes() == runs[1].read_bytes()
+    colours = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0))
+    for y in (180, 540):  # the first video, and the second below it
+        seq = [min(range(4), key=lambda k: sum(abs(a - b) for a, b in zip(px(f, 320, y), colours[k], strict=True)))
+               for f in frames_rgb(runs[0])]  # fmt: skip
+        lengths = [len(list(g)) for _, g in itertools.groupby(seq)]
+        assert all(n == 5 for n in lengths[1:-1]) and len(lengths) >= 5, (y, seq)
+        assert all((b - a) % 4 == 1 for a, b in itertools.pairwise(k for k, _ in itertools.groupby(seq))), seq
