@@ -65,6 +65,7 @@ from .manifest import (
     Manifest,
     Row,
     Sheet,
+    identifier_form,
     is_http_url,
     load_manifest,
     option_name,
@@ -970,7 +971,7 @@ def card_columns(columns: list[str], rows: list[dict[str, Any]], named: list[str
     if named:
         return named
     variables = [c for c in columns if option_name(c) is None]
-    forms = {c: re.sub(r"\W+", "_", c.strip().lower()).strip("_") for c in variables}
+    forms = {c: identifier_form(c) for c in variables}
     person = sorted((c for c in variables if forms[c] in _PERSON), key=lambda c: _PERSON.index(forms[c]))
     person = person[:1] if person and forms[person[0]] in _PERSON[:6] else person[:2]  # "name", or first + last
     company = sorted((c for c in variables if forms[c] in _COMPANY), key=lambda c: _COMPANY.index(forms[c]))[:1]

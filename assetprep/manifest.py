@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import jinja2
 import jinja2.meta
-import jinja2.sandbox
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._files import file_sha256, not_text, read_text_file
@@ -249,6 +248,9 @@ def _load_yaml(text: str, path: Path) -> Any:
 # --- rendering and checking ------------------------------------------------------------------------------------------
 
 
+# --- rendering and checking ------------------------------------------------------------------------------------------
+
+
 _FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -275,12 +277,12 @@ def _render(template: str, variables: dict[str, Any], where: str, column: str, p
                 if name not in variables:
                     raise RenderFailed("undefined", f"'{name}' is undefined")
             return "".join(t if i % 2 == 0 else str(variables[t]) for i, t in enumerate(parts))
-        if template in _stuck:  # 10,000 rows of one hanging template: one wait, not 10,000
-            raise RenderFailed("time", _stuck[template])
+        if _stuck.get(template, 0) >= _STUCK_AFTER:  # 10,000 rows of one hanging template: 3 waits, not 10,000
+            raise RenderFailed("time", f"ran for over {SECONDS:g} s in {_STUCK_AFTER} other rows")
         return render(template, variables)
     except RenderFailed as exc:
         if exc.kind == "time":
-            _stuck[template] = exc.message
+            _stuck[template] = _stuck.get(template, 0) + 1
         name = m[1] if (m := re.fullmatch(r"'([^']+)' is undefined", exc.message)) else None
         if exc.kind == "undefined" and name is not None and name in names:
             # A CRM's empty cell: "Hi , I looked at ." must not reach a lead.
@@ -311,7 +313,10 @@ def _render(template: str, variables: dict[str, Any], where: str, column: str, p
     return None
 
 
-_stuck: dict[str, str] = {}  # templates that ran out of time, with why
+# Templates that ran out of time, and how often: after _STUCK_AFTER rows (with their own values each) the template
+# is taken to be what hangs, and its other rows are not waited for.
+_stuck: dict[str, int] = {}
+_STUCK_AFTER = 3
 
 
 def output_problem(output: Path) -> str | None:
@@ -578,9 +583,14 @@ def load_manifest(
     return Manifest(path=path, sheet=sheet, columns=columns, rows=rows, duplicates=duplicates)
 
 
+def identifier_form(column: str) -> str:
+    """ "First Name" → first_name, "Replica-ID" → replica_id: how CRM headers read as names."""
+    return re.sub(r"\W+", "_", column.strip().lower()).strip("_")
+
+
 def option_name(column: str) -> str | None:
     """The option a column sets ("Script", "Video Name", "replica-id"), or None for a template variable."""
-    name = re.sub(r"[\s_-]+", "_", column.strip().lower())
+    name = identifier_form(column)
     return name if name in OPTION_COLUMNS else None
 
 
@@ -634,7 +644,7 @@ def _template_names(columns: list[str]) -> dict[str, str]:
     names = {c: c for c in columns if c.isidentifier()}
     forms: dict[str, list[str]] = {}
     for column in columns:
-        form = re.sub(r"\W+", "_", column.strip().lower()).strip("_")
+        form = identifier_form(column)
         if form.isidentifier() and form not in names and form not in OPTION_COLUMNS:
             forms.setdefault(form, []).append(column)
     names.update({form: same[0] for form, same in forms.items() if len(same) == 1})

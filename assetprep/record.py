@@ -228,9 +228,8 @@ TIME_SHIM = r"""
 
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
 _FRAME_JS = "window.__assetprep.advance({t:.4f}); window.scrollTo(0, {y}); window.__assetprep.settled()"
-# Seconds until the page's finite animations and transitions that are running now end (virtual time: they start
-# with the first frame).
-# Exact mode's clock holds them paused at virtual time, so "paused" counts as playing here.
+# Seconds until the page's finite animations and transitions end. Exact mode's clock holds them paused at virtual
+# time, so "paused" counts as playing here.
 _INTRO_JS = """() => Math.max(0, ...document.getAnimations().map(a => {
   const t = a.effect && a.effect.getComputedTiming();
   if (!t || !isFinite(t.endTime) || a.playState === "finished" || a.playState === "idle") return 0;
@@ -238,8 +237,7 @@ _INTRO_JS = """() => Math.max(0, ...document.getAnimations().map(a => {
 }))"""
 # Content the scroll will show, loaded before the first frame: lazy images (loading=lazy, IntersectionObserver
 # scripts) load when they near the viewport, so the page is walked through once; then images and fonts are waited
-# for. Returns whether everything in that range has loaded.
-# (`complete` is true for a broken image too: a 404 is not waited for.)
+# for (`complete` is true for a broken image too: a 404 is not waited for).
 _LOADED_JS = """(bottom) => document.fonts.status === "loaded" && [...document.images].every(
   img => img.getBoundingClientRect().top + window.scrollY > bottom || img.complete)"""
 _MEASURE_JS = """() => [Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),

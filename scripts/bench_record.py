@@ -1,11 +1,12 @@
 """Benchmark: assetprep record (exact 720p30, exact 1080p30, fast) vs Playwright's own record_video (the baseline).
 
-All on examples/page.html (continuously animated, so every frame should differ from the last). For each it prints
-wall time / video duration and the bad frames found by decoding: missing frames (count below fps x duration) and
-duplicated frames (a decoded frame identical to the one before; in fast mode a still is panned, so a frame may
-legitimately repeat where the rounded scroll position holds at the turn). Playwright's recorder needs its own
-ffmpeg build, which cannot be downloaded here: for this benchmark only, a temp PLAYWRIGHT_BROWSERS_PATH links
-ffmpeg-<rev>/ffmpeg-linux to the OS ffmpeg. Usage: python scripts/bench_record.py [--seconds 5] [--long 30] [--repeat 3]
+On a landing page built here like leads' sites are (--page real: a web font, a looping video, a canvas animation,
+photos, 3,000 elements) or examples/page.html (--page demo; continuously animated). For each it prints wall time /
+video duration and the bad frames found by decoding: missing frames (count below fps x duration) and duplicated
+frames (a decoded frame identical to the one before; in fast mode a still is panned, so a frame may legitimately
+repeat where the rounded scroll position holds at the turn). Playwright's recorder needs its own ffmpeg build, which
+cannot be downloaded here: for this benchmark only, a temp PLAYWRIGHT_BROWSERS_PATH links ffmpeg-<rev>/ffmpeg-linux
+to the OS ffmpeg. Usage: python scripts/bench_record.py [--page real|demo] [--seconds 5] [--long 30] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -24,6 +25,53 @@ from assetprep._process import find_tool
 from assetprep.record import RecordOptions, find_chromium, record, serve_local
 
 PAGE = Path(__file__).resolve().parent.parent / "examples" / "page.html"
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # fonts-dejavu-core
+
+
+def real_page(folder: Path) -> Path:
+    """A landing page as leads have them, built locally (no network): a hero with a web font, a looping <video>, a
+    canvas animation, 12 photos and a heavy DOM (600 cards, ~3,000 elements), about 8 screens tall."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ffmpeg = find_tool("ffmpeg")
+    for i in range(12):
+        source = f"testsrc2=s=800x500:r=1:d=1,hue=h={i * 30}"
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", source, "-frames:v", "1", "-q:v", "4",
+                        str(folder / f"photo{i}.jpg")], check=True, timeout=60)  # fmt: skip
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=4", "-c:v",
+                    "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "800k", str(folder / "hero.webm")],
+                   check=True, timeout=120)  # fmt: skip
+    if FONT.is_file():
+        (folder / "brand.ttf").write_bytes(FONT.read_bytes())
+    photos = "".join(f'<img src="photo{i}.jpg" loading="lazy" width="400" height="250">' for i in range(12))
+    cards = "".join(f'<div class="card"><h4>Feature {i}</h4><p>Track every parcel <b>live</b>, '
+                    f'<i>item {i}</i>, <span>{i * 7 % 100}% faster</span>.</p></div>' for i in range(600))  # fmt: skip
+    (folder / "index.html").write_text(f"""<!doctype html><html><head><meta charset="utf-8"><style>
+@font-face {{ font-family: Brand; src: url(brand.ttf); }}
+body {{ margin: 0; font-family: Brand, sans-serif; background: #f5f7fb; }}
+.hero {{ display: flex; gap: 24px; padding: 48px; background: linear-gradient(135deg, #1b2a6b, #3d5afe); color: #fff; }}
+.hero h1 {{ font-size: 56px; margin: 0; }} video, canvas {{ border-radius: 12px; }}
+.photos {{ display: grid; grid-template-columns: repeat(4, 1fr); gap: 12px; padding: 24px; }}
+.photos img {{ width: 100%; height: auto; border-radius: 8px; }}
+.cards {{ display: grid; grid-template-columns: repeat(6, 1fr); gap: 8px; padding: 24px; }}
+.card {{ background: #fff; border-radius: 6px; padding: 8px; box-shadow: 0 1px 3px rgba(0,0,0,.2); font-size: 12px; }}
+</style></head><body>
+<div class="hero"><div><h1>Acme Logistics</h1><p>Every parcel, live.</p></div>
+<video src="hero.webm" autoplay muted loop width="480" height="270"></video>
+<canvas id="c" width="360" height="270"></canvas></div>
+<div class="photos">{photos}</div><div class="cards">{cards}</div>
+<script>
+const c = document.getElementById("c").getContext("2d");
+function draw(t) {{
+  c.fillStyle = "#0d1440"; c.fillRect(0, 0, 360, 270);
+  for (let i = 0; i < 40; i++) {{
+    c.fillStyle = `hsl(${{(i * 9 + t / 20) % 360}}, 80%, 60%)`;
+    c.fillRect(10 + i * 8.5, 260 - 120 * (1 + Math.sin(t / 300 + i / 3)), 6, 240);
+  }}
+  requestAnimationFrame(draw);
+}}
+requestAnimationFrame(draw);
+</script></body></html>""")
+    return folder
 
 
 def frame_stats(path: Path) -> tuple[int, int]:
@@ -35,7 +83,7 @@ def frame_stats(path: Path) -> tuple[int, int]:
     return len(hashes), dups
 
 
-def playwright_baseline(seconds: float, tmp: Path) -> tuple[float, Path]:
+def playwright_baseline(seconds: float, tmp: Path, page_path: Path) -> tuple[float, Path]:
     import playwright
 
     browsers = json.loads((Path(playwright.__file__).parent / "driver/package/browsers.json").read_text())
@@ -48,7 +96,7 @@ def playwright_baseline(seconds: float, tmp: Path) -> tuple[float, Path]:
     os.environ["PLAYWRIGHT_BROWSERS_PATH"] = str(root)
     from playwright.sync_api import sync_playwright
 
-    with serve_local(PAGE) as url, sync_playwright() as pw:
+    with serve_local(page_path) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=find_chromium(pw))
         started = time.perf_counter()
         context = browser.new_context(viewport={"width": 1280, "height": 720}, record_video_dir=str(tmp / "pw"),
@@ -70,6 +118,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--long", type=float, default=30.0, help="fast mode again at this length (0: skip)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per recorder; the median wall time is printed")
+    parser.add_argument("--page", choices=("real", "demo"), default="real",
+                        help="real: a built landing page (web font, video, canvas, photos, 3,000 elements); "
+                             "demo: examples/page.html")  # fmt: skip
     args = parser.parse_args()
     s = args.seconds
     rows = []  # (label, wall, video seconds, frames, missing, duplicated, capture)
@@ -89,12 +140,14 @@ def main() -> None:
                      opts("background-720p", duration=args.long, mode="fast")))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        page = real_page(tmp / "site") if args.page == "real" else PAGE
+        print(f"page: {page}")
         for label, options in runs:
             walls, bad = [], (0, 0, 0)
             for _ in range(args.repeat):
                 out = tmp / f"{len(rows)}.mp4"
                 started = time.perf_counter()
-                result = record(PAGE, out, options)
+                result = record(page, out, options)
                 walls.append(time.perf_counter() - started)
                 frames, dups = frame_stats(out)
                 missing = max(0, round(options.duration * 30) - frames)
@@ -102,7 +155,7 @@ def main() -> None:
             rows.append((label, walls, options.duration, frames, bad[1], bad[2], result.capture))
         walls, bad = [], (0, 0, 0)
         for _ in range(args.repeat):
-            elapsed, webm = playwright_baseline(s, tmp)
+            elapsed, webm = playwright_baseline(s, tmp, page)
             walls.append(elapsed)
             frames, dups = frame_stats(webm)
             missing = max(0, round(s * 25) - frames)
