@@ -186,6 +186,12 @@ TIME_SHIM = r"""
       const d = el.duration;
       if (!isFinite(d) || d <= 0) { driven.set(el, [vt, from]); continue; }  // not loaded yet: starts when it is
       const t = el.loop ? (from + (vt - t0) / 1000) % d : Math.min(from + (vt - t0) / 1000, d);
+      // A seek decodes from the last keyframe (~35 ms a frame for a hero video): one out of view is not seeked
+      // until it is back in view, at the time it has reached by then.
+      const r = el.getBoundingClientRect();
+      if (r.bottom <= 0 || r.top >= innerHeight || r.right <= 0 || r.left >= innerWidth || !r.width || !r.height) {
+        continue;
+      }
       if (Math.abs(el.currentTime - t) > 1e-4) {
         seeking.push(new Promise((done) => {
           el.addEventListener("seeked", done, {once: true});
