@@ -13,6 +13,7 @@ it measured to WORK/facts.json; every server is stopped by PID at the end. Phase
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,7 +116,10 @@ def kill_one_recording_worker(stop: threading.Event, killed: list[int]) -> None:
             if "ray::_prepare_on_node" not in cmd:
                 continue
             children = subprocess.run(["pgrep", "-P", proc.name], capture_output=True, text=True).stdout.split()
-            names = [Path(f"/proc/{c}/comm").read_text().strip() for c in children if Path(f"/proc/{c}").exists()]
+            names = []
+            for child in children:  # a child may end between pgrep and this read (a short ffprobe)
+                with contextlib.suppress(OSError):
+                    names.append(Path(f"/proc/{child}/comm").read_text().strip())
             if "ffmpeg" in names:
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed.append(int(proc.name))

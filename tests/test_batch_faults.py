@@ -246,6 +246,8 @@ def test_an_s3_outage_mid_batch_is_waited_out_without_preparing_anything_again(o
             def first_call_stops_s3(*args, **kwargs):
                 calls.append(1)
                 if len(calls) == 1:
+                    for earlier in restarts:  # one outage at a time: killing S3 while it restarts raced (fresh clone)
+                        earlier.join(timeout=30)
                     store.kill()  # for longer than botocore's retries
                     restarts.append(threading.Thread(target=lambda: (time.sleep(2), store.start())))
                     restarts[-1].start()
