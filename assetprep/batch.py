@@ -914,13 +914,16 @@ def write_results_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]
 def _write_unless_same(path: Path, text: str, encoding: str = "utf-8", *, ignore: str | None = None) -> None:
     """Replace `path` atomically with `text`, unless it holds that already (`ignore`: a pattern both may differ in,
     the report's time): a finished batch rerun over a read-only --out has nothing to write, and must not fail."""
+    data = text.encode(encoding)
+    # Most writes during a run change the sheet: a size that differs says so without reading the file back.
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        old = path.read_text(encoding=encoding)
-        if old == text or (ignore is not None and re.sub(ignore, "", old) == re.sub(ignore, "", text)):
-            return
+        if ignore is not None or path.stat().st_size == len(data):
+            old = path.read_bytes().decode(encoding)
+            if old == text or (ignore is not None and re.sub(ignore, "", old) == re.sub(ignore, "", text)):
+                return
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding=encoding)
+        tmp.write_bytes(data)
 
 
 _NO_PICTURE = (

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import re
+import stat
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal
@@ -601,7 +602,7 @@ def _file_sha(path: Path, shas: dict[tuple[Path, int, int, int], str]) -> str | 
         st = path.stat()
     except OSError:
         return None
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         return None
     key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in shas:

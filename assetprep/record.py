@@ -848,7 +848,7 @@ def _record_url(
             points = scroll_keyframes(options, max_scroll, last, view_h=view_h)
             if options.scroll != "none" and not options.keyframes:
                 with dog.step("while loading what the scroll shows", PRIME_SECONDS + 10):
-                    if not _prime(page, cdp, points, capture, min(options.timeout, PRIME_SECONDS)):
+                    if not _prime(page, cdp, points, capture, view_h, min(options.timeout, PRIME_SECONDS)):
                         warnings.append(f"some images or fonts the scroll shows had not loaded after "
                                         f"{min(options.timeout, PRIME_SECONDS):g} s")  # fmt: skip
             # Reveal-on-load animations (a hero that fades or slides in) still playing: the first screen holds
@@ -857,8 +857,9 @@ def _record_url(
                 intro = float(page.evaluate(_INTRO_JS)) if exact else 0.0
             points = scroll_keyframes(options, max_scroll, last, view_h=view_h, intro=intro)
             reached = round(max(y for _, y in points))
-            if not options.keyframes and options.scroll != "none" and reached < scroll_target(options, max_scroll):
-                warnings.append(f"scrolled to {reached} of {scroll_target(options, max_scroll)} px: at a readable "
+            target = scroll_target(options, max_scroll)
+            if not options.keyframes and options.scroll != "none" and reached < target:
+                warnings.append(f"scrolled to {reached} of {target} px: at a readable "
                                 f"speed that is as deep as {options.duration:g} s go (a longer duration goes "
                                 "deeper)")  # fmt: skip
             if exact:
@@ -959,13 +960,13 @@ def _encoder(preset: VideoPreset, out: Path, source: Any, x264_preset: X264Prese
 PRIME_SECONDS = 10.0  # at most, walking the page and waiting for its images and fonts before the first frame
 
 
-def _prime(page: Any, cdp: Any, points: list[tuple[float, float]], capture: Capture, seconds: float) -> bool:
+def _prime(page: Any, cdp: Any, points: list[tuple[float, float]], capture: Capture, view_h: int,
+           seconds: float) -> bool:  # fmt: skip
     """Walk the page down to the deepest point of the scroll, a screen at a time, so lazy content loads and its
     fade-ins play before the first frame (58 of 360 frames of a lazy image list were almost white); then back to the
     top. The clock moves a tenth of a second per screen, and frames are drawn (deterministic mode draws none by
     itself). Whether all images and fonts in the range loaded in time."""
     bottom = max(y for _, y in points)
-    view_h = int(page.evaluate("() => window.innerHeight"))
     end = time.monotonic() + seconds
 
     def tick(y: float, ms: float = 100) -> None:
