@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .errors import MediaError, OutputError
 
 MP4_SUFFIXES = (".mp4", ".m4v", ".mov")  # what an MP4 file may be named without misleading a player
 
@@ -220,3 +220,17 @@ def hash_range(path: str | os.PathLike[str], start: int, length: int | None) -> 
 
 class ShrankError(OSError):
     """A file got shorter while it was read: something is still writing or truncating it."""
+
+
+def check_input_file(path: str | os.PathLike[str]) -> Path:
+    """Fail early, with a clear message, on inputs ffprobe would only report cryptically."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"input file not found: {p}", hint="check the path")
+    if not p.is_file():
+        raise MediaError(f"input is not a file: {p}", hint="pass a media file")
+    if p.stat().st_size == 0:
+        raise MediaError(f"input file is empty (0 bytes): {p}", hint="re-export or re-download it")
+    if not os.access(p, os.R_OK):
+        raise MediaError(f"input file is not readable: {p}", hint="check its permissions")
+    return p

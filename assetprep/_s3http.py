@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
@@ -413,42 +413,76 @@ def _idle_and_open(sock: socket.socket) -> bool:
         return False
 
 
-class SignedS3:
-    """HEAD, PUT and multipart parts of one bucket's objects, signed like `client` signs them, sent through `pool`."""
+@dataclass(frozen=True)
+class StaticCredentials:
+    """Keys given outright (settings or the AWS_* environment), shaped like botocore's credentials for SigV4."""
 
-    def __init__(self, client: Any, bucket: str, pool: HttpPool) -> None:
-        self._credentials = client._request_signer._credentials  # botocore keeps the refreshable set only here
-        if self._credentials is None:
+    access_key: str
+    secret_key: str = field(repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def get_frozen_credentials(self) -> StaticCredentials:
+        return self
+
+
+class SignedS3:
+    """HEAD, PUT and multipart parts of one bucket's objects, signed like a botocore client signs them, sent through
+    `pool`. `bucket_url`: the bucket's URL as that client builds object URLs (endpoint, addressing style), ending
+    in "/"; `unsigned_payload`: bodies are checked by their x-amz-checksum-sha256 instead of a signed hash."""
+
+    def __init__(self, credentials: Any, region: str, bucket_url: str, pool: HttpPool, *,
+                 unsigned_payload: bool = True) -> None:  # fmt: skip
+        parts = urlsplit(bucket_url)
+        host = parts.hostname or ""
+        if not region or parts.scheme not in ("http", "https") or not host or not parts.path.endswith("/"):
+            raise ValueError(f"cannot sign for {bucket_url} in region {region}")
+        if getproxies_environment() and not proxy_bypass_environment(host):
+            # botocore would go through the proxy; a direct connection might hang until its timeout on every request
+            raise ValueError("requests to S3 go through a proxy")
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._path = parts.path  # the bucket's path, as quoted in the URL, with its trailing "/"
+        default_port = 443 if parts.scheme == "https" else 80
+        self._signer = SigV4(credentials, region, _host_header((parts.scheme, host, parts.port or default_port),
+                                                                default_port))  # fmt: skip
+        self._unsigned_payload = unsigned_payload
+        self._pool = pool
+
+    @classmethod
+    def from_client(cls, client: Any, bucket: str, pool: HttpPool) -> SignedS3:
+        """Signing like `client` (a botocore S3 client); ValueError when it cannot."""
+        credentials = client._request_signer._credentials  # botocore keeps the refreshable set only here
+        if credentials is None:
             raise ValueError("the client sends unsigned requests")
+        if client.meta.config.proxies:
+            raise ValueError("requests to S3 go through a proxy")
         # The object URL exactly as this client builds it (endpoint, addressing style, region): ask it once.
         sample = client.generate_presigned_url("head_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=60)
         base = sample.split("?", 1)[0]
         if not base.endswith("/k"):
             raise ValueError(f"unexpected object URL shape for {client.meta.endpoint_url}")
-        parts = urlsplit(base)
-        self._origin = f"{parts.scheme}://{parts.netloc}"
-        host = parts.hostname or ""
-        if client.meta.config.proxies or (getproxies_environment() and not proxy_bypass_environment(host)):
-            # botocore would go through the proxy; a direct connection might hang until its timeout on every request
-            raise ValueError("requests to S3 go through a proxy")
-        if not client.meta.region_name or parts.scheme not in ("http", "https") or not host:
-            raise ValueError(f"cannot sign for {client.meta.endpoint_url} in region {client.meta.region_name}")
-        self._path = parts.path[:-1]  # the bucket's path, as quoted in the URL
-        default_port = 443 if parts.scheme == "https" else 80
-        self._signer = SigV4(self._credentials, client.meta.region_name,
-                             _host_header((parts.scheme, host, parts.port or default_port), default_port))  # fmt: skip
         # make_s3_client turns payload signing off; a client that signs payloads gets their SHA-256 signed here too
-        self._unsigned_payload = (client.meta.config.s3 or {}).get("payload_signing_enabled") is False
-        self._pool = pool
+        unsigned = (client.meta.config.s3 or {}).get("payload_signing_enabled") is False
+        return cls(credentials, client.meta.region_name, base[:-1], pool, unsigned_payload=unsigned)
 
     @classmethod
     def for_client(cls, client: Any, bucket: str, pool: HttpPool) -> SignedS3 | None:
         """The fast path for `client`, or None when it cannot sign like it (then every request goes via botocore)."""
         try:
-            return cls(client, bucket, pool)
+            return cls.from_client(client, bucket, pool)
         except Exception as exc:
             log.debug("S3 requests go through botocore only: %s", exc)
             return None
+
+    def bucket_exists(self) -> bool | None:
+        """True when the bucket answers HEAD with 200; None for anything else (botocore asks and names it)."""
+        resp = self._request("HEAD", self._path[:-1] or "/")
+        return True if resp is not None and resp.status == 200 else None
+
+    def no_uploads_under(self, prefix: str) -> bool:
+        """Whether the bucket is known to hold no unfinished multipart upload under `prefix` (False: there are
+        some, or the answer does not say; botocore lists them)."""
+        resp = self._request("GET", self._path, query=f"uploads&prefix={quote(prefix, safe='-_.~')}")
+        return resp is not None and resp.status == 200 and b"<Upload>" not in resp.body
 
     def _key_path(self, key: str) -> str:
         return self._path + quote(key, safe="/~")  # botocore's quoting of a key in the path
@@ -463,7 +497,10 @@ class SignedS3:
 
     def _send(self, method: str, key: str, body: bytes | FileSlice | None = None, headers: dict[str, str] | None = None,
               query: str = "") -> Answer | None:  # fmt: skip
-        path = self._key_path(key)
+        return self._request(method, self._key_path(key), body, headers, query)
+
+    def _request(self, method: str, path: str, body: bytes | FileSlice | None = None,
+                 headers: dict[str, str] | None = None, query: str = "") -> Answer | None:  # fmt: skip
         url = self._origin + path + (f"?{query}" if query else "")
         if self._unsigned_payload:
             payload = UNSIGNED_PAYLOAD
@@ -475,7 +512,7 @@ class SignedS3:
         except CancelledError:
             raise
         except Exception as exc:  # any failure: botocore makes the request again and reports it its way
-            log.debug("%s %s via botocore: %s", method, key, type(exc).__name__)
+            log.debug("%s %s via botocore: %s", method, path, type(exc).__name__)
             return None
 
     def head(self, key: str) -> Head | None:

@@ -21,10 +21,10 @@ import ffmpeg
 from pydantic import BaseModel, ConfigDict
 
 from . import _process
-from ._files import MP4_SUFFIXES, atomic_output
+from ._files import MP4_SUFFIXES, atomic_output, check_input_file
 from .errors import ConfigError, MediaError, OutputCheckError
 from .presets import AudioPreset, LoudnessTarget, VideoPreset, load_audio_preset, load_video_preset
-from .probe import _STILL_CODECS, AudioStream, MediaInfo, VideoStream, check_input_file, is_faststart, probe
+from .probe import _STILL_CODECS, AudioStream, MediaInfo, VideoStream, is_faststart, probe
 from .progress import Progress, ProgressCallback
 
 Fit = Literal["cover", "contain", "stretch"]

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from . import _process
+from ._files import check_input_file
 from .errors import MediaError, ProcessError, ProcessTimeoutError
 
 PROBE_TIMEOUT = 60.0
@@ -128,20 +129,6 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def check_input_file(path: str | os.PathLike[str]) -> Path:
-    """Fail early, with a clear message, on inputs ffprobe would only report cryptically."""
-    p = Path(path)
-    if not p.exists():
-        raise MediaError(f"input file not found: {p}", hint="check the path")
-    if not p.is_file():
-        raise MediaError(f"input is not a file: {p}", hint="pass a media file")
-    if p.stat().st_size == 0:
-        raise MediaError(f"input file is empty (0 bytes): {p}", hint="re-export or re-download it")
-    if not os.access(p, os.R_OK):
-        raise MediaError(f"input file is not readable: {p}", hint="check its permissions")
-    return p
 
 
 def probe(path: str | os.PathLike[str], *, count_frames: bool = False, timeout: float = PROBE_TIMEOUT) -> MediaInfo:

@@ -18,24 +18,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import quote, urljoin
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, urljoin, urlsplit
 
-import boto3
-import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, SecretStr
-from s3transfer.utils import ReadFileChunk
 
-from ._files import ShrankError, hash_range
-from ._s3http import Answer, FileSlice, Headers, HttpPool, SignedS3
+from ._files import ShrankError, check_input_file, hash_range
+from ._s3http import Answer, FileSlice, Headers, HttpPool, SignedS3, StaticCredentials
 from ._urls import redact_url, s3_error_reason
 from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
-from .probe import check_input_file
 from .progress import Progress, ProgressCallback
+
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
+    from s3transfer.utils import ReadFileChunk
+
+# boto3 and botocore are imported where a request goes through them (~0.25 s of a command's start with the client
+# built): an upload of small files to an S3-compatible endpoint with keys in the environment never needs them.
 
 MIN_EXPIRY = 60.0
 PREFLIGHT_TIMEOUT = 15.0  # seconds for a preflight GET (connect at most 5 of them)
@@ -52,12 +54,18 @@ def default_parts_in_flight() -> int:
     return max(4, min(16, 2 * (os.cpu_count() or 2)))
 
 
-# 16 MiB parts (boto3 defaults to 8 MiB): half the requests to a remote S3; on local SeaweedFS 8, 16 and 32 MiB parts
-# measured alike (scripts/bench_upload.py).
-DEFAULT_TRANSFER = TransferConfig(
-    multipart_threshold=64 * MiB, multipart_chunksize=16 * MiB, max_concurrency=default_parts_in_flight(),
-    use_threads=True,
-)  # fmt: skip
+@dataclass(frozen=True)
+class Transfer:
+    """When a file goes in parts, their size, and how many are sent at once (boto3's TransferConfig fits as well).
+    16 MiB parts (boto3 defaults to 8 MiB): half the requests to a remote S3; on local SeaweedFS 8, 16 and 32 MiB
+    parts measured alike (scripts/bench_upload.py)."""
+
+    multipart_threshold: int = 64 * MiB
+    multipart_chunksize: int = 16 * MiB
+    max_concurrency: int = field(default_factory=default_parts_in_flight)
+
+
+DEFAULT_TRANSFER = Transfer()
 
 log = logging.getLogger("assetprep.upload")
 T = TypeVar("T")
@@ -115,14 +123,16 @@ def make_s3_client(
     retries: int = 3,
 ) -> Any:
     """The one place an S3 client is built: SigV4, path-style for custom endpoints, bounded timeouts and retries."""
+    import boto3
+    import botocore.exceptions
+    from botocore.config import Config
+
     s = settings or S3Settings()
-    endpoint = (
-        endpoint_url or s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    )
+    endpoint = _endpoint(s, endpoint_url)
     try:
         session = boto3.session.Session(
             profile_name=s.profile,
-            region_name=s.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            region_name=_region(s),
             aws_access_key_id=s.access_key_id,
             aws_secret_access_key=s.secret_access_key.get_secret_value() if s.secret_access_key else None,
             aws_session_token=s.session_token.get_secret_value() if s.session_token else None,
@@ -143,12 +153,77 @@ def make_s3_client(
     return session.client("s3", endpoint_url=endpoint, config=config)
 
 
+def _endpoint(s: S3Settings, endpoint_url: str | None = None) -> str | None:
+    return endpoint_url or s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _region(s: S3Settings) -> str:
+    return s.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+class DeferredClient:
+    """make_s3_client(settings) built when first used. Until then, requests that SignedS3 makes (the bucket check,
+    HEAD, PUT, presigning) are signed without botocore whenever the client's setup is fully known without it: an
+    S3-compatible endpoint, keys in the settings or the environment (no profile, no expiring session), region from
+    the settings or environment. An upload of small files then never imports boto3 (scripts/bench_upload.py --cli).
+    Anything else (AWS itself, a profile, an error to name, a multipart upload) builds the real client."""
+
+    def __init__(self, settings: S3Settings, endpoint_url: str | None = None) -> None:
+        self._settings, self._endpoint_url = settings, endpoint_url
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:  # what is not defined here is the real client's
+        return getattr(self.real(), name)
+
+    def real(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = make_s3_client(self._settings, endpoint_url=self._endpoint_url)
+            return self._client
+
+    def credentials(self) -> StaticCredentials | None:
+        """The keys when they are given outright, as botocore would take them (None: botocore's chain decides)."""
+        s, env = self._settings, os.environ
+        if s.profile or env.get("AWS_PROFILE") or env.get("AWS_CREDENTIAL_EXPIRATION"):
+            return None
+        if s.access_key_id and s.secret_access_key:
+            token = s.session_token.get_secret_value() if s.session_token else None
+            return StaticCredentials(s.access_key_id, s.secret_access_key.get_secret_value(), token)
+        if s.access_key_id or s.secret_access_key or s.session_token:
+            return None  # half given: botocore's message about it
+        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+            token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None
+            return StaticCredentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], token)
+        return None
+
+    def signer(self, bucket: str, pool: HttpPool) -> SignedS3 | None:
+        """The fast path, from the settings alone when they say everything, else from the real client."""
+        endpoint = _endpoint(self._settings, self._endpoint_url)
+        credentials = self.credentials()
+        if self._client is None and endpoint and credentials is not None:
+            parts = urlsplit(endpoint)
+            if parts.path in ("", "/") and not parts.query:  # make_s3_client addresses a custom endpoint path-style
+                try:
+                    return SignedS3(credentials, _region(self._settings), f"{parts.scheme}://{parts.netloc}/{bucket}/",
+                                    pool)  # fmt: skip
+                except ValueError as exc:
+                    log.debug("S3 requests go through botocore only: %s", exc)
+                    return None
+        return SignedS3.for_client(self.real(), bucket, pool)
+
+
 def _where(client: Any) -> str:
+    if isinstance(client, DeferredClient) and (endpoint := _endpoint(client._settings, client._endpoint_url)):
+        return endpoint
     return client.meta.endpoint_url
 
 
 def storage_error(exc: Exception, action: str, client: Any) -> StorageError:
     """Turn a boto3/botocore exception into one clear StorageError (without any secret)."""
+    import boto3.exceptions
+    import botocore.exceptions
+
     where = _where(client)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return StorageError(
@@ -192,13 +267,16 @@ def bucket_name_problem(bucket: str) -> str | None:
     return None
 
 
-def abort_stale_uploads(client: Any, bucket: str, prefix: str, *, older_than: float = 3600.0) -> int:
+def abort_stale_uploads(client: Any, bucket: str, prefix: str, *, older_than: float = 3600.0,
+                        fast: SignedS3 | None = None) -> int:  # fmt: skip
     """Abort multipart uploads under `prefix` begun more than `older_than` seconds ago; how many were aborted.
 
     A killed upload (kill -9, a lost machine) leaves its parts on the server: invisible, but stored and billed.
     Best effort: a server or policy that does not allow listing them is left alone (a lifecycle rule such as
     AbortIncompleteMultipartUpload does the same job; README: Storage).
     """
+    if fast is not None and fast.no_uploads_under(prefix.strip("/")):
+        return 0  # the usual answer, without botocore
     limit = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
     aborted = 0
     try:
@@ -225,12 +303,18 @@ def prefix_problem(prefix: str) -> str | None:
     return None
 
 
-def ensure_bucket(client: Any, bucket: str, *, create: bool = False, prefix: str | None = None) -> None:
-    """Check the bucket exists (create it when asked) and, given, that `prefix` can start keys."""
+def ensure_bucket(client: Any, bucket: str, *, create: bool = False, prefix: str | None = None,
+                  fast: SignedS3 | None = None) -> None:  # fmt: skip
+    """Check the bucket exists (create it when asked) and, given, that `prefix` can start keys. `fast`: asks with a
+    HEAD of its own first; any answer but 200 is asked again through botocore, whose errors are named."""
     if problem := bucket_name_problem(bucket):
         raise StorageError(f"invalid bucket name {bucket!r}: {problem}", hint="fix --bucket or ASSETPREP_BUCKET")
     if prefix is not None and (problem := prefix_problem(prefix)):
         raise StorageError(f"invalid key prefix {prefix!r}: {problem}", hint="fix --prefix or ASSETPREP_PREFIX")
+    if fast is not None and fast.bucket_exists():
+        return
+    import botocore.exceptions
+
     try:
         client.head_bucket(Bucket=bucket)
         return
@@ -260,13 +344,13 @@ class FileDigest(_Model):
     parts: list[str]  # base64 SHA-256 per part; one entry (the whole file's) below the multipart threshold
 
 
-def part_size_for(size: int, config: TransferConfig) -> int:
+def part_size_for(size: int, config: Transfer | TransferConfig) -> int:
     """The configured part size, grown (in whole MiB) so a file never needs more than S3's 10,000 parts."""
     need = -(-size // 10_000)
     return max(int(config.multipart_chunksize), -(-need // MiB) * MiB)
 
 
-def digest_file(path: Path, config: TransferConfig = DEFAULT_TRANSFER) -> FileDigest:
+def digest_file(path: Path, config: Transfer | TransferConfig = DEFAULT_TRANSFER) -> FileDigest:
     """Hash a file in one pass of wall time: the whole-file SHA-256 and, for a multipart upload, each part's SHA-256.
 
     Parts are contiguous ranges: a helper thread hashes them while this one hashes the whole file (hashlib releases
@@ -275,7 +359,7 @@ def digest_file(path: Path, config: TransferConfig = DEFAULT_TRANSFER) -> FileDi
     return _digest(path, config)[0]
 
 
-def _digest(path: Path, config: TransferConfig) -> tuple[FileDigest, bytes | None]:
+def _digest(path: Path, config: Transfer | TransferConfig) -> tuple[FileDigest, bytes | None]:
     """digest_file, plus the bytes themselves for a small file (sent from memory: read once, and no 100-continue)."""
     size = path.stat().st_size
     if size <= SMALL_FILE:
@@ -356,7 +440,7 @@ class _Upload:
         bucket: str,
         *,
         prefix: str,
-        config: TransferConfig,
+        config: Transfer | TransferConfig,
         on_progress: ProgressCallback | None,
         files: int,
         fast: SignedS3 | None = None,
@@ -460,6 +544,8 @@ class _Upload:
         """Whether the same bytes are already under `key` (content addressing: then nothing is sent)."""
         if self.fast is not None and (found := self.fast.head(key)) is not None:
             return found == (digest.size, digest.sha256)
+        import botocore.exceptions
+
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
@@ -473,6 +559,8 @@ class _Upload:
         )
 
     def _body(self, src: Path, start: int, length: int) -> ReadFileChunk:
+        from s3transfer.utils import ReadFileChunk
+
         # Streams the range from disk (memory stays bounded) and counts bytes as the socket takes them; a retry
         # seeks back and the count follows.
         return ReadFileChunk.from_filename(str(src), start, length, callbacks=[self.sent])
@@ -495,6 +583,8 @@ class _Upload:
     def multipart(self, src: Path, key: str, digest: FileDigest, extra: dict[str, Any]) -> int:
         """Parts in parallel, each with its checksum; a run killed midway leaves its parts, and the next one for the
         same key (same bytes: the key is their hash) sends only the parts that are missing."""
+        import botocore.exceptions
+
         upload_id, done = self.resumable(key, digest)
         if upload_id is None:
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256",
@@ -564,7 +654,7 @@ def upload_file(
     client: Any,
     prefix: str = "assetprep",
     create_bucket: bool = False,
-    transfer_config: TransferConfig | None = None,
+    transfer_config: Transfer | TransferConfig | None = None,
     on_progress: ProgressCallback | None = None,
     key: str | None = None,
     metadata: dict[str, str] | None = None,
@@ -586,21 +676,28 @@ def upload_file(
 
 @contextlib.contextmanager
 def _session(
-    client: Any, bucket: str, prefix: str, create_bucket: bool, config: TransferConfig | None,
+    client: Any, bucket: str, prefix: str, create_bucket: bool, config: Transfer | TransferConfig | None,
     on_progress: ProgressCallback | None, *, files: int, jobs: int,
 ) -> Iterator[tuple[_Upload, HttpPool]]:  # fmt: skip
     """What every many-file call does first and last: the bucket checked once (not per file), parts of killed runs'
     uploads aborted, one HTTP pool for the small requests and preflights, shared state closed at the end."""
-    ensure_bucket(client, bucket, create=create_bucket, prefix=prefix)
-    abort_stale_uploads(client, bucket, prefix)
     http = HttpPool(jobs)
+    fast = _signer(client, bucket, http)
+    ensure_bucket(client, bucket, create=create_bucket, prefix=prefix, fast=fast)
+    abort_stale_uploads(client, bucket, prefix, fast=fast)
     up = _Upload(client, bucket, prefix=prefix, config=config or DEFAULT_TRANSFER, on_progress=on_progress, files=files,
-                 fast=SignedS3.for_client(client, bucket, http))  # fmt: skip
+                 fast=fast)  # fmt: skip
     try:
         yield up, http
     finally:
         up.close()
         http.clear()
+
+
+def _signer(client: Any, bucket: str, http: HttpPool) -> SignedS3 | None:
+    if isinstance(client, DeferredClient):
+        return client.signer(bucket, http)
+    return SignedS3.for_client(client, bucket, http)
 
 
 def _run_all(paths: list[Any], work: Callable[[Any], T], jobs: int, cancel: threading.Event) -> list[T]:
@@ -638,7 +735,7 @@ def upload_files(
     prefix: str = "assetprep",
     create_bucket: bool = False,
     jobs: int | None = None,
-    transfer_config: TransferConfig | None = None,
+    transfer_config: Transfer | TransferConfig | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> list[UploadedObject]:
     """Upload many files concurrently (`jobs` at once) through one client; results in the order given.
@@ -654,6 +751,8 @@ def upload_files(
 
 
 def _credential_expiry(client: Any) -> dt.datetime | None:
+    if isinstance(client, DeferredClient) and client.credentials() is not None:
+        return None  # keys given outright (an AWS_SESSION_TOKEN without AWS_CREDENTIAL_EXPIRATION: botocore's too)
     creds = client._request_signer._credentials  # botocore keeps the refreshable expiry only here
     if creds is None or not getattr(creds, "token", None):
         return None
@@ -798,13 +897,11 @@ def upload_and_presign(
     check_expiry(expires_in)  # before any byte is sent
     if not paths:
         return []
-    client = client or make_s3_client(settings)
-    signer = (
-        make_s3_client(settings, endpoint_url=settings.public_endpoint_url) if settings.public_endpoint_url else client
-    )
+    client = client or DeferredClient(settings)
+    signer = DeferredClient(settings, settings.public_endpoint_url) if settings.public_endpoint_url else client
     jobs = jobs or default_jobs()
     with _session(client, bucket, prefix, create_bucket, None, on_progress, files=len(paths), jobs=jobs) as (up, http):
-        fast_signer = up.fast if signer is client else SignedS3.for_client(signer, bucket, http)
+        fast_signer = up.fast if signer is client else _signer(signer, bucket, http)
 
         def one(path: str | os.PathLike[str]) -> PresignedObject:
             signed: list[tuple[str, dt.datetime]] = []
