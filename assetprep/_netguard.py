@@ -16,7 +16,7 @@ import socketserver
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from ._server import ThreadedServer
+from ._server import QuietErrors, ThreadedServer
 
 BLOCKED_HEADER = "X-Assetprep-Blocked"
 _IDLE_SECONDS = 60.0  # a tunnel with no traffic for this long is closed
@@ -146,7 +146,7 @@ class _Handler(socketserver.StreamRequestHandler):
 _HOP_HEADERS = {"proxy-connection", "connection", "keep-alive", "proxy-authorization", "te", "trailer", "upgrade"}
 
 
-class _GuardServer(socketserver.ThreadingTCPServer):
+class _GuardServer(QuietErrors, socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 

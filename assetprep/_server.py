@@ -4,6 +4,8 @@ PID. In-process ones (a page server, the network guard, the callback receiver): 
 
 from __future__ import annotations
 
+import http.server
+import logging
 import os
 import socketserver
 import subprocess
@@ -89,6 +91,19 @@ class ManagedServer:
 
 
 S = TypeVar("S", bound=socketserver.BaseServer)
+log = logging.getLogger("assetprep.server")
+
+
+class QuietErrors:
+    """For a socketserver: a peer that resets or times out mid-request (Chromium drops the media ranges it no longer
+    needs, a callback sender gives up) is logged at debug, where socketserver printed a traceback on stderr."""
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        log.debug("connection from %s ended badly", client_address[0], exc_info=True)
+
+
+class QuietHTTPServer(QuietErrors, http.server.ThreadingHTTPServer):
+    pass
 
 
 class ThreadedServer(Generic[S]):

@@ -14,18 +14,12 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._server import ThreadedServer
+from ._server import QuietHTTPServer, ThreadedServer
 from ._urls import redact_url
 from .errors import ConfigError
 
 MAX_BODY = 1 << 20
 log = logging.getLogger("assetprep.callbacks")
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver prints a traceback to stderr for a peer that resets or times out mid-request: not ours to show
-        log.debug("callback connection from %s ended badly", client_address[0], exc_info=True)
 
 
 def check_listen(listen: str, public_base: str | None = None) -> tuple[str, str]:
@@ -89,7 +83,7 @@ class CallbackReceiver:
                 pass
 
         try:
-            server = _Server((host, int(port)), Handler)
+            server = QuietHTTPServer((host, int(port)), Handler)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {listen} for callbacks: {exc.strerror}") from None
         base = public_base or f"http://{host}:{server.server_port}"

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import _process
 from ._files import MP4_SUFFIXES, atomic_output, check_output_path
 from ._netguard import BLOCKED_HEADER, guard_proxy
-from ._server import ThreadedServer
+from ._server import QuietHTTPServer, ThreadedServer
 from ._urls import redact_url
 from .errors import ConfigError, NotAPageError, OutputCheckError, RecordError, ToolMissingError
 from .normalize import check_video, mp4_options, x264_options
@@ -496,7 +496,7 @@ def serve_local(path: Path) -> Iterator[str]:
     """
     folder, page = (path, "") if path.is_dir() else (path.parent, path.name)
     handler = functools.partial(_PageHandler, directory=str(folder))
-    with ThreadedServer(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
+    with ThreadedServer(QuietHTTPServer(("127.0.0.1", 0), handler)) as server:
         yield f"http://127.0.0.1:{server.server_port}/{quote(page)}"
 
 

@@ -670,6 +670,30 @@ def test_a_local_page_reaches_its_assets_but_not_the_rest_of_its_folder(tmp_path
     assert codes == [404, 404, 404, 200]
 
 
+def test_a_request_the_browser_drops_midway_prints_nothing(tmp_path, capfd):
+    """Chromium drops the media ranges it no longer needs; the page server printed each as a socketserver traceback
+    ("ConnectionResetError: [Errno 104]") on the recording's stderr."""
+    import socket
+    import struct
+
+    from assetprep.record import serve_local
+
+    (tmp_path / "clip.webm").write_bytes(os.urandom(8 << 20))
+    (tmp_path / "index.html").write_text("<video src=clip.webm></video>")
+    with serve_local(tmp_path) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(b"GET /clip.webm HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\r\n\r\n")
+                assert conn.recv(4096).startswith(b"HTTP/1.0 206")
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        deadline = time.monotonic() + 5
+        while threading.active_count() > 2 and time.monotonic() < deadline:  # the handlers meet the reset
+            time.sleep(0.05)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err
+
+
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_css_colours_play_back_as_they_were(tmp_path, mode):
     """Screenshots (JPEG frames in exact mode, a PNG in fast mode) were converted with BT.601 into a file tagged
