@@ -23,18 +23,22 @@ DEADLINE = 600.0  # seconds for the whole download (a server that trickles a byt
 _GUARDED = "the network guard is on (batch: --allow-private-networks)"
 
 
-def fetch_media(url: str, dest: Path, *, timeout: float, block_private_networks: bool,
-                max_bytes: int = MAX_BYTES, deadline: float = DEADLINE) -> None:  # fmt: skip
-    """Download `url` to `dest` (whole or not at all); stops within a read when _process.cancel_all() is called."""
+def fetch_media(url: str, dest: Path, *, timeout: float, block_private_networks: bool = False,
+                proxy: str | None = None, headers: dict[str, str] | None = None, max_bytes: int = MAX_BYTES,
+                deadline: float = DEADLINE) -> None:  # fmt: skip
+    """Download `url` to `dest` (whole or not at all); stops within a read when _process.cancel_all() is called.
+    `proxy`: a guard already running (the recording's, which then counts what it blocked), else a new one when
+    `block_private_networks`; `headers`: sent with the request (the browser's, for a page's video)."""
     with contextlib.ExitStack() as stack:
-        proxy = None
-        if block_private_networks:
+        guard = None
+        if block_private_networks and proxy is None:
             guard = stack.enter_context(guard_proxy())
             proxy = f"http://127.0.0.1:{guard.server_address[1]}"
         client = stack.enter_context(httpx.Client(proxy=proxy, timeout=timeout, follow_redirects=True))
         ends = time.monotonic() + deadline
         try:
-            with client.stream("GET", url) as answer, atomic_output(dest) as tmp, open(tmp, "wb") as out:
+            with client.stream("GET", url, headers=headers) as answer, atomic_output(dest) as tmp, \
+                    open(tmp, "wb") as out:  # fmt: skip
                 if answer.headers.get(BLOCKED_HEADER):
                     raise MediaError(f"{url}: blocked request to a private address", hint=_GUARDED)
                 if answer.status_code >= 400:
@@ -50,7 +54,7 @@ def fetch_media(url: str, dest: Path, *, timeout: float, block_private_networks:
                                          hint="download it and give the file")  # fmt: skip
                     out.write(chunk)
         except httpx.HTTPError as exc:
-            if block_private_networks and guard.blocked:
+            if guard is not None and guard.blocked:
                 raise MediaError(f"{url}: blocked request to a private address ({guard.blocked[0]})",
                                  hint=_GUARDED) from None  # fmt: skip
             raise MediaError(f"cannot download {url}: {type(exc).__name__}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -43,6 +44,7 @@ class VideoStream(_Model):
     start_time: float | None = None
     duration: float | None = None
     frames: int | None = None  # from the header, or counted when asked
+    alpha: bool = False  # a transparency channel: in the pixel format, or WebM's side channel (alpha_mode)
 
     @property
     def fps(self) -> Fraction | None:
@@ -227,6 +229,8 @@ def _video_stream(s: dict[str, Any]) -> VideoStream:
         start_time=_float(s.get("start_time")),
         duration=_float(s.get("duration")),
         frames=frames,
+        alpha=bool(re.match(r"(yuva|gbrap|ya\d|rgba|bgra|argb|abgr)", s.get("pix_fmt") or ""))
+        or str((s.get("tags") or {}).get("alpha_mode", (s.get("tags") or {}).get("ALPHA_MODE"))) == "1",
     )
 
 

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import _process
 from ._files import MP4_SUFFIXES, atomic_output, check_output_path
 from ._netguard import BLOCKED_HEADER, guard_proxy
+from ._pagevideo import VIDEO_URL, IntraVideos, intra_videos
 from ._server import QuietHTTPServer, ThreadedServer
 from ._urls import redact_url
 from .errors import ConfigError, NotAPageError, OutputCheckError, RecordError, ToolMissingError
@@ -102,6 +103,8 @@ class RecordResult(BaseModel):
     max_scroll: int
     # How deep the recording scrolled (px): the depth asked for, or as deep as a readable speed goes in the time.
     scroll_reached: int = 0
+    # Page videos played from an all-keyframe copy (exact mode: each frame's seek decodes one frame; _pagevideo).
+    page_videos: int = 0
     warnings: list[str]
     info: MediaInfo
 
@@ -111,7 +114,7 @@ class RecordResult(BaseModel):
             "browser": self.browser, "frames": self.frames, "fps": self.fps,
             "seconds": round(self.seconds, 3), "capture_fps": round(self.capture_fps, 1),
             "page_height": self.page_height, "max_scroll": self.max_scroll, "scroll_reached": self.scroll_reached,
-            "warnings": self.warnings,
+            "page_videos": self.page_videos, "warnings": self.warnings,
             "facts": self.info.summary(),
         }  # fmt: skip
 
@@ -232,6 +235,7 @@ TIME_SHIM = r"""
 })();
 """
 
+_PLAYS_H264 = """document.createElement("video").canPlayType('video/mp4; codecs="avc1.640028"')"""
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
 _FRAME_JS = "window.__assetprep.advance({t:.4f}); window.scrollTo(0, {y}); window.__assetprep.settled()"
 # Seconds until the page's finite animations and transitions end. Exact mode's clock holds them paused at virtual
@@ -700,6 +704,7 @@ def _record_url(
     with atomic_output(output, inputs=inputs, suffixes=MP4_SUFFIXES) as tmp, contextlib.ExitStack() as stack:
         proxy, blocked, unresolved, guard_args = None, [], set(), []
         missing: list[str] = []  # subresources that failed: a font, a script, an image the page lacks
+        videos: IntraVideos | None = None
         if options.block_private_networks:
             # WebRTC sends UDP (STUN/TURN, host candidates) around any HTTP proxy: Chromium's policy for
             # "no UDP that is not proxied" leaves WebRTC nothing but the proxy, i.e. nothing.
@@ -754,10 +759,20 @@ def _record_url(
                 context.add_cookies([{"url": url, **c} if "domain" not in c else c for c in options.cookies])
             if exact:
                 context.add_init_script(TIME_SHIM)
+                # Fetched the browser's way, which a proxy or resolver rules of the caller's would change.
+                if not any(a.startswith(("--proxy", "--host-resolver-rules")) for a in options.browser_args):
+                    videos = stack.enter_context(intra_videos(
+                        proxy=proxy["server"] if proxy else None, fps=fps, budget=min(30.0, options.timeout / 2),
+                        size=(round(vw * options.scale), round(vh * options.scale)),
+                    ))  # fmt: skip
+                    context.route(VIDEO_URL, videos.handle)
             # A page that opens windows on load (400 window.open calls made loading time out; 50 made the recording
             # 4x slower) gets none, as a visitor's popup blocker would do; whatever opens anyway is closed.
             context.add_init_script(_NO_POPUPS)
             page = context.new_page()
+            if videos is not None:
+                with dog.step("while starting", bound):
+                    videos.h264 = page.evaluate(_PLAYS_H264) == "probably"
             context.on("page", lambda other: other.close() if other is not page else None)
             cdp = context.new_cdp_session(page)
             page.set_default_timeout(timeout_ms)
@@ -872,6 +887,7 @@ def _record_url(
             browser.close()
             if profile is not None:
                 shutil.rmtree(profile, ignore_errors=True)
+        page_videos = sum(copy is not None for copy in videos.copies.values()) if videos else 0
         if blocked:
             warnings.append(f"blocked {len(blocked)} request(s) to private addresses, first {blocked[0]}")
         missing = [m for m in missing if not m.split(" (")[0].endswith("/favicon.ico")]
@@ -888,7 +904,7 @@ def _record_url(
         on_progress(Progress(stage="done", done=frames, total=frames, unit="frames"))
     return RecordResult(
         url=url, output=Path(output), mode=options.mode, capture=capture, browser=executable or "playwright",
-        frames=frames, fps=fps, seconds=time.monotonic() - started,
+        frames=frames, fps=fps, seconds=time.monotonic() - started, page_videos=page_videos,
         capture_fps=capture_fps, page_height=page_height, max_scroll=max_scroll, scroll_reached=reached,
         warnings=warnings,
         info=info.model_copy(update={"path": str(output)}),

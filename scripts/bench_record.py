@@ -28,18 +28,25 @@ PAGE = Path(__file__).resolve().parent.parent / "examples" / "page.html"
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # fonts-dejavu-core
 
 
-def real_page(folder: Path) -> Path:
+def real_page(folder: Path, hero: str = "small") -> Path:
     """A landing page as leads have them, built locally (no network): a hero with a web font, a looping <video>, a
-    canvas animation, 12 photos and a heavy DOM (600 cards, ~3,000 elements), about 8 screens tall."""
+    canvas animation, 12 photos and a heavy DOM (600 cards, ~3,000 elements), about 8 screens tall. `hero`: small
+    (640x360 VP9, 4 s) or 1080p (H.264, 20 s, a keyframe every 250 frames, as encoders make them by default)."""
     folder.mkdir(parents=True, exist_ok=True)
     ffmpeg = find_tool("ffmpeg")
     for i in range(12):
         source = f"testsrc2=s=800x500:r=1:d=1,hue=h={i * 30}"
         subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", source, "-frames:v", "1", "-q:v", "4",
                         str(folder / f"photo{i}.jpg")], check=True, timeout=60)  # fmt: skip
-    subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=4", "-c:v",
-                    "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "800k", str(folder / "hero.webm")],
-                   check=True, timeout=120)  # fmt: skip
+    if hero == "1080p":
+        encode = ["testsrc2=s=1920x1080:r=30:d=20", "-c:v", "libx264", "-preset", "veryfast", "-g", "250"]
+        name = "hero.mp4"
+    else:
+        encode = ["testsrc2=s=640x360:r=30:d=4", "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8",
+                  "-b:v", "800k"]  # fmt: skip
+        name = "hero.webm"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", *encode, str(folder / name)], check=True,
+                   timeout=120)  # fmt: skip
     if FONT.is_file():
         (folder / "brand.ttf").write_bytes(FONT.read_bytes())
     photos = "".join(f'<img src="photo{i}.jpg" loading="lazy" width="400" height="250">' for i in range(12))
@@ -56,7 +63,7 @@ body {{ margin: 0; font-family: Brand, sans-serif; background: #f5f7fb; }}
 .card {{ background: #fff; border-radius: 6px; padding: 8px; box-shadow: 0 1px 3px rgba(0,0,0,.2); font-size: 12px; }}
 </style></head><body>
 <div class="hero"><div><h1>Acme Logistics</h1><p>Every parcel, live.</p></div>
-<video src="hero.webm" autoplay muted loop width="480" height="270"></video>
+<video src="{name}" autoplay muted loop width="480" height="270"></video>
 <canvas id="c" width="360" height="270"></canvas></div>
 <div class="photos">{photos}</div><div class="cards">{cards}</div>
 <script>
@@ -121,6 +128,12 @@ def main() -> None:
     parser.add_argument("--page", choices=("real", "demo"), default="real",
                         help="real: a built landing page (web font, video, canvas, photos, 3,000 elements); "
                              "demo: examples/page.html")  # fmt: skip
+    parser.add_argument(
+        "--hero",
+        choices=("small", "1080p"),
+        default="small",
+        help="the real page's video: small (640x360 VP9, 4 s) or 1080p (H.264, 20 s, keyframes 8 s apart)",
+    )
     args = parser.parse_args()
     s = args.seconds
     rows = []  # (label, wall, video seconds, frames, missing, duplicated, capture)
@@ -140,7 +153,7 @@ def main() -> None:
                      opts("background-720p", duration=args.long, mode="fast")))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        page = real_page(tmp / "site") if args.page == "real" else PAGE
+        page = real_page(tmp / "site", args.hero) if args.page == "real" else PAGE
         print(f"page: {page}")
         for label, options in runs:
             walls, bad = [], (0, 0, 0)

@@ -795,26 +795,85 @@ def test_embedded_videos_follow_the_recording_clock(tmp_path):
     same bytes, and a 0.5 s colour segment lasts 5 frames at 10 fps (1x)."""
     clip = tmp_path / "site" / "segments.webm"
     clip.parent.mkdir()
-    names = ("red", "lime", "blue", "yellow")
-    sources = "".join(f"color=c={c}:s=160x120:r=30:d=0.5[s{i}];" for i, c in enumerate(names))
-    subprocess.run(["ffmpeg", "-v", "error", "-filter_complex", f"{sources}[s0][s1][s2][s3]concat=n=4", "-c:v",
-                    "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", str(clip)],
-                   check=True, timeout=60)  # fmt: skip
+    segments_clip(clip)
     video = '<video src="segments.webm" autoplay muted loop style="width:640px;height:360px;display:block"></video>'
     (clip.parent / "index.html").write_text(f'<body style="margin:0;background:#000">{video}{video}</body>')
     runs = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.mp4"
-        record(clip.parent, out, opts(duration=3, fps=10, scroll="none"))
+        assert record(clip.parent, out, opts(duration=3, fps=10, scroll="none")).page_videos == 1  # one URL
         runs.append(out)
     assert frames_rgb(runs[0]) == frames_rgb(runs[1]) and runs[0].read_bytes() == runs[1].read_bytes()
-    colours = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0))
     for y in (180, 540):  # the first video, and the second below it
-        seq = [min(range(4), key=lambda k: sum(abs(a - b) for a, b in zip(px(f, 320, y), colours[k], strict=True)))
-               for f in frames_rgb(runs[0])]  # fmt: skip
-        lengths = [len(list(g)) for _, g in itertools.groupby(seq)]
-        assert all(n == 5 for n in lengths[1:-1]) and len(lengths) >= 5, (y, seq)
-        assert all((b - a) % 4 == 1 for a, b in itertools.pairwise(k for k, _ in itertools.groupby(seq))), seq
+        assert_plays_at_1x(runs[0], 320, y)
+
+
+def segments_clip(path: Path, *, size: str = "160x120", extra: tuple[str, ...] = (), alpha: bool = False) -> None:
+    """Red, lime, blue, yellow: 0.5 s each at 30 fps."""
+    names = ("red", "lime", "blue", "yellow")
+    fmt = ",format=yuva420p" if alpha else ""
+    sources = "".join(f"color=c={c}:s={size}:r=30:d=0.5{fmt}[s{i}];" for i, c in enumerate(names))
+    subprocess.run(["ffmpeg", "-v", "error", "-filter_complex", f"{sources}[s0][s1][s2][s3]concat=n=4", "-c:v",
+                    "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", *extra, str(path)],
+                   check=True, timeout=60)  # fmt: skip
+
+
+def assert_plays_at_1x(out: Path, x: int, y: int) -> None:
+    """The segments clip at (x, y) of a 10 fps recording: each 0.5 s colour lasts 5 frames, in the clip's order."""
+    colours = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0))
+    seq = [min(range(4), key=lambda k: sum(abs(a - b) for a, b in zip(px(f, x, y), colours[k], strict=True)))
+           for f in frames_rgb(out)]  # fmt: skip
+    lengths = [len(list(g)) for _, g in itertools.groupby(seq)]
+    assert all(n == 5 for n in lengths[1:-1]) and len(lengths) >= 5, (y, seq)
+    assert all((b - a) % 4 == 1 for a, b in itertools.pairwise(k for k, _ in itertools.groupby(seq))), seq
+
+
+def test_a_video_with_one_keyframe_plays_from_a_copy_and_what_cannot_be_copied_plays_as_it_is(tmp_path):
+    """A seek decodes from the last keyframe: a 1080p hero video with one every 8 s made a 720p recording 5.7x
+    real time. Such a video is played from an all-keyframe copy, at the same clock. A transparent one (the copy
+    would not be), one on a private address (fetched through the guard too) and one whose server never answers
+    (within the time budget) are left to the browser."""
+    site = tmp_path / "site"
+    site.mkdir()
+    segments_clip(site / "one-key.webm", size="1280x720", extra=("-g", "1000"))
+    segments_clip(site / "alpha.webm", alpha=True)
+    style = "width:640px;height:360px;display:block"
+    (site / "index.html").write_text(f'<body style="margin:0;background:#000"><video src="one-key.webm" autoplay '
+                                     f'muted loop style="{style}"></video><video src="alpha.webm" autoplay muted '
+                                     f'loop style="{style}"></video></body>')  # fmt: skip
+    out = tmp_path / "copy.mp4"
+    result = record(site, out, opts(duration=3, fps=10, scroll="none"))
+    assert result.page_videos == 1 and result.summary()["page_videos"] == 1  # the transparent one is the original
+    assert_plays_at_1x(out, 320, 180)
+    assert_plays_at_1x(out, 320, 540)
+
+    # The copy's request goes through the recording's guard, which says what it blocked.
+    (site / "index.html").write_text('<body style="margin:0;background:rgb(0,160,0)"><video autoplay muted '
+                                     'src="http://169.254.169.254/hero.mp4"></video></body>')  # fmt: skip
+    result = record(site, tmp_path / "g.mp4", opts(duration=1, fps=5, block_private_networks=True))
+    assert result.page_videos == 0 and any("blocked" in w and "169.254.169.254" in w for w in result.warnings), (
+        result.warnings
+    )
+    release = threading.Event()
+    page = b'<body style="margin:0;background:rgb(0,160,0)"><video src="/hang.mp4" autoplay muted></video></body>'
+
+    def answer(path, headers):
+        if path.startswith("/hang"):
+            release.wait(60)
+            return None
+        return 200, {}, page
+
+    with page_server(answer) as server:
+        try:
+            started = time.monotonic()
+            result = record(f"http://127.0.0.1:{server.server_port}/", tmp_path / "p.mp4",
+                            opts(duration=1, fps=5, timeout=4))  # fmt: skip
+            took = time.monotonic() - started
+        finally:
+            release.set()
+    assert result.page_videos == 0
+    assert took < 12, took  # 4 s here: the video that never comes is given 2 s (half the timeout), not 15 or 60
+    assert all(px(f, 1270, 10)[1] > 120 for f in frames_rgb(tmp_path / "p.mp4"))
 
 
 def test_consent_managers_real_distributions_are_hidden(site, tmp_path):

@@ -1,0 +1,142 @@
+"""A page's videos re-encoded so that every frame is a keyframe, for exact-mode recordings.
+
+The recording's clock seeks each playing <video> once per frame, and a seek decodes from the last keyframe before
+it. Hero videos have one every 2-10 s: a 1080p one (a keyframe every 8 s) made a 720p recording take 5.7x real
+time, a 640x360 one 1.7x (scripts/bench_record.py). Re-encoded with only keyframes (at most the viewport's size and
+the recording's frame rate, the same length) a seek decodes one frame. H.264 where the browser plays it (x264's
+intra-only ultrafast: 20 s of 1080p became 720p in 3 s here), else VP8 (the same took 6-7 s).
+
+The original is fetched the way the browser would (its headers, through the private-network guard), re-encoded by
+ffmpeg within a time budget, and served from a temporary file with byte ranges in answer to the browser's
+requests for it. Anything this cannot do (too big, too long, transparent, not decodable, over budget) is left to
+the browser, which loads and seeks the original as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+
+from . import _process
+from ._fetch import fetch_media
+from .errors import AssetprepError
+
+log = logging.getLogger("assetprep.record")
+
+# A path ending like a video file; other media (audio, streams by MSE, URLs without such a suffix) are not touched.
+VIDEO_URL = re.compile(r"^[^?#]*\.(mp4|m4v|webm|mov|ogv)([?#].*)?$", re.IGNORECASE)
+MAX_SOURCE_BYTES = 300 * 1024 * 1024
+MAX_SECONDS = 120.0  # of video: the re-encode is linear in it
+MAX_OUTPUT_BYTES = 400 * 1024 * 1024
+# Bytes per answer to a range request. The body goes to the browser through Playwright's pipe (base64): a copy
+# answered whole (30 MB for 20 s of 720p) took 5 s and slowed the capture from 26 to 11 fps.
+_CHUNK = 2 * 1024 * 1024
+_NOT_SENT = {"range", "host", "connection", "accept-encoding", "content-length", "if-range"}
+
+
+class IntraVideos:
+    """Answers the browser's requests for video files with all-keyframe copies (see the module's text).
+
+    `proxy`: the guard's URL (None: direct); `size`: the largest (width, height) a copy needs (the viewport in device
+    pixels); `budget`: seconds the page's videos may take to fetch and re-encode, in all (the browser waits)."""
+
+    def __init__(self, folder: Path, *, proxy: str | None, size: tuple[int, int], fps: int, budget: float) -> None:
+        self.folder, self.proxy, self.size, self.fps, self.budget = folder, proxy, size, fps, budget
+        self.copies: dict[str, Path | None] = {}  # URL -> its copy, or None when the original is used
+        self.h264 = False  # whether the browser plays H.264 (Chromium's open-source builds may not): set once known
+        self.seconds = 0.0  # spent fetching and re-encoding, in all
+
+    def handle(self, route: Any) -> None:
+        request = route.request
+        if request.resource_type != "media" or request.method != "GET":
+            route.fallback()
+            return
+        url = request.url
+        if url not in self.copies:
+            started = time.monotonic()
+            self.copies[url] = self._copy(url, request)
+            self.seconds += time.monotonic() - started
+        copy = self.copies[url]
+        if copy is None:
+            route.fallback()
+            return
+        size = copy.stat().st_size
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", (request.headers.get("range") or "").strip())
+        first, last = (int(m[1]), min(int(m[2] or size - 1), size - 1)) if m else (0, size - 1)
+        if m:  # a shorter range than asked, as servers may answer: the browser asks for more when it plays there
+            last = min(last, first + _CHUNK - 1)
+        if first >= size or last < first:
+            route.fulfill(status=416, headers={"Content-Range": f"bytes */{size}"}, body=b"")
+            return
+        with open(copy, "rb") as f:
+            f.seek(first)
+            body = f.read(last - first + 1)
+        kind = "video/mp4" if copy.suffix == ".mp4" else "video/webm"
+        headers = {"Content-Type": kind, "Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+        if m:
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        route.fulfill(status=206 if m else 200, headers=headers, body=body)
+
+    def _copy(self, url: str, request: Any) -> Path | None:
+        deadline = time.monotonic() + self.budget - self.seconds  # the budget is for all of the page's videos
+        if deadline - time.monotonic() < 2:
+            return None
+        n = len(self.copies)
+        source, copy = self.folder / f"source{n}", self.folder / f"intra{n}.{'mp4' if self.h264 else 'webm'}"
+        try:
+            headers = {k: v for k, v in request.all_headers().items() if k.lower() not in _NOT_SENT}
+            fetch_media(url, source, timeout=min(15.0, deadline - time.monotonic()), proxy=self.proxy,
+                        headers=headers, max_bytes=MAX_SOURCE_BYTES, deadline=deadline - time.monotonic())  # fmt: skip
+            return copy if self._encode(source, copy, deadline) else None
+        except Exception as exc:  # the original is still there for the browser to load
+            log.debug("video %s left as it is: %s", url, exc)
+            return None
+        finally:
+            source.unlink(missing_ok=True)
+
+    def _encode(self, source: Path, copy: Path, deadline: float) -> bool:
+        from .probe import probe
+
+        info = probe(source, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        video = info.video
+        if video is None or video.alpha or not info.duration or info.duration > MAX_SECONDS:
+            return False  # no picture, transparent (the copy would not be), or too long to re-encode in time
+        w, h = self.size
+        stream = ffmpeg.input(str(source)).video.filter("fps", self.fps).filter(
+            "scale", w=f"min(iw,{w})", h=f"min(ih,{h})", force_original_aspect_ratio="decrease",
+            force_divisible_by=2,
+        )  # fmt: skip
+        # Every frame a keyframe, at the encoders' fastest settings and a quality a background keeps.
+        if self.h264:
+            out = ffmpeg.output(stream, str(copy), an=None, vcodec="libx264", preset="ultrafast", g=1, crf=18,
+                                pix_fmt="yuv420p", movflags="+faststart", f="mp4")  # fmt: skip
+        else:
+            out = ffmpeg.output(stream, str(copy), an=None, vcodec="libvpx", g=1, qmin=4, qmax=30, **{"b:v": "20M"},
+                                deadline="realtime", **{"cpu-used": 16}, threads=2, f="webm")  # fmt: skip
+        left = deadline - time.monotonic()
+        if left < 1:
+            return False
+        try:
+            _process.run_ffmpeg(out, stage="re-encode page video", total=info.duration, timeout=left, on_progress=None,
+                                what="ffmpeg (page video)")  # fmt: skip
+        except AssetprepError as exc:
+            log.debug("page video not re-encoded: %s", exc)
+            return False
+        return 0 < copy.stat().st_size <= MAX_OUTPUT_BYTES
+
+
+@contextlib.contextmanager
+def intra_videos(*, proxy: str | None, size: tuple[int, int], fps: int, budget: float) -> Any:
+    folder = Path(tempfile.mkdtemp(prefix="assetprep-videos-"))
+    try:
+        yield IntraVideos(folder, proxy=proxy, size=size, fps=fps, budget=budget)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
