@@ -114,13 +114,18 @@ class IntraVideos:
             "scale", w=f"min(iw,{w})", h=f"min(ih,{h})", force_original_aspect_ratio="decrease",
             force_divisible_by=2,
         )  # fmt: skip
+        # The source's colour tags, so the browser decodes the copy with the same matrix. An untagged HD source is
+        # BT.709 to players; scaled down to SD size untagged, it could be taken as BT.601.
+        tags = {"colorspace": video.color_space or ("bt709" if video.height >= 720 else None),
+                "color_primaries": video.color_primaries, "color_trc": video.color_transfer}  # fmt: skip
+        tags = {k: v for k, v in tags.items() if v and v not in ("unknown", "reserved")}
         # Every frame a keyframe, at the encoders' fastest settings and a quality a background keeps.
         if self.h264:
             out = ffmpeg.output(stream, str(copy), an=None, vcodec="libx264", preset="ultrafast", g=1, crf=18,
-                                pix_fmt="yuv420p", movflags="+faststart", f="mp4")  # fmt: skip
+                                pix_fmt="yuv420p", movflags="+faststart", f="mp4", **tags)  # fmt: skip
         else:
             out = ffmpeg.output(stream, str(copy), an=None, vcodec="libvpx", g=1, qmin=4, qmax=30, **{"b:v": "20M"},
-                                deadline="realtime", **{"cpu-used": 16}, threads=2, f="webm")  # fmt: skip
+                                deadline="realtime", **{"cpu-used": 16}, threads=2, f="webm", **tags)  # fmt: skip
         left = deadline - time.monotonic()
         if left < 1:
             return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -68,6 +69,25 @@ def page_server(answer):
             pass
 
     return http_server(Handler)
+
+
+@contextlib.contextmanager
+def hanging_server(page: bytes):
+    """A server answering `page` for every path but /hang*, which it never answers (until the block ends); yields
+    its base URL."""
+    release = threading.Event()
+
+    def answer(path, headers):
+        if path.startswith("/hang"):
+            release.wait(60)
+            return None
+        return 200, {}, page
+
+    with page_server(answer) as server:
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            release.set()
 
 
 @pytest.mark.parametrize("browser", ["headless-shell", "full"])
@@ -433,26 +453,12 @@ def test_a_page_with_a_resource_that_never_ends_is_recorded_as_it_is(tmp_path):
     """A hung tracker or image kept the load event from firing, and the whole recording failed ("Timeout 3000ms
     exceeded", with a hint to check the URL) although a visitor sees the page. A page that never sends its HTML
     stays an error, in words."""
-    import threading
-
-    release = threading.Event()
     page = (b'<!doctype html><html><body style="margin:0;background:rgb(0,160,0)"><img src="/hang.png">'
             b'<script async src="/hang.js"></script></body></html>')  # fmt: skip
-
-    def answer(path, headers):
-        if path.startswith("/hang"):
-            release.wait(60)
-            return None
-        return 200, {}, page
-
-    with page_server(answer) as server:
-        try:
-            base = f"http://127.0.0.1:{server.server_port}"
-            result = record(f"{base}/", tmp_path / "p.mp4", opts(duration=1, fps=5, timeout=3))
-            with pytest.raises(RecordError, match=r"cannot load .*/hang\.html: no page came within the timeout"):
-                record(f"{base}/hang.html", tmp_path / "h.mp4", opts(duration=1, fps=5, timeout=3))
-        finally:
-            release.set()
+    with hanging_server(page) as base:
+        result = record(f"{base}/", tmp_path / "p.mp4", opts(duration=1, fps=5, timeout=3))
+        with pytest.raises(RecordError, match=r"cannot load .*/hang\.html: no page came within the timeout"):
+            record(f"{base}/hang.html", tmp_path / "h.mp4", opts(duration=1, fps=5, timeout=3))
     assert [w for w in result.warnings if "did not finish loading within 3 s" in w], result.warnings
     frames = frames_rgb(tmp_path / "p.mp4")
     assert len(frames) == 5 and all(px(f, 10, 10)[1] > 120 for f in frames)  # the page, green
@@ -828,6 +834,40 @@ def assert_plays_at_1x(out: Path, x: int, y: int) -> None:
     assert all((b - a) % 4 == 1 for a, b in itertools.pairwise(k for k, _ in itertools.groupby(seq))), seq
 
 
+@pytest.mark.parametrize("h264", [True, False])
+def test_a_page_video_copy_is_all_keyframes_within_the_viewport_in_the_sources_colours(tmp_path, h264):
+    from assetprep._pagevideo import IntraVideos
+    from assetprep.probe import probe
+
+    source = tmp_path / "hero.mp4"  # 1280x720 at 25 fps, one keyframe, untagged (players take HD as BT.709)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=1280x720:r=25:d=2", "-c:v", "libx264",
+                    "-preset", "veryfast", "-g", "250", str(source)], check=True, timeout=60)  # fmt: skip
+    videos = IntraVideos(tmp_path, proxy=None, size=(640, 480), fps=10, budget=30)
+    videos.h264 = h264
+    copy = tmp_path / ("copy.mp4" if h264 else "copy.webm")
+    assert videos._encode(source, copy, time.monotonic() + 60)
+    info = probe(copy).video
+    assert (info.codec, info.width, info.height, info.color_space) == ("h264" if h264 else "vp8", 640, 360, "bt709")
+    keys = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "frame=key_frame",
+            "-of",
+            "csv=p=0",
+            str(copy),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert [k.rstrip(",") for k in keys] == ["1"] * 20  # 2 s at the recording's 10 fps, every one a keyframe
+
+
 def test_a_video_with_one_keyframe_plays_from_a_copy_and_what_cannot_be_copied_plays_as_it_is(tmp_path):
     """A seek decodes from the last keyframe: a 1080p hero video with one every 8 s made a 720p recording 5.7x
     real time. Such a video is played from an all-keyframe copy, at the same clock. A transparent one (the copy
@@ -854,23 +894,11 @@ def test_a_video_with_one_keyframe_plays_from_a_copy_and_what_cannot_be_copied_p
     assert result.page_videos == 0 and any("blocked" in w and "169.254.169.254" in w for w in result.warnings), (
         result.warnings
     )
-    release = threading.Event()
     page = b'<body style="margin:0;background:rgb(0,160,0)"><video src="/hang.mp4" autoplay muted></video></body>'
-
-    def answer(path, headers):
-        if path.startswith("/hang"):
-            release.wait(60)
-            return None
-        return 200, {}, page
-
-    with page_server(answer) as server:
-        try:
-            started = time.monotonic()
-            result = record(f"http://127.0.0.1:{server.server_port}/", tmp_path / "p.mp4",
-                            opts(duration=1, fps=5, timeout=4))  # fmt: skip
-            took = time.monotonic() - started
-        finally:
-            release.set()
+    with hanging_server(page) as base:
+        started = time.monotonic()
+        result = record(f"{base}/", tmp_path / "p.mp4", opts(duration=1, fps=5, timeout=4))
+        took = time.monotonic() - started
     assert result.page_videos == 0
     assert took < 12, took  # 4 s here: the video that never comes is given 2 s (half the timeout), not 15 or 60
     assert all(px(f, 1270, 10)[1] > 120 for f in frames_rgb(tmp_path / "p.mp4"))
