@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -87,7 +88,7 @@ class IntraVideos:
 
     def _copy(self, url: str, request: Any) -> Path | None:
         deadline = time.monotonic() + self.budget - self.seconds  # the budget is for all of the page's videos
-        if deadline - time.monotonic() < 2:
+        if deadline - time.monotonic() < 1:
             return None
         n = len(self.copies)
         source, copy = self.folder / f"source{n}", self.folder / f"intra{n}.{'mp4' if self.h264 else 'webm'}"
@@ -138,9 +139,38 @@ class IntraVideos:
         return 0 < copy.stat().st_size <= MAX_OUTPUT_BYTES
 
 
+_PREFIX = "assetprep-videos-"
+
+
+def sweep_stale(folder: Path | None = None, *, older_than: float = 60.0) -> list[Path]:
+    """Remove copy folders (named with their process's PID) whose process is gone: a recording killed with kill -9
+    leaves its folder and the copies in it, which no `finally` could remove."""
+    removed = []
+    now = time.time()
+    for path in (folder or Path(tempfile.gettempdir())).glob(_PREFIX + "*"):
+        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+        with contextlib.suppress(OSError, ValueError):  # another recording may remove its own folder meanwhile
+            if now - path.lstat().st_mtime < older_than or not pid.isdigit() or _alive(int(pid)):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def intra_videos(*, proxy: str | None, size: tuple[int, int], fps: int, budget: float) -> Any:
-    folder = Path(tempfile.mkdtemp(prefix="assetprep-videos-"))
+    sweep_stale()
+    folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
     try:
         yield IntraVideos(folder, proxy=proxy, size=size, fps=fps, budget=budget)
     finally:

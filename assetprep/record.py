@@ -206,6 +206,10 @@ TIME_SHIM = r"""
   };
   window.__assetprep = {
     now: () => vt,
+    // Videos the clock plays above `bottom` (px) that cannot show a frame yet: no data, no error, a source.
+    unready: (bottom) => [...document.querySelectorAll("video")].filter((el) =>
+      (driven.has(el) || (el.autoplay && !stopped.has(el))) && el.readyState < 2 && !el.error &&
+      el.networkState !== 3 && el.getBoundingClientRect().top + window.scrollY <= bottom).length,
     // After advance: a promise that ends when the media seeked to this frame's time (at most 1 s), or nothing.
     settled() {
       if (!seeking.length) return undefined;
@@ -868,6 +872,13 @@ def _record_url(
                                         f"{min(options.timeout, PRIME_SECONDS):g} s")  # fmt: skip
             # Reveal-on-load animations (a hero that fades or slides in) still playing: the first screen holds
             # until they end (bounded), so the hero is seen at rest. Exact mode only: fast mode has one still.
+            if exact:
+                # A video whose data came after the first frame started then: reruns differed from frame 0 on.
+                wait = min(options.timeout, PRIME_SECONDS)
+                with dog.step("while the page's videos load", wait + 5):
+                    if not _videos_ready(page, max(y for _, y in points) + view_h, wait):
+                        warnings.append(f"a video of the page had no picture after {wait:g} s: it is recorded "
+                                        "from when it has one")  # fmt: skip
             with dog.step("while getting ready", bound):
                 intro = float(page.evaluate(_INTRO_JS)) if exact else 0.0
             points = scroll_keyframes(options, max_scroll, last, view_h=view_h, intro=intro)
@@ -974,6 +985,16 @@ def _encoder(preset: VideoPreset, out: Path, source: Any, x264_preset: X264Prese
 
 
 PRIME_SECONDS = 10.0  # at most, walking the page and waiting for its images and fonts before the first frame
+
+
+def _videos_ready(page: Any, bottom: float, seconds: float) -> bool:
+    """Wait (at most `seconds`) until every video the clock plays down to `bottom` px can show a frame."""
+    end = time.monotonic() + seconds
+    while not (ready := page.evaluate("(b) => window.__assetprep.unready(b) === 0", bottom)):
+        if time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    return bool(ready)
 
 
 def _prime(page: Any, cdp: Any, points: list[tuple[float, float]], capture: Capture, view_h: int,
