@@ -8,7 +8,10 @@ import errno
 import hashlib
 import os
 import secrets
+import shutil
 import stat
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process: alive
     return True
+
+
+def pid_folder(prefix: str) -> Path:
+    """A new temporary folder named PREFIX<pid>-…: sweep_dead_folders can then tell when its process is gone."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def sweep_dead_folders(parent: Path, prefix: str, *, older_than: float = 0.0) -> list[Path]:
+    """Remove the pid_folder(prefix) folders in `parent` whose process is gone (kill -9, OOM: no `finally` ran) and
+    that were last changed over `older_than` seconds ago. A live process's folder stays (a reused PID's too, which
+    is harmless), and so does any folder not named that way."""
+    removed = []
+    now = time.time()
+    for folder in parent.glob(f"{glob_escape(prefix)}*-*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        with contextlib.suppress(OSError):  # its own process may remove it meanwhile
+            st = folder.lstat()
+            if not pid.isdigit() or not stat.S_ISDIR(st.st_mode) or now - st.st_mtime < older_than or _alive(int(pid)):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def sweep_stale_parts(final: Path) -> list[Path]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -28,6 +27,8 @@ import ffmpeg
 
 from . import _process
 from ._fetch import fetch_media
+from ._files import pid_folder, sweep_dead_folders
+from ._server import byte_range
 from .errors import AssetprepError
 
 log = logging.getLogger("assetprep.record")
@@ -70,11 +71,11 @@ class IntraVideos:
             route.fallback()
             return
         size = copy.stat().st_size
-        m = re.fullmatch(r"bytes=(\d+)-(\d*)", (request.headers.get("range") or "").strip())
-        first, last = (int(m[1]), min(int(m[2] or size - 1), size - 1)) if m else (0, size - 1)
-        if m:  # a shorter range than asked, as servers may answer: the browser asks for more when it plays there
+        asked = byte_range(request.headers.get("range"), size)
+        first, last = asked or (0, size - 1)
+        if asked:  # a shorter range than asked, as servers may answer: the browser asks for more when it plays there
             last = min(last, first + _CHUNK - 1)
-        if first >= size or last < first:
+        if first > last:
             route.fulfill(status=416, headers={"Content-Range": f"bytes */{size}"}, body=b"")
             return
         with open(copy, "rb") as f:
@@ -82,9 +83,9 @@ class IntraVideos:
             body = f.read(last - first + 1)
         kind = "video/mp4" if copy.suffix == ".mp4" else "video/webm"
         headers = {"Content-Type": kind, "Accept-Ranges": "bytes", "Cache-Control": "no-store"}
-        if m:
+        if asked:
             headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        route.fulfill(status=206 if m else 200, headers=headers, body=body)
+        route.fulfill(status=206 if asked else 200, headers=headers, body=body)
 
     def _copy(self, url: str, request: Any) -> Path | None:
         deadline = time.monotonic() + self.budget - self.seconds  # the budget is for all of the page's videos
@@ -142,35 +143,11 @@ class IntraVideos:
 _PREFIX = "assetprep-videos-"
 
 
-def sweep_stale(folder: Path | None = None, *, older_than: float = 60.0) -> list[Path]:
-    """Remove copy folders (named with their process's PID) whose process is gone: a recording killed with kill -9
-    leaves its folder and the copies in it, which no `finally` could remove."""
-    removed = []
-    now = time.time()
-    for path in (folder or Path(tempfile.gettempdir())).glob(_PREFIX + "*"):
-        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
-        with contextlib.suppress(OSError, ValueError):  # another recording may remove its own folder meanwhile
-            if now - path.lstat().st_mtime < older_than or not pid.isdigit() or _alive(int(pid)):
-                continue
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def intra_videos(*, proxy: str | None, size: tuple[int, int], fps: int, budget: float) -> Any:
-    sweep_stale()
-    folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+    # A recording killed with kill -9 left its copies; a minute's grace for a folder just made under a reused PID.
+    sweep_dead_folders(Path(tempfile.gettempdir()), _PREFIX, older_than=60.0)
+    folder = pid_folder(_PREFIX)
     try:
         yield IntraVideos(folder, proxy=proxy, size=size, fps=fps, budget=budget)
     finally:

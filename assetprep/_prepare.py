@@ -22,7 +22,7 @@ import botocore.exceptions
 from pydantic import BaseModel, ConfigDict
 
 from . import _process
-from ._files import atomic_output, file_sha256
+from ._files import atomic_output, file_sha256, pid_folder, sweep_dead_folders
 from .errors import AssetprepError, CancelledError, ConfigError, RecordError, StorageError
 from .probe import MediaInfo, probe
 from .publish import BackgroundSpec, background_kind, prepare_audio, prepare_background
@@ -239,21 +239,7 @@ _WORK_PREFIX = "assetprep-prep-"
 def sweep_stale_work(parent: Path) -> int:
     """Remove the work folders of preparations whose process is gone. A worker killed mid-recording (kill -9, OOM, a
     Ray retry) never reaches its own cleanup; its folder names its PID, so the next task on the node removes it."""
-    removed = 0
-    for folder in parent.glob(f"{_WORK_PREFIX}*-*"):
-        pid = folder.name.removeprefix(_WORK_PREFIX).split("-", 1)[0]
-        if not pid.isdigit() or not folder.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or a PID reused since: then it stays, which is harmless)
-        except ProcessLookupError:
-            pass
-        except OSError:  # another user's live process
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed += 1
-    return removed
+    return len(sweep_dead_folders(parent, _WORK_PREFIX))
 
 
 STORAGE_WAIT_S = 600.0  # how long a prepared file waits for S3 to answer again before its rows fail
@@ -310,7 +296,7 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
         work = Path(task.keep_dir)
     else:
         sweep_stale_work(Path(tempfile.gettempdir()))
-        work = Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}-"))
+        work = pid_folder(_WORK_PREFIX)
     work.mkdir(parents=True, exist_ok=True)
     try:
         warnings: list[str] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import logging
 import os
+import re
 import socketserver
 import subprocess
 import threading
@@ -92,6 +93,15 @@ class ManagedServer:
 
 S = TypeVar("S", bound=socketserver.BaseServer)
 log = logging.getLogger("assetprep.server")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The (first, last) byte a `Range: bytes=A-` or `bytes=A-B` header asks of `size` bytes, `last` cut to the end;
+    first > last when none of them exist (answer 416). None: no such header (answer the whole, 200)."""
+    m = re.fullmatch(r"bytes=(\d+)-(\d*)", (header or "").strip())
+    if m is None:
+        return None
+    return int(m[1]), min(int(m[2] or size - 1), size - 1)
 
 
 class QuietErrors:

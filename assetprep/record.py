@@ -38,7 +38,7 @@ from . import _process
 from ._files import MP4_SUFFIXES, atomic_output, check_output_path
 from ._netguard import BLOCKED_HEADER, guard_proxy
 from ._pagevideo import VIDEO_URL, IntraVideos, intra_videos
-from ._server import QuietHTTPServer, ThreadedServer
+from ._server import QuietHTTPServer, ThreadedServer, byte_range
 from ._urls import redact_url
 from .errors import ConfigError, NotAPageError, OutputCheckError, RecordError, ToolMissingError
 from .normalize import check_video, mp4_options, x264_options
@@ -546,12 +546,11 @@ class _PageHandler(http.server.SimpleHTTPRequestHandler):
             return None
         # Byte ranges, as web servers answer them: without, Chromium cannot seek a page's <video> (seekable is
         # empty), which the recording's clock does every frame.
-        m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
-        if m is None or not target.is_file():
+        size = target.stat().st_size if target.is_file() else None
+        if size is None or (asked := byte_range(self.headers.get("Range"), size)) is None:
             return super().send_head()
-        size = target.stat().st_size
-        first, last = int(m[1]), min(int(m[2] or size - 1), size - 1)
-        if first >= size or last < first:
+        first, last = asked
+        if first > last:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{size}")
             self.send_header("Content-Length", "0")

@@ -899,7 +899,7 @@ def test_a_video_whose_data_comes_late_is_waited_for_and_starts_on_the_first_fra
 def test_copy_folders_of_killed_recordings_are_swept(tmp_path):
     """A recording killed with kill -9 leaves its folder of video copies (no `finally` runs): the next recording
     removes those whose process is gone, and no other."""
-    from assetprep._pagevideo import sweep_stale
+    from assetprep._files import sweep_dead_folders
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -909,9 +909,13 @@ def test_copy_folders_of_killed_recordings_are_swept(tmp_path):
         folder.mkdir()
         (folder / "intra0.mp4").write_bytes(b"x" * 1000)
         os.utime(folder, (time.time() - 3600, time.time() - 3600))
-    assert sweep_stale(tmp_path) == [dead] and not dead.exists() and live.exists()
+    assert (
+        sweep_dead_folders(tmp_path, "assetprep-videos-", older_than=60) == [dead]
+        and not dead.exists()
+        and live.exists()
+    )
     fresh.mkdir()  # the same dead PID, but just made: perhaps a recording still starting under a reused PID
-    assert sweep_stale(tmp_path) == [] and fresh.exists()
+    assert sweep_dead_folders(tmp_path, "assetprep-videos-", older_than=60) == [] and fresh.exists()
 
 
 def test_a_video_with_one_keyframe_plays_from_a_copy_and_what_cannot_be_copied_plays_as_it_is(tmp_path):
