@@ -3,8 +3,9 @@
 The recording's clock seeks each playing <video> once per frame, and a seek decodes from the last keyframe before
 it. Hero videos have one every 2-10 s: a 1080p one (a keyframe every 8 s) made a 720p recording take 5.7x real
 time, a 640x360 one 1.7x (scripts/bench_record.py). Re-encoded with only keyframes (at most the viewport's size and
-the recording's frame rate, the same length) a seek decodes one frame. H.264 where the browser plays it (x264's
-intra-only ultrafast: 20 s of 1080p became 720p in 3 s here), else VP8 (the same took 6-7 s).
+the recording's frame rate, the same length) a seek decodes one frame. VP8, not H.264: x264's intra-only copy was
+made twice as fast (20 s of 1080p became 720p in 3 s, VP8 in 6-7 s), but Chromium rendered the same H.264 copy
+differently from one run to the next (2 code values, in 5 of 10 pairs of runs), and reruns must give the same bytes.
 
 The original is fetched the way the browser would (its headers, through the private-network guard), re-encoded by
 ffmpeg within a time budget, and served from a temporary file with byte ranges in answer to the browser's
@@ -53,7 +54,6 @@ class IntraVideos:
     def __init__(self, folder: Path, *, proxy: str | None, size: tuple[int, int], fps: int, budget: float) -> None:
         self.folder, self.proxy, self.size, self.fps, self.budget = folder, proxy, size, fps, budget
         self.copies: dict[str, Path | None] = {}  # URL -> its copy, or None when the original is used
-        self.h264 = False  # whether the browser plays H.264 (Chromium's open-source builds may not): set once known
         self.seconds = 0.0  # spent fetching and re-encoding, in all
 
     def handle(self, route: Any) -> None:
@@ -81,8 +81,7 @@ class IntraVideos:
         with open(copy, "rb") as f:
             f.seek(first)
             body = f.read(last - first + 1)
-        kind = "video/mp4" if copy.suffix == ".mp4" else "video/webm"
-        headers = {"Content-Type": kind, "Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+        headers = {"Content-Type": "video/webm", "Accept-Ranges": "bytes", "Cache-Control": "no-store"}
         if asked:
             headers["Content-Range"] = f"bytes {first}-{last}/{size}"
         route.fulfill(status=206 if asked else 200, headers=headers, body=body)
@@ -92,7 +91,7 @@ class IntraVideos:
         if deadline - time.monotonic() < 1:
             return None
         n = len(self.copies)
-        source, copy = self.folder / f"source{n}", self.folder / f"intra{n}.{'mp4' if self.h264 else 'webm'}"
+        source, copy = self.folder / f"source{n}", self.folder / f"intra{n}.webm"
         try:
             headers = {k: v for k, v in request.all_headers().items() if k.lower() not in _NOT_SENT}
             fetch_media(url, source, timeout=min(15.0, deadline - time.monotonic()), proxy=self.proxy,
@@ -121,13 +120,9 @@ class IntraVideos:
         tags = {"colorspace": video.color_space or ("bt709" if video.height >= 720 else None),
                 "color_primaries": video.color_primaries, "color_trc": video.color_transfer}  # fmt: skip
         tags = {k: v for k, v in tags.items() if v and v not in ("unknown", "reserved")}
-        # Every frame a keyframe, at the encoders' fastest settings and a quality a background keeps.
-        if self.h264:
-            out = ffmpeg.output(stream, str(copy), an=None, vcodec="libx264", preset="ultrafast", g=1, crf=18,
-                                pix_fmt="yuv420p", movflags="+faststart", f="mp4", **tags)  # fmt: skip
-        else:
-            out = ffmpeg.output(stream, str(copy), an=None, vcodec="libvpx", g=1, qmin=4, qmax=30, **{"b:v": "20M"},
-                                deadline="realtime", **{"cpu-used": 16}, threads=2, f="webm", **tags)  # fmt: skip
+        # Every frame a keyframe, at VP8's fastest settings and a quality a background keeps.
+        out = ffmpeg.output(stream, str(copy), an=None, vcodec="libvpx", g=1, qmin=4, qmax=30, **{"b:v": "20M"},
+                            deadline="realtime", **{"cpu-used": 16}, threads=2, f="webm", **tags)  # fmt: skip
         left = deadline - time.monotonic()
         if left < 1:
             return False

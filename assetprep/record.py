@@ -239,7 +239,6 @@ TIME_SHIM = r"""
 })();
 """
 
-_PLAYS_H264 = """document.createElement("video").canPlayType('video/mp4; codecs="avc1.640028"')"""
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
 _FRAME_JS = "window.__assetprep.advance({t:.4f}); window.scrollTo(0, {y}); window.__assetprep.settled()"
 # Seconds until the page's finite animations and transitions end. Exact mode's clock holds them paused at virtual
@@ -773,9 +772,6 @@ def _record_url(
             # 4x slower) gets none, as a visitor's popup blocker would do; whatever opens anyway is closed.
             context.add_init_script(_NO_POPUPS)
             page = context.new_page()
-            if videos is not None:
-                with dog.step("while starting", bound):
-                    videos.h264 = page.evaluate(_PLAYS_H264) == "probably"
             context.on("page", lambda other: other.close() if other is not page else None)
             cdp = context.new_cdp_session(page)
             page.set_default_timeout(timeout_ms)
