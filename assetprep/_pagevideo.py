@@ -39,6 +39,10 @@ VIDEO_URL = re.compile(r"^[^?#]*\.(mp4|m4v|webm|mov|ogv)([?#].*)?$", re.IGNORECA
 MAX_SOURCE_BYTES = 300 * 1024 * 1024
 MAX_SECONDS = 120.0  # of video: the re-encode is linear in it
 MAX_OUTPUT_BYTES = 400 * 1024 * 1024
+# VP8 intra re-encode throughput measured here (2 cores, source decode and scaling included): 20 s of 1080p H.264
+# became 720p in 6-7 s. A copy that would take longer than the recording it speeds up is not made: a 1080p hero
+# copied whole at 1080p made such a recording slower (3.30x real time against 3.03x with the original).
+ENCODE_PIXELS_PER_SECOND = 80e6
 # Bytes per answer to a range request. The body goes to the browser through Playwright's pipe (base64): a copy
 # answered whole (30 MB for 20 s of 720p) took 5 s and slowed the capture from 26 to 11 fps.
 _CHUNK = 2 * 1024 * 1024
@@ -49,10 +53,13 @@ class IntraVideos:
     """Answers the browser's requests for video files with all-keyframe copies (see the module's text).
 
     `proxy`: the guard's URL (None: direct); `size`: the largest (width, height) a copy needs (the viewport in device
-    pixels); `budget`: seconds the page's videos may take to fetch and re-encode, in all (the browser waits)."""
+    pixels); `budget`: seconds the page's videos may take to fetch and re-encode, in all (the browser waits);
+    `recording`: seconds of video the recording makes (a copy estimated to take longer to make is not made)."""
 
-    def __init__(self, folder: Path, *, proxy: str | None, size: tuple[int, int], fps: int, budget: float) -> None:
+    def __init__(self, folder: Path, *, proxy: str | None, size: tuple[int, int], fps: int, budget: float,
+                 recording: float) -> None:  # fmt: skip
         self.folder, self.proxy, self.size, self.fps, self.budget = folder, proxy, size, fps, budget
+        self.recording = recording
         self.copies: dict[str, Path | None] = {}  # URL -> its copy, or None when the original is used
         self.seconds = 0.0  # spent fetching and re-encoding, in all
 
@@ -111,6 +118,10 @@ class IntraVideos:
         if video is None or video.alpha or not info.duration or info.duration > MAX_SECONDS:
             return False  # no picture, transparent (the copy would not be), or too long to re-encode in time
         w, h = self.size
+        shrink = min(1.0, w / max(1, video.width), h / max(1, video.height))
+        work = video.width * video.height * shrink * shrink * self.fps * info.duration / ENCODE_PIXELS_PER_SECOND
+        if work > self.recording:
+            return False  # longer to make than the recording it would speed up
         stream = ffmpeg.input(str(source)).video.filter("fps", self.fps).filter(
             "scale", w=f"min(iw,{w})", h=f"min(ih,{h})", force_original_aspect_ratio="decrease",
             force_divisible_by=2,
@@ -139,11 +150,11 @@ _PREFIX = "assetprep-videos-"
 
 
 @contextlib.contextmanager
-def intra_videos(*, proxy: str | None, size: tuple[int, int], fps: int, budget: float) -> Any:
+def intra_videos(*, proxy: str | None, size: tuple[int, int], fps: int, budget: float, recording: float) -> Any:
     # A recording killed with kill -9 left its copies; a minute's grace for a folder just made under a reused PID.
     sweep_dead_folders(Path(tempfile.gettempdir()), _PREFIX, older_than=60.0)
     folder = pid_folder(_PREFIX)
     try:
-        yield IntraVideos(folder, proxy=proxy, size=size, fps=fps, budget=budget)
+        yield IntraVideos(folder, proxy=proxy, size=size, fps=fps, budget=budget, recording=recording)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -765,7 +765,7 @@ def _record_url(
                 if not any(a.startswith(("--proxy", "--host-resolver-rules")) for a in options.browser_args):
                     videos = stack.enter_context(intra_videos(
                         proxy=proxy["server"] if proxy else None, fps=fps, budget=min(30.0, options.timeout / 2),
-                        size=(round(vw * options.scale), round(vh * options.scale)),
+                        size=(round(vw * options.scale), round(vh * options.scale)), recording=options.duration,
                     ))  # fmt: skip
                     context.route(VIDEO_URL, videos.handle)
             # A page that opens windows on load (400 window.open calls made loading time out; 50 made the recording

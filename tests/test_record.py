@@ -841,8 +841,12 @@ def test_a_page_video_copy_is_all_keyframes_within_the_viewport_in_the_sources_c
     source = tmp_path / "hero.mp4"  # 1280x720 at 25 fps, one keyframe, untagged (players take HD as BT.709)
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=1280x720:r=25:d=2", "-c:v", "libx264",
                     "-preset", "veryfast", "-g", "250", str(source)], check=True, timeout=60)  # fmt: skip
-    videos = IntraVideos(tmp_path, proxy=None, size=(640, 480), fps=10, budget=30)
+    videos = IntraVideos(tmp_path, proxy=None, size=(640, 480), fps=10, budget=30, recording=3)
     copy = tmp_path / "copy.webm"
+    # 640x360 x 10 fps x 2 s is ~0.06 s of re-encoding: worth it for a 3 s recording; 1280x720 would be ~0.23 s,
+    # more than a 0.1 s one lasts.
+    short = IntraVideos(tmp_path, proxy=None, size=(1280, 720), fps=10, budget=30, recording=0.1)
+    assert not short._encode(source, copy, time.monotonic() + 60) and not copy.exists()
     assert videos._encode(source, copy, time.monotonic() + 60)
     info = probe(copy).video
     assert (info.codec, info.width, info.height, info.color_space) == ("vp8", 640, 360, "bt709")
