@@ -18,23 +18,32 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import logging
+import os
+import re
 import select
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
-from urllib.parse import quote, urlsplit
-from urllib.request import getproxies_environment, proxy_bypass_environment
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote_plus, urlsplit
 
 from ._sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, SigV4
 from .errors import CancelledError
 
+if TYPE_CHECKING:
+    import ssl
+
+# ssl, http.client and urllib.request are imported only where needed: ~9 ms of every `assetprep upload` otherwise.
+
 log = logging.getLogger("assetprep.upload")
+
+
+class BadAnswer(Exception):
+    """An answer that is not HTTP/1.x, is cut off, or has a head or line over 64 KiB."""
+
 
 # A HEAD's answer: the object's size and its x-amz-meta-sha256 ("" when it has none), or ABSENT (404).
 Head = tuple[int, str]
@@ -90,8 +99,8 @@ class HttpPool:
     def request(self, method: str, url: str, *, body: bytes | FileSlice | None = None,
                 headers: dict[str, str] | None = None, limit: int = 1 << 20, timeout: float | None = None,
                 deadline: float | None = None) -> Answer:  # fmt: skip
-        """Send one request; raises OSError (refused, timed out, reset), http.client.HTTPException (an answer that
-        is not HTTP/1.x, cut off, or a head over 64 KiB) or ValueError (not an http(s) URL, a header with a line
+        """Send one request; raises OSError (refused, timed out, reset), BadAnswer (an answer that is not
+        HTTP/1.x, cut off, or a head over 64 KiB) or ValueError (not an http(s) URL, a header with a line
         break). `timeout` bounds each read and write; `deadline` (seconds) the whole request, against a server that
         trickles its answer a byte at a time."""
         parts = urlsplit(url)
@@ -156,6 +165,8 @@ class HttpPool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one write: send it now
             if scheme == "https":
                 if self._tls is None:
+                    import ssl
+
                     self._tls = ssl.create_default_context()  # the system's CAs, like a consumer fetching the URL
                 sock = self._tls.wrap_socket(sock, server_hostname=host)  # the handshake, under the connect timeout
         except BaseException:
@@ -230,7 +241,7 @@ def _read_answer(sock: socket.socket, method: str, limit: int) -> tuple[int, Hea
         body, whole, buf = _read_chunked(sock, buf, limit)
     elif coding is None and length is not None:
         if not length.isdigit():  # "5, 6" (two lengths) or junk: the framing cannot be trusted
-            raise http.client.HTTPException(f"bad Content-Length {length[:40]!r}")
+            raise BadAnswer(f"bad Content-Length {length[:40]!r}")
         size = int(length)
         body, buf = _read_exact(sock, buf, min(size, limit))
         whole = size <= limit
@@ -245,16 +256,16 @@ def _read_until(sock: socket.socket, buf: bytes, end: bytes, most: int) -> tuple
     start = 0
     while (at := buf.find(end, start)) < 0:
         if len(buf) > most:
-            raise http.client.LineTooLong("an answer's head or line")
+            raise BadAnswer("an answer's head or line over 64 KiB")
         start = max(0, len(buf) - len(end) + 1)
         chunk = sock.recv(65536)
         if not chunk:
             if buf:
-                raise http.client.IncompleteRead(buf)
-            raise http.client.RemoteDisconnected("the server closed the connection without an answer")
+                raise BadAnswer(f"an answer cut off after {len(buf)} bytes")
+            raise ConnectionResetError("the server closed the connection without an answer")
         buf += chunk
     if at > most:
-        raise http.client.LineTooLong("an answer's head or line")
+        raise BadAnswer("an answer's head or line over 64 KiB")
     return buf[:at], buf[at + len(end) :]
 
 
@@ -263,7 +274,7 @@ def _parse_head(head: bytes) -> tuple[int, str, Headers]:
     version, _, rest = lines[0].partition(" ")
     code = rest[:3]
     if not version.startswith("HTTP/1.") or not code.isdigit() or rest[3:4] not in ("", " "):
-        raise http.client.BadStatusLine(lines[0][:80])
+        raise BadAnswer(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
     fields = Headers()
     name = ""
     for line in lines[1:]:
@@ -289,7 +300,7 @@ def _read_exact(sock: socket.socket, buf: bytes, size: int, *, to_close: bool = 
         if not chunk:
             if to_close:
                 break
-            raise http.client.IncompleteRead(b"".join(chunks), size - have)
+            raise BadAnswer(f"an answer cut off {size - have} bytes short")
         chunks.append(chunk)
         have += len(chunk)
     return b"".join(chunks), b""
@@ -304,7 +315,7 @@ def _read_chunked(sock: socket.socket, buf: bytes, limit: int) -> tuple[bytes, b
         try:
             size = int(line.split(b";", 1)[0].strip() or b"x", 16)
         except ValueError:
-            raise http.client.HTTPException(f"bad chunk size {line[:40]!r}") from None
+            raise BadAnswer(f"bad chunk size {line[:40]!r}") from None
         if size == 0:
             while True:  # trailer fields, up to the empty line
                 line, buf = _read_until(sock, buf, b"\r\n", _MAX_HEAD)
@@ -315,7 +326,7 @@ def _read_chunked(sock: socket.socket, buf: bytes, limit: int) -> tuple[bytes, b
             return b"".join([*body, chunk]), False, b""
         chunk, buf = _read_exact(sock, buf, size + 2)
         if chunk[-2:] != b"\r\n":
-            raise http.client.HTTPException("a chunk longer than its size line says")
+            raise BadAnswer("a chunk longer than its size line says")
         body.append(chunk[:-2])
         have += size
 
@@ -404,7 +415,8 @@ def _send_file(sock: socket.socket, body: FileSlice) -> int:
 def _idle_and_open(sock: socket.socket) -> bool:
     """An idle keep-alive socket that is readable has been closed by the server (or sent junk): not reusable."""
     try:
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        pending = getattr(sock, "pending", None)  # a TLS socket's decrypted bytes not read yet
+        if pending is not None and pending():
             return False
         poller = select.poll()
         poller.register(sock, select.POLLIN)
@@ -425,6 +437,47 @@ class StaticCredentials:
         return self
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What one page of ListObjectsV2 proves: the keys under a prefix up to `last` (None: all of them)."""
+
+    keys: frozenset[str]
+    last: str | None
+
+    def absent(self, key: str) -> bool:
+        """Whether no object is stored under `key` (False also when the page does not reach it)."""
+        if key in self.keys:
+            return False
+        return self.last is None or key.encode() <= self.last.encode()  # S3 lists in UTF-8 byte order
+
+
+_KEY = re.compile(rb"<Key>(.*?)</Key>", re.S)
+_ENTITY = re.compile(r"&(#x[0-9a-fA-F]+|#[0-9]+|amp|lt|gt|quot|apos);")
+_NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def _xml_text(text: str) -> str:
+    """XML character data to text: the five entities XML predefines and character references."""
+
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name[0] != "#":
+            return _NAMED[name]
+        code = int(name[2:], 16) if name[1] == "x" else int(name[1:])
+        return chr(code) if code <= 0x10FFFF else m.group(0)
+
+    return _ENTITY.sub(one, text)
+
+
+def _proxied(host: str) -> bool:
+    """Whether the environment sends requests for `host` through a proxy (as botocore and urllib read it)."""
+    if not any(name.lower().endswith("_proxy") for name in os.environ):
+        return False  # urllib.request costs ~2 ms to import; it only reads such variables
+    from urllib.request import getproxies_environment, proxy_bypass_environment
+
+    return bool(getproxies_environment()) and not proxy_bypass_environment(host)
+
+
 class SignedS3:
     """HEAD, PUT and multipart parts of one bucket's objects, signed like a botocore client signs them, sent through
     `pool`. `bucket_url`: the bucket's URL as that client builds object URLs (endpoint, addressing style), ending
@@ -436,7 +489,7 @@ class SignedS3:
         host = parts.hostname or ""
         if not region or parts.scheme not in ("http", "https") or not host or not parts.path.endswith("/"):
             raise ValueError(f"cannot sign for {bucket_url} in region {region}")
-        if getproxies_environment() and not proxy_bypass_environment(host):
+        if _proxied(host):
             # botocore would go through the proxy; a direct connection might hang until its timeout on every request
             raise ValueError("requests to S3 go through a proxy")
         self._origin = f"{parts.scheme}://{parts.netloc}"
@@ -483,6 +536,23 @@ class SignedS3:
         some, or the answer does not say; botocore lists them)."""
         resp = self._request("GET", self._path, query=f"uploads&prefix={quote(prefix, safe='-_.~')}")
         return resp is not None and resp.status == 200 and b"<Upload>" not in resp.body
+
+    def list_keys(self, prefix: str, most: int) -> Listing | None:
+        """The first `most` keys under `prefix` (ListObjectsV2, one page); None for any answer but 200 (a missing
+        bucket, a key not allowed to list: the caller asks the way it would have without a listing).
+        A key this misread would cost a needless check, or a PUT of the same bytes, never a wrong answer."""
+        # encoding-type=url: XML cannot carry every character a key may hold (a control character came back
+        # as U+FFFD); percent-encoded, each key comes back exact. A server that ignores it is not relied on.
+        query = f"encoding-type=url&list-type=2&max-keys={most}&prefix={quote(prefix, safe='-_.~')}"
+        resp = self._request("GET", self._path, query=query)
+        if resp is None or resp.status != 200 or b"<EncodingType>url</EncodingType>" not in resp.body:
+            return None
+        # decoded as botocore decodes them
+        keys = [unquote_plus(_xml_text(k.decode("utf-8", "replace"))) for k in _KEY.findall(resp.body)]
+        truncated = b"<IsTruncated>true</IsTruncated>" in resp.body
+        if truncated and not keys:
+            return None
+        return Listing(frozenset(keys), max(keys, key=str.encode) if truncated else None)
 
     def _key_path(self, key: str) -> str:
         return self._path + quote(key, safe="/~")  # botocore's quoting of a key in the path

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -27,7 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from ._files import ShrankError, check_input_file, hash_range
-from ._s3http import Answer, FileSlice, Headers, HttpPool, SignedS3, StaticCredentials
+from ._s3http import Answer, BadAnswer, FileSlice, Headers, HttpPool, Listing, SignedS3, StaticCredentials
 from ._urls import redact_url, s3_error_reason
 from .errors import AssetprepError, CancelledError, ConfigError, MediaError, PreflightError, StorageError, UploadError
 from .progress import Progress, ProgressCallback
@@ -44,6 +43,7 @@ PREFLIGHT_TIMEOUT = 15.0  # seconds for a preflight GET (connect at most 5 of th
 MAX_EXPIRY = 7 * 24 * 3600.0  # SigV4 presigned URLs cannot live longer
 CONTENT_TYPES = {".mp4": "video/mp4", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".webm": "video/webm"}
 MiB = 1024 * 1024
+LISTED_FILES = 8  # a call of this many files or more lists its prefix once instead of checking each key
 SMALL_FILE = 4 * MiB  # read whole into memory (bounded: jobs x 4 MiB); bigger files stream from disk
 
 
@@ -444,9 +444,11 @@ class _Upload:
         on_progress: ProgressCallback | None,
         files: int,
         fast: SignedS3 | None = None,
+        listing: Listing | None = None,
     ) -> None:
         self.client, self.bucket, self.prefix, self.config = client, bucket, prefix, config
         self.fast = fast  # HEAD, small PUTs and parts without botocore's per-call cost; botocore when it returns None
+        self.listing = listing  # the keys under the prefix when the call began: a key it lacks is not checked
         self.on_progress = on_progress
         self.files = files
         self.files_done = 0
@@ -540,8 +542,15 @@ class _Upload:
         self.file_done()
         return obj
 
+    def listed_absent(self, key: str) -> bool:
+        """Whether the call's listing shows no object under `key` (a race with another writer of it only means the
+        same bytes are stored twice over)."""
+        return self.listing is not None and self.listing.absent(key)
+
     def stored(self, key: str, digest: FileDigest) -> bool:
         """Whether the same bytes are already under `key` (content addressing: then nothing is sent)."""
+        if self.listed_absent(key):
+            return False
         if self.fast is not None and (found := self.fast.head(key)) is not None:
             return found == (digest.size, digest.sha256)
         import botocore.exceptions
@@ -683,10 +692,16 @@ def _session(
     uploads aborted, one HTTP pool for the small requests and preflights, shared state closed at the end."""
     http = HttpPool(jobs)
     fast = _signer(client, bucket, http)
-    ensure_bucket(client, bucket, create=create_bucket, prefix=prefix, fast=fast)
+    listing = None
+    if fast is not None and files >= LISTED_FILES and not (bucket_name_problem(bucket) or prefix_problem(prefix)):
+        # One request instead of a check per file; up to 2 keys listed per file to upload, because a listed key
+        # costs the server about a third of a check (SeaweedFS: 1,000 keys in ~78 ms, 200 checks in ~50 ms).
+        listing = fast.list_keys(prefix.strip("/") + "/" if prefix.strip("/") else "", min(1000, 2 * files))
+    if listing is None:  # a listing's 200 is the bucket check too
+        ensure_bucket(client, bucket, create=create_bucket, prefix=prefix, fast=fast)
     abort_stale_uploads(client, bucket, prefix, fast=fast)
     up = _Upload(client, bucket, prefix=prefix, config=config or DEFAULT_TRANSFER, on_progress=on_progress, files=files,
-                 fast=fast)  # fmt: skip
+                 fast=fast, listing=listing)  # fmt: skip
     try:
         yield up, http
     finally:
@@ -827,7 +842,7 @@ def _first_byte(url: str, pool: HttpPool, timeout: float) -> Answer:
                 return answer
             url = urljoin(url, location)
         return answer
-    except (OSError, HTTPException, ValueError) as exc:
+    except (OSError, BadAnswer, ValueError) as exc:
         raise PreflightError(
             f"presigned URL {redact_url(url)} is not reachable: {type(exc).__name__}",
             hint="check that the endpoint is reachable from where the URL will be fetched (--public-endpoint-url)",
@@ -875,6 +890,31 @@ def _stored_by_url(url: str, digest: FileDigest, content_type: str, http: HttpPo
     return None
 
 
+class _Sample:
+    """One preflight standing for the URLs of a call's objects that the call stored under keys its listing showed
+    absent. Those URLs differ only in the key, which the object's own PUT (same path, same server, same keys) has
+    just proved the server takes; the content type and size served are what that PUT set. When the sample fails,
+    every such URL is preflighted on its own, so each failure is named."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._passed: bool | None = None
+
+    def vouches(self, check: Callable[[], None]) -> bool:
+        """Whether the sample passed; the first caller runs `check` as the sample (the others wait for it: at most
+        one preflight's timeout) and its own failure is raised to it."""
+        with self._lock:
+            if self._passed is None:
+                try:
+                    check()
+                except PreflightError:
+                    self._passed = False
+                    raise
+                self._passed = True
+                return True
+            return self._passed
+
+
 def upload_and_presign(
     paths: list[str | os.PathLike[str]],
     *,
@@ -902,13 +942,18 @@ def upload_and_presign(
     jobs = jobs or default_jobs()
     with _session(client, bucket, prefix, create_bucket, None, on_progress, files=len(paths), jobs=jobs) as (up, http):
         fast_signer = up.fast if signer is client else _signer(signer, bucket, http)
+        sample = _Sample()
 
         def one(path: str | os.PathLike[str]) -> PresignedObject:
             signed: list[tuple[str, dt.datetime]] = []
             checked: list[bool] = []
+            listed_absent: list[bool] = []
 
             def stored(key: str, digest: FileDigest, content_type: str) -> bool:
                 signed.append(presign(signer, bucket, key, expires_in=expires_in, fast=fast_signer))
+                if signer is client and up.listed_absent(key):
+                    listed_absent.append(True)
+                    return False
                 # The URL's GET is the existence check only when it reaches the server we upload to: a public
                 # endpoint that answers 404 may be another server, where the object would never appear.
                 if check and digest.size <= SMALL_FILE and signer is client:
@@ -921,7 +966,12 @@ def upload_and_presign(
             obj = up.upload(path, stored=stored)
             url, expires_at = signed[0]
             if check and not checked:
-                preflight(url, content_type=obj.content_type, size=obj.size, http=http)
+
+                def check_url() -> None:
+                    preflight(url, content_type=obj.content_type, size=obj.size, http=http)
+
+                if not (listed_absent and sample.vouches(check_url)):
+                    check_url()
             return PresignedObject(object=obj, url=url, expires_at=expires_at)
 
         return _run_all(list(paths), one, jobs, up.cancelled)

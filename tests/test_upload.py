@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -59,6 +60,35 @@ def count_calls(client) -> list[str]:
     calls: list[str] = []
     client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
     return calls
+
+
+def count_requests(monkeypatch) -> Counter[str]:
+    """The requests the upload's own HTTP pool sends, by kind: "PUT", "HEAD", "GET url" (a presigned URL: check or
+    preflight), "GET list" (the objects under the prefix), "GET uploads" (unfinished multipart uploads),
+    "HEAD bucket"."""
+    from assetprep._s3http import HttpPool
+
+    seen: Counter[str] = Counter()
+    send = HttpPool.request
+
+    def counted(self, method, url, **kw):
+        parts = urlsplit(url)
+        kind = (
+            "list"
+            if "list-type=" in parts.query
+            else "uploads"
+            if parts.query.startswith("uploads")
+            else "url"
+            if "X-Amz-Signature=" in parts.query
+            else "bucket"
+            if parts.path.count("/") == 1
+            else ""
+        )
+        seen[f"{method} {kind}".strip()] += 1
+        return send(self, method, url, **kw)
+
+    monkeypatch.setattr(HttpPool, "request", counted)
+    return seen
 
 
 def test_upload_presign_and_range(s3, client, bucket, tmp_path):
@@ -419,7 +449,6 @@ def test_stale_multipart_uploads_under_the_prefix_are_aborted(client, bucket):
 
 
 def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bucket, tmp_path, monkeypatch):
-    from assetprep._s3http import SignedS3
 
     # 300 files: the same names in three folders, 20 of them with the same bytes in two folders, one empty and one
     # that cannot be read (as root a permission bit does not stop reading: a FIFO stands in, it would block open()).
@@ -439,9 +468,7 @@ def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bu
         unreadable.write_bytes(b"ID3")
         unreadable.chmod(0)
     calls = count_calls(client)
-    checks: list[bool | None] = []
-    bucket_exists = SignedS3.bucket_exists
-    monkeypatch.setattr(SignedS3, "bucket_exists", lambda self: checks.append(bucket_exists(self)) or checks[-1])
+    requests = count_requests(monkeypatch)
     reports = []
     with pytest.raises(UploadError) as err:
         upload_and_presign(paths, bucket=bucket, client=client, settings=settings_for(s3), jobs=16,
@@ -459,15 +486,17 @@ def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bu
     for i in range(20):  # the same bytes under the same name share one object
         assert results[i].object.key == results[200 + i].object.key
     assert len({r.object.key for r in results if r}) == 298 - 20
-    assert checks == [True]  # the bucket is checked once per call, not per file
-    # Small files: the preflight GET is the existence check, and the PUT, the bucket check and the listing of stale
-    # multipart uploads are signed and sent without a botocore call.
+    # One listing of the prefix (its 200 is the bucket check) shows every key absent: each file is one PUT (the 20
+    # shared keys are PUT by both of their files) and one URL is preflighted for all; no HEAD, no check per file.
+    # All of it is signed and sent without a botocore call.
+    assert requests == {"GET list": 1, "GET uploads": 1, "PUT": 298, "GET url": 1}, requests
     assert calls == [], sorted(set(calls))
     assert reports[-1].stage == "upload 298/300 files" and reports[-1].unit == "bytes"
     assert reports[-1].total == sum(p.stat().st_size for i, p in enumerate(paths) if results[i])
 
     good = [p for p, r in zip(paths, results, strict=True) if r]
     calls.clear()
+    requests.clear()
     reports.clear()
     again = upload_and_presign(
         good, bucket=bucket, client=client, settings=settings_for(s3), on_progress=reports.append
@@ -475,7 +504,107 @@ def test_many_files_concurrently_keep_order_bytes_and_shared_keys(s3, client, bu
     assert [r.object.key for r in again] == [r.object.key for r in results if r]
     assert all(r.object.skipped for r in again) and sum(r.object.bytes_sent for r in again) == 0
     assert reports[-1].done == reports[-1].total > 0  # bytes found stored count as done: the bar ends full
-    assert calls == [] and checks == [True, True]  # one GET per file answered the rest
+    # Every key is listed now: each file's URL is fetched, which is the check that the same bytes are stored (size
+    # and SHA-256) and that the URL serves them; nothing is PUT.
+    assert calls == [] and requests == {"GET list": 1, "GET uploads": 1, "GET url": 298}, requests
+
+
+def _mp3s(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"take{i}.mp3" for i in range(count)]
+    for f in files:
+        f.write_bytes(b"ID3" + os.urandom(2000))
+    return files
+
+
+def _mp3_keyed(path: Path, low: bool) -> Path:
+    """An MP3 whose content-addressed key starts below "8" (low) or at "8" and above in its hash part."""
+    while True:  # half of all random bytes qualify
+        data = b"ID3" + os.urandom(2000)
+        if (hashlib.sha256(data).hexdigest()[0] < "8") == low:
+            path.write_bytes(data)
+            return path
+
+
+def test_a_listing_that_does_not_reach_every_key_leaves_the_rest_to_their_own_checks(s3, client, bucket, tmp_path,
+                                                                                     monkeypatch):  # fmt: skip
+    """The prefix holds more keys than the listing reads (2 per file to upload): keys past its last one are
+    unknown and checked one by one; a file whose bytes are stored is found and not sent again."""
+    low = [_mp3_keyed(tmp_path / f"low{i}.mp3", True) for i in range(4)]
+    high = [_mp3_keyed(tmp_path / f"high{i}.mp3", False) for i in range(4)]
+    [kept] = upload_and_presign(low[:1], bucket=bucket, settings=settings_for(s3), prefix="crowd")
+    for i in range(40):  # the listing's 16 keys: the stored file's and 15 of these; the high files' come later
+        client.put_object(Bucket=bucket, Key=f"crowd/8{i:015x}/old.mp3", Body=b"x")
+
+    requests = count_requests(monkeypatch)
+    results = upload_and_presign(low + high, bucket=bucket, settings=settings_for(s3), prefix="crowd")
+    assert [r.object.key for r in results] == [f"crowd/{file_sha(f)[:16]}/{f.name}" for f in low + high]
+    assert results[0].object.key == kept.object.key
+    assert [r.object.skipped for r in results] == [True] + [False] * 7
+    for f, r in zip(low + high, results, strict=True):
+        assert httpx.get(r.url).content == f.read_bytes()
+    # GET url: the stored file's check (listed), one preflight for the 3 keys listed absent (PUT at once), and the
+    # check of each of the 4 keys past the listing before its PUT.
+    assert requests == {"GET list": 1, "GET uploads": 1, "PUT": 7, "GET url": 1 + 1 + 4}, requests
+
+
+def test_the_listing_reads_keys_with_any_characters(s3, bucket, tmp_path, monkeypatch):
+    """Names XML escapes (& < > ' "), percent signs, plus, non-ASCII and a control character: a second upload
+    finds every key in the listing (so checks it by its URL and sends nothing); a misread key would be PUT again."""
+    names = ["a&b.mp3", "x<y>z.mp3", "it's \"q\".mp3", "50%41 off+.mp3", "grüße 東京.mp3", "tab\there.mp3",
+             "ctl\x01.mp3", "plain.mp3"]  # fmt: skip
+    files = []
+    for name in names:
+        (tmp_path / name).write_bytes(b"ID3" + os.urandom(1500))
+        files.append(tmp_path / name)
+    first = upload_and_presign(files, bucket=bucket, settings=settings_for(s3), prefix="odd")
+    requests = count_requests(monkeypatch)
+    again = upload_and_presign(files, bucket=bucket, settings=settings_for(s3), prefix="odd")
+    assert [r.object.key for r in again] == [r.object.key for r in first]
+    assert [r.object.skipped for r in again] == [True] * len(files)
+    assert requests == {"GET list": 1, "GET uploads": 1, "GET url": len(files)}, requests
+    assert [httpx.get(r.url).content for r in again] == [f.read_bytes() for f in files]
+
+
+def test_when_the_sample_preflight_fails_every_url_is_preflighted_and_named(s3, bucket, tmp_path, monkeypatch):
+    import assetprep.upload as upload
+
+    real = upload.preflight
+    seen: list[str] = []
+
+    def failing_first(url: str, **kw) -> None:
+        seen.append(url)
+        if len(seen) == 1:  # the sample: as if the consumer's fetch of this URL had been refused
+            raise PreflightError(f"presigned URL {url.split('?')[0]} answered 403: AccessDenied")
+        real(url, **kw)
+
+    monkeypatch.setattr(upload, "preflight", failing_first)
+    files = _mp3s(tmp_path, 10)
+    with pytest.raises(UploadError) as err:
+        upload_and_presign(files, bucket=bucket, settings=settings_for(s3), jobs=4)
+    [(failed, exc)] = err.value.failures
+    assert isinstance(exc, PreflightError) and "answered 403" in str(exc)
+    assert len(seen) == len(set(seen)) == 10  # the sample, then each of the others on its own
+    done = [r for r in err.value.results if r is not None]
+    assert len(done) == 9 and failed not in {str(f) for f, r in zip(files, err.value.results, strict=True) if r}
+    for r in done:
+        assert r.url in seen and httpx.get(r.url).status_code == 200
+
+
+def test_a_listing_of_a_missing_bucket_falls_back_to_the_bucket_check(s3, client, tmp_path, monkeypatch):
+    files = _mp3s(tmp_path, 8)
+    with pytest.raises(StorageError, match="bucket 'never-made' does not exist"):
+        upload_and_presign(files, bucket="never-made", settings=settings_for(s3))
+    requests = count_requests(monkeypatch)
+    results = upload_and_presign(files, bucket="made-now", settings=settings_for(s3), create_bucket=True)
+    try:
+        assert [httpx.get(r.url).content for r in results] == [f.read_bytes() for f in files]
+        # The listing's 404 tells nothing about the keys: each file is checked by its URL's GET, then PUT.
+        assert requests == {"GET list": 1, "HEAD bucket": 1, "GET uploads": 1, "GET url": 8, "PUT": 8}, requests
+    finally:
+        for r in results:
+            client.delete_object(Bucket="made-now", Key=r.object.key)
+        client.delete_bucket(Bucket="made-now")
 
 
 def test_the_fast_path_signs_like_botocore_and_hands_anything_else_to_it(s3, client, bucket, tmp_path):
