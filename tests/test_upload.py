@@ -366,6 +366,34 @@ def test_keys_and_endpoint_in_the_environment_upload_without_boto3(s3, bucket, t
     assert run()["loaded"] == ["boto3", "botocore", "s3transfer"]
 
 
+_CLI_AND_LIST_MODULES = """
+import atexit, runpy, sys
+heavy = {"boto3", "botocore", "s3transfer", "rich", "ssl", "http", "urllib.request", "html"}
+atexit.register(lambda: print("loaded:", sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy),
+                              file=sys.stderr))
+sys.argv = ["assetprep", *sys.argv[1:]]
+runpy.run_module("assetprep", run_name="__main__")
+"""
+
+
+def test_the_upload_command_imports_only_what_its_work_needs(s3, bucket, tmp_path):
+    """The whole command to an http endpoint with its keys given, output to a pipe: no boto3, no rich (no bar to
+    draw), no TLS or http.client (the pool speaks HTTP itself), no urllib.request (no proxy variables)."""
+    files = []
+    for i in range(8):  # enough for the listing
+        files.append(tmp_path / f"clip{i}.mp4")
+        files[-1].write_bytes(MP4_HEAD + os.urandom(3000 + i))
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")} | s3.env()
+    for name in ("AWS_PROFILE", "AWS_CREDENTIAL_EXPIRATION", "AWS_SESSION_TOKEN", "FORCE_COLOR", "TTY_COMPATIBLE"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", _CLI_AND_LIST_MODULES, "upload", *map(str, files), "--bucket",
+                           bucket], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "loaded: []", proc.stderr
+    urls = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  http")]
+    assert [httpx.get(u).content for u in urls] == [f.read_bytes() for f in files]
+
+
 def test_cli_upload_json_and_no_secret_in_output(s3, tmp_path):
     f = tmp_path / "speech.mp3"
     f.write_bytes(b"ID3" + os.urandom(2000))
