@@ -5,7 +5,8 @@ Animations), then for each frame advances it by exactly 1/fps, sets the scroll p
 CDP, piping frames straight into ffmpeg, so capture and encoding overlap. With a headless shell (Debian's
 chromium-headless-shell, Playwright's headless_shell) the compositor runs only when told to: one
 HeadlessExperimental.beginFrame per video frame draws it and returns its JPEG (about 1.8x the rate of
-Page.captureScreenshot here); with a full Chromium, Page.captureScreenshot is the fallback.
+Page.captureScreenshot here); with a full Chromium, Page.captureScreenshot is the fallback. The pictures come over
+the recorder's own DevTools connection (_cdp.py), not through Playwright's driver.
 Fast mode takes one full-page screenshot and lets ffmpeg pan over it (static pages, no animation).
 """
 
@@ -16,6 +17,7 @@ import contextlib
 import functools
 import http.server
 import itertools
+import logging
 import math
 import os
 import re
@@ -35,6 +37,7 @@ import ffmpeg
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import _process
+from ._cdp import DirectPage
 from ._files import MP4_SUFFIXES, atomic_output, check_output_path
 from ._netguard import BLOCKED_HEADER, guard_proxy
 from ._pagevideo import VIDEO_URL, IntraVideos, intra_videos
@@ -45,6 +48,8 @@ from .normalize import check_video, mp4_options, x264_options
 from .presets import VideoPreset, X264Preset, load_video_preset
 from .probe import MediaInfo, probe
 from .progress import Progress, ProgressCallback
+
+log = logging.getLogger("assetprep.record")
 
 ScrollMode = Literal["none", "smooth", "human"]
 _MAX_DEPTH = 20000  # px: an infinite-scroll page is recorded down to here at most
@@ -180,15 +185,21 @@ TIME_SHIM = r"""
   };
   media.pause = function () { driven.delete(this); stopped.add(this); realPause.call(this); };
   let seeking = [];
-  const drive = () => {
-    for (const el of document.querySelectorAll("video[autoplay], audio[autoplay]")) {
-      if (!driven.has(el) && !stopped.has(el)) driven.set(el, [vt, 0]);
+  // `at`: the time to show, vt or (ahead) the next frame's, sought while this frame's picture is on its way.
+  const drive = (at, ahead) => {
+    if (!ahead) {
+      for (const el of document.querySelectorAll("video[autoplay], audio[autoplay]")) {
+        if (!driven.has(el) && !stopped.has(el)) driven.set(el, [vt, 0]);
+      }
     }
     for (const [el, [t0, from]] of driven) {
       if (!el.paused) realPause.call(el);
       const d = el.duration;
-      if (!isFinite(d) || d <= 0) { driven.set(el, [vt, from]); continue; }  // not loaded yet: starts when it is
-      const t = el.loop ? (from + (vt - t0) / 1000) % d : Math.min(from + (vt - t0) / 1000, d);
+      if (!isFinite(d) || d <= 0) {  // not loaded yet: starts when it is
+        if (!ahead) driven.set(el, [vt, from]);
+        continue;
+      }
+      const t = el.loop ? (from + (at - t0) / 1000) % d : Math.min(from + (at - t0) / 1000, d);
       // A seek decodes from the last keyframe (~35 ms a frame for a hero video): one out of view is not seeked
       // until it is back in view, at the time it has reached by then.
       const r = el.getBoundingClientRect();
@@ -210,6 +221,9 @@ TIME_SHIM = r"""
     unready: (bottom) => [...document.querySelectorAll("video")].filter((el) =>
       (driven.has(el) || (el.autoplay && !stopped.has(el))) && el.readyState < 2 && !el.error &&
       el.networkState !== 3 && el.getBoundingClientRect().top + window.scrollY <= bottom).length,
+    // After a frame's picture was taken: start the seeks the next frame (at `target`) needs. advance() finds them
+    // made and settled() waits for them.
+    ahead(target) { drive(target, true); },
     // After advance: a promise that ends when the media seeked to this frame's time (at most 1 s), or nothing.
     settled() {
       if (!seeking.length) return undefined;
@@ -232,7 +246,7 @@ TIME_SHIM = r"""
       frames.clear();
       for (const cb of due) call(cb, [vt]);
       seek();
-      drive();
+      drive(vt, false);
     },
   };
   document.addEventListener("DOMContentLoaded", seek);
@@ -241,6 +255,7 @@ TIME_SHIM = r"""
 
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
 _FRAME_JS = "window.__assetprep.advance({t:.4f}); window.scrollTo(0, {y}); window.__assetprep.settled()"
+_AHEAD_JS = "window.__assetprep.ahead({t:.4f})"
 # Seconds until the page's finite animations and transitions end. Exact mode's clock holds them paused at virtual
 # time, so "paused" counts as playing here.
 _INTRO_JS = """() => Math.max(0, ...document.getAnimations().map(a => {
@@ -731,7 +746,7 @@ def _record_url(
         # AutomationControlled off: navigator.webdriver is false, as in a visitor's browser (consent managers and
         # bot checks behaved otherwise for a browser that announced itself as automated).
         args = [
-            *([_DETERMINISTIC] if exact else []),
+            *([_DETERMINISTIC, "--remote-debugging-port=0"] if exact else []),  # the frame loop's own connection
             *guard_args,
             "--disable-blink-features=AutomationControlled",
             *options.browser_args,
@@ -884,9 +899,13 @@ def _record_url(
                                 f"speed that is as deep as {options.duration:g} s go (a longer duration goes "
                                 "deeper)")  # fmt: skip
             if exact:
+                with dog.step("before the first frame", bound + 5):
+                    direct = _direct_page(profile, cdp, capture, bound + 5)
+                if direct is not None:
+                    stack.callback(direct.close)
                 capture_fps = _record_exact(
-                    page, cdp, tmp, preset, frames, points, options, on_progress, deadline, dog, capture
-                )
+                    page, cdp, tmp, preset, frames, points, options, on_progress, deadline, dog, capture, direct
+                )  # fmt: skip
             else:
                 capture_fps = _record_fast(page, tmp, preset, frames, points, options, on_progress, deadline, dog)
         finally:
@@ -933,6 +952,10 @@ def _visitor_agent(browser: Any) -> str | None:
 # another window does nothing (no one clicks during a recording, so every such click is the page's own).
 _NO_POPUPS = """
 window.open = function () { return null; };
+// Dismissed as the dialog handler would, without a round trip (a call waiting on the page blocks until then).
+window.alert = function () {};
+window.confirm = function () { return false; };
+window.prompt = function () { return null; };
 const elsewhere = (t) => t && !["_self", "_top", "_parent"].includes(t.toLowerCase());
 addEventListener("click", (e) => {
   const a = e.target && e.target.closest && e.target.closest("a[target], area[target]");
@@ -1027,12 +1050,37 @@ def _prime(page: Any, cdp: Any, points: list[tuple[float, float]], capture: Capt
     return loaded
 
 
+def _direct_page(profile: Path | None, cdp: Any, capture: Capture, timeout: float) -> DirectPage | None:
+    """The page's own DevTools connection for the frame loop, or None (Playwright's session serves then)."""
+    if profile is None:
+        return None
+    try:
+        target = str(cdp.send("Target.getTargetInfo")["targetInfo"]["targetId"])
+        direct = DirectPage.open(profile, target, timeout)
+    except Exception as exc:  # any failure only costs speed
+        log.debug("frame loop through Playwright: %s", exc)
+        return None
+    try:
+        if capture == "beginframe":
+            direct.call("HeadlessExperimental.enable")
+    except Exception as exc:
+        log.debug("frame loop through Playwright: %s", exc)
+        direct.close()
+        return None
+    return direct
+
+
 def _record_exact(
     page: Any, cdp: Any, tmp: Path, preset: VideoPreset, frames: int, points: list[tuple[float, float]],
     options: RecordOptions, on_progress: ProgressCallback | None, deadline: float, dog: _Watchdog,
-    capture: Capture,
+    capture: Capture, direct: DirectPage | None = None,
 ) -> float:  # fmt: skip
-    """Frame by frame on the virtual clock; the capture rate (frames per wall second)."""
+    """Frame by frame on the virtual clock; the capture rate (frames per wall second).
+
+    With `direct`, pictures come over it and the next frame's video seeks start while this frame's picture travels
+    and is piped. The clock still moves through Playwright's session: while that call waits, Playwright answers
+    what the page asks of it meanwhile (a range of a page video's copy, which the seeks wait for; a dialog)."""
+    send = direct.call if direct is not None else cdp.send
     bound = options.timeout
     with dog.step("before the first frame", bound):
         offset = page.evaluate("() => window.__assetprep.now()")  # virtual time spent getting ready
@@ -1041,10 +1089,10 @@ def _record_exact(
 
     def grab() -> bytes:
         if capture == "screenshot":
-            return base64.b64decode(cdp.send("Page.captureScreenshot", jpeg)["data"])
+            return base64.b64decode(send("Page.captureScreenshot", jpeg)["data"])
         # A screenshot can be missing while the renderer initialises: ask again (nothing moved in between).
         for _ in range(10):
-            answer = cdp.send("HeadlessExperimental.beginFrame", {"interval": 1000 / fps, "screenshot": jpeg})
+            answer = send("HeadlessExperimental.beginFrame", {"interval": 1000 / fps, "screenshot": jpeg})
             if answer.get("screenshotData"):
                 return base64.b64decode(answer["screenshotData"])
         raise RecordError(f"{page.url}: Chromium returned no frame", hint="retry, or set CHROMIUM to a full Chromium")
@@ -1062,6 +1110,8 @@ def _record_exact(
                     raise RecordError(f"{page.url}: the virtual clock failed at frame {i}: "
                                       f"{answer['exceptionDetails'].get('text', 'script error')}")  # fmt: skip
                 frame = grab()
+                if direct is not None and i + 1 < frames:
+                    direct.post("Runtime.evaluate", {"expression": _AHEAD_JS.format(t=offset + (i + 1) / fps * 1000)})
             yield frame
             if on_progress is not None and (i % 5 == 4 or i == frames - 1):
                 done = time.monotonic() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import os
@@ -94,9 +95,20 @@ def hanging_server(page: bytes):
 def test_virtual_time_switches_on_the_exact_frame(site, tmp_path, monkeypatch, browser):
     if browser == "full":  # a full Chromium has no beginFrame: the captureScreenshot path must be just as exact
         monkeypatch.setenv("CHROMIUM", shutil.which("chromium") or "/usr/lib/chromium/chromium")
+    from assetprep._cdp import DirectPage
+
+    calls: collections.Counter[str] = collections.Counter()  # what went over the recorder's own connection
+    real_call, real_post = DirectPage.call, DirectPage.post
+    monkeypatch.setattr(DirectPage, "call", lambda self, m, p=None: calls.update([m]) or real_call(self, m, p))
+    monkeypatch.setattr(
+        DirectPage, "post", lambda self, m, p=None: calls.update([f"post {m}"]) or real_post(self, m, p)
+    )
     out = tmp_path / "clock.mp4"
     result = record(f"{site}/clock.html", out, opts(duration=1.5))
     assert result.capture == ("beginframe" if browser == "headless-shell" else "screenshot")
+    # Every picture came over it, not through Playwright's driver; so did the next frame's seeks.
+    shot = "HeadlessExperimental.beginFrame" if browser == "headless-shell" else "Page.captureScreenshot"
+    assert calls[shot] >= 45 and calls["post Runtime.evaluate"] == 44, calls
     assert result.frames == 45 and decoded_frame_count(out) == 45
     frames = frames_rgb(out)
     for x in (100, 400, 700):  # CSS animation, rAF clock, setTimeout
@@ -238,6 +250,15 @@ def test_dialogs_are_dismissed_and_short_pages_warn(site, tmp_path):
     assert any("not taller" in w for w in result.warnings)
 
 
+def test_a_dialog_opened_while_a_frame_is_drawn_is_dismissed(site, tmp_path):
+    """Frames are drawn over the recorder's own DevTools connection, where Playwright's dialog handler does not
+    run: a confirm() from a ResizeObserver callback blocked the frame until the watchdog fired. Dialogs are now
+    dismissed in the page itself."""
+    record(f"{site}/observer-dialog.html", tmp_path / "d.mp4", opts(duration=1, fps=10, scroll="none", timeout=5))
+    frames = frames_rgb(tmp_path / "d.mp4")
+    assert px(frames[0], 600, 600)[1] > 120 and px(frames[-1], 600, 600)[2] > 120  # green, then blue after it
+
+
 def test_a_page_that_opens_hundreds_of_windows_gets_none(site, tmp_path):
     """Playwright turns Chromium's popup blocker off: 400 window.open calls on load made the page time out (50 made
     a recording 4x slower); links and forms a script clicks into other windows opened them too."""
@@ -317,6 +338,7 @@ def test_profiles_left_by_killed_recordings_are_swept_and_live_or_fresh_ones_kep
     [
         ("loop.html", "exact", {}),  # a timer loops at 0.5 s of virtual time: while advancing the clock
         ("raf-loop.html", "exact", {}),  # the tenth animation frame never returns
+        ("observer-loop.html", "exact", {"scroll": "none"}),  # while a frame is drawn, on the frame loop's connection
         ("loop.html", "fast", {"wait_for": "networkidle"}),  # loops while the page is being made ready
     ],
 )

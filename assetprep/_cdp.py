@@ -1,0 +1,162 @@
+"""A direct DevTools connection to one page, for exact mode's frame loop.
+
+Through Playwright each CDP call goes Python -> Node driver -> Chromium and back, and every frame's JPEG (130 KB at
+720p, 300 KB at 1080p, base64 in JSON) is parsed and re-serialised by the driver on its way: 4-6 ms of CPU a frame on
+the chain that draws the frames, one after the other. Here the frame loop talks to the browser itself, over the
+WebSocket Chromium opens on 127.0.0.1 for `--remote-debugging-port=0`, and it can also send a call without waiting
+for its answer (the next frame's video seeks start while this frame's JPEG travels).
+
+Chromium refuses DevTools WebSockets that carry an Origin header (a web page's), so pages cannot use the port; the
+network guard sends their loopback requests through its proxy anyway. Anything unexpected here makes the caller
+fall back to Playwright's session.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import RecordError
+
+_PORT_FILE = "DevToolsActivePort"  # written by Chromium into its profile: "<port>\n<browser WebSocket path>"
+_MAX_MESSAGE = 256 * 1024 * 1024  # a 4K frame's JPEG in base64 is a few MB; more is not an answer of ours
+
+
+def _mask(data: bytes, key: bytes) -> bytes:
+    """RFC 6455 client masking, in one big-int XOR (our messages are small)."""
+    n = len(data)
+    if not n:
+        return b""
+    pad = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(pad, "big")).to_bytes(n, "big")
+
+
+class DirectPage:
+    """CDP calls to one page target over the browser's WebSocket; each wait bounded by `timeout` seconds."""
+
+    def __init__(self, port: int, path: str, target_id: str, timeout: float) -> None:
+        self.timeout = timeout
+        self._buf = bytearray()
+        self._next_id = 0
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._handshake(port, path)
+            self._session: str | None = None
+            self._session = str(self.call("Target.attachToTarget", {"targetId": target_id, "flatten": True})[
+                "sessionId"])  # fmt: skip
+        except BaseException:
+            self._sock.close()
+            raise
+
+    @classmethod
+    def open(cls, profile: Path, target_id: str, timeout: float) -> DirectPage:
+        """Connect to the browser whose profile folder is `profile` (its port file appears as it starts)."""
+        end = time.monotonic() + min(timeout, 2.0)
+        while True:
+            try:
+                port, path = (profile / _PORT_FILE).read_text().split()[:2]
+                break
+            except (OSError, ValueError):
+                if time.monotonic() > end:
+                    raise OSError("Chromium wrote no DevTools port file") from None
+                time.sleep(0.02)
+        return cls(int(port), path, target_id, timeout)
+
+    def _handshake(self, port: int, path: str) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self._sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        end = time.monotonic() + self.timeout
+        while b"\r\n\r\n" not in self._buf:
+            self._fill(len(self._buf) + 1, end)
+        head, _, rest = bytes(self._buf).partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0]
+        if b" 101 " not in status:
+            raise OSError(f"DevTools refused the WebSocket: {status.decode(errors='replace')}")
+        self._buf = bytearray(rest)
+
+    def _fill(self, size: int, end: float) -> None:
+        while len(self._buf) < size:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer from the browser")
+            self._sock.settimeout(left)
+            chunk = self._sock.recv(max(1 << 20, size - len(self._buf)))
+            if not chunk:
+                raise ConnectionError("the browser closed its DevTools connection")
+            self._buf += chunk
+
+    def _message(self, end: float) -> dict[str, Any]:
+        parts: list[bytes] = []
+        while True:
+            self._fill(2, end)
+            first, second = self._buf[0], self._buf[1]
+            size, at = second & 0x7F, 2
+            if size == 126:
+                self._fill(4, end)
+                size, at = struct.unpack(">H", self._buf[2:4])[0], 4
+            elif size == 127:
+                self._fill(10, end)
+                size, at = struct.unpack(">Q", self._buf[2:10])[0], 10
+            if size > _MAX_MESSAGE:
+                raise ConnectionError(f"a {size}-byte DevTools message")
+            self._fill(at + size, end)
+            payload = bytes(self._buf[at : at + size])
+            del self._buf[: at + size]
+            opcode = first & 0x0F
+            if opcode == 8:
+                raise ConnectionError("the browser closed its DevTools connection")
+            if opcode == 9:  # ping: answered, as RFC 6455 asks
+                self._send(payload, opcode=10)
+            elif opcode in (0, 1, 2):
+                parts.append(payload)
+                if first & 0x80:
+                    return dict(json.loads(b"".join(parts)))
+
+    def _send(self, data: bytes, opcode: int = 1) -> None:
+        n = len(data)
+        head = bytes([0x80 | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 1 << 16:
+            head += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        key = os.urandom(4)
+        self._sock.settimeout(self.timeout)
+        self._sock.sendall(head + key + _mask(data, key))
+
+    def post(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Send a call without waiting; its answer is skipped when it comes. The call's id."""
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if self._session is not None:
+            message["sessionId"] = self._session
+        self._send(json.dumps(message).encode())
+        return self._next_id
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send a call and wait (at most `timeout` s) for its answer; events and earlier posts' answers are skipped.
+        A call Chromium refuses is a RecordError naming it."""
+        wanted = self.post(method, params)
+        end = time.monotonic() + self.timeout
+        while True:
+            message = self._message(end)
+            if message.get("id") != wanted:
+                continue
+            if "error" in message:
+                error = message["error"]
+                raise RecordError(f"Chromium refused {method}: {error.get('message', error)}")
+            return dict(message.get("result") or {})
+
+    def close(self) -> None:
+        self._sock.close()
