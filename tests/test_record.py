@@ -979,3 +979,36 @@ def test_consent_managers_real_distributions_are_hidden(site, tmp_path):
     assert green(seen[False][0]) and green(seen[False][1]), seen  # neither banner
     assert not green(seen[True][0]) and not green(seen[True][1]), seen  # v3's bar at the bottom, Osano's at the top
     assert seen[False][2] > 0  # the page scrolls under the interaction lock
+
+
+def test_the_recorders_own_devtools_connection_frames_and_errors(tmp_path):
+    """_cdp.DirectPage against a real Chromium: answers of each WebSocket length form (7-, 16- and 64-bit), the
+    answer to a posted call skipped, a call Chromium refuses named in the error, and a browser that goes away is
+    an error, not a wait."""
+    from playwright.sync_api import sync_playwright
+
+    from assetprep._cdp import DirectPage
+    from assetprep.record import find_chromium
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            tmp_path / "profile", executable_path=find_chromium(pw), args=["--remote-debugging-port=0"]
+        )
+        page = context.pages[0] if context.pages else context.new_page()
+        target = context.new_cdp_session(page).send("Target.getTargetInfo")["targetInfo"]["targetId"]
+        direct = DirectPage.open(tmp_path / "profile", target, timeout=10)
+        try:
+            for n in (3, 1000, 200_000):
+                answer = direct.call("Runtime.evaluate", {"expression": f"'x'.repeat({n})", "returnByValue": True})
+                assert answer["result"]["value"] == "x" * n
+            direct.post("Runtime.evaluate", {"expression": "window.posted = 7"})
+            assert direct.call("Runtime.evaluate", {"expression": "window.posted"})["result"]["value"] == 7
+            with pytest.raises(RecordError, match=r"Chromium refused Nope\.nothing: .*wasn't found"):
+                direct.call("Nope.nothing")
+            context.close()
+            started = time.monotonic()
+            with pytest.raises(OSError):  # ConnectionError, or a reset
+                direct.call("Runtime.evaluate", {"expression": "1"})
+            assert time.monotonic() - started < 5
+        finally:
+            direct.close()
