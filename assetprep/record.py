@@ -1060,20 +1060,18 @@ def _direct_page(profile: Path | None, cdp: Any, capture: Capture, timeout: floa
     """The page's own DevTools connection for the frame loop, or None (Playwright's session serves then)."""
     if profile is None:
         return None
+    direct = None
     try:
         target = str(cdp.send("Target.getTargetInfo")["targetInfo"]["targetId"])
         direct = DirectPage.open(profile, target, timeout)
-    except Exception as exc:  # any failure only costs speed
-        log.debug("frame loop through Playwright: %s", exc)
-        return None
-    try:
         if capture == "beginframe":
             direct.call("HeadlessExperimental.enable")
-    except Exception as exc:
+        return direct
+    except Exception as exc:  # any failure only costs speed
+        if direct is not None:
+            direct.close()
         log.debug("frame loop through Playwright: %s", exc)
-        direct.close()
         return None
-    return direct
 
 
 def _record_exact(
@@ -1105,11 +1103,15 @@ def _record_exact(
 
     t0 = time.monotonic()
 
+    def clock_ms(i: int) -> float:
+        """Frame i's virtual time; the ahead seeks must aim at exactly the time advance() will then be given."""
+        return offset + i / fps * 1000
+
     def shots() -> Iterator[bytes]:
         for i in range(frames):
             _process.check_cancelled(f"recording of {page.url}")
             t = i / fps
-            step = _FRAME_JS.format(t=offset + t * 1000, y=round(scroll_at(points, t)))
+            step = _FRAME_JS.format(t=clock_ms(i), y=round(scroll_at(points, t)))
             with dog.step(f"at frame {i}", min(bound, max(1.0, deadline - time.monotonic()))):
                 answer = cdp.send("Runtime.evaluate", {"expression": step, "awaitPromise": True})
                 if "exceptionDetails" in answer:
@@ -1117,7 +1119,7 @@ def _record_exact(
                                       f"{answer['exceptionDetails'].get('text', 'script error')}")  # fmt: skip
                 frame = grab()
                 if direct is not None and i + 1 < frames:
-                    direct.post("Runtime.evaluate", {"expression": _AHEAD_JS.format(t=offset + (i + 1) / fps * 1000)})
+                    direct.post("Runtime.evaluate", {"expression": _AHEAD_JS.format(t=clock_ms(i + 1))})
             yield frame
             if on_progress is not None and (i % 5 == 4 or i == frames - 1):
                 done = time.monotonic() - t0
