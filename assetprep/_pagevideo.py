@@ -113,7 +113,8 @@ class IntraVideos:
     def _encode(self, source: Path, copy: Path, deadline: float) -> bool:
         from .probe import probe
 
-        info = probe(source, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        # The container's duration is enough here (the copy is made at the recording's rate, not the source's).
+        info = probe(source, timeout=max(1.0, min(10.0, deadline - time.monotonic())), stream_duration=False)
         video = info.video
         if video is None or video.alpha or not info.duration or info.duration > MAX_SECONDS:
             return False  # no picture, transparent (the copy would not be), or too long to re-encode in time

@@ -15,6 +15,19 @@ def test_browser_recording_without_duration(media_dir):
     assert info.duration == pytest.approx(4.93, abs=0.05)  # from packets: the header has none
     assert v.frames == 74
     assert info.audio.codec == "opus" and info.audio.sample_rate == 48000
+    # Without stream durations the packets are still read when the file has no duration at all...
+    assert probe(media_dir / "chrome-recording-vp9-opus-vfr-noduration.webm", stream_duration=False).duration == (
+        pytest.approx(4.93, abs=0.05)
+    )
+
+
+def test_a_webm_with_a_file_duration_is_not_read_through_without_stream_durations(tmp_path):
+    """...but not when the file has one (the page-video copy needs no more: a second ffprobe, 0.13-0.18 s)."""
+    clip = tmp_path / "hero.webm"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=30:d=2", "-c:v", "libvpx-vp9", "-deadline", "realtime", str(clip))
+    quick, full = probe(clip, stream_duration=False), probe(clip)
+    assert quick.duration == pytest.approx(2.0, abs=0.05) and quick.video.duration is None
+    assert full.video.duration == pytest.approx(2.0, abs=0.05) and full.video.frames == 60
 
 
 def test_audio_first_rotated_phone_clip(media_dir):
