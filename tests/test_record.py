@@ -243,6 +243,34 @@ def test_fast_mode_follows_the_same_scroll_path(site, tmp_path):
     assert max(abs(p - q) for p, q in zip(_positions(frames), ideal, strict=True)) <= 0.05  # same rounding
 
 
+def test_chromium_has_exited_once_the_pictures_are_taken(site, tmp_path, monkeypatch):
+    """The browser is closed as soon as the last picture is taken, not after ffmpeg's end: ~0.1 s a recording, and a
+    fast recording's encode has the CPU to itself."""
+    from assetprep import _process
+
+    seen: dict[str, list[str]] = {}
+    real = _process.run_ffmpeg
+
+    def spy(stream, **kw):
+        chunks = kw.get("stdin_chunks")
+        if chunks is None:  # fast mode: one screenshot, then the encode
+            seen["fast"] = chromium_descendants()
+        else:  # exact mode: frames piped while they are drawn
+
+            def then():
+                yield from chunks
+                seen["exact"] = chromium_descendants()  # the last frame is in the pipe; ffmpeg is still encoding
+
+            kw["stdin_chunks"] = then()
+        return real(stream, **kw)
+
+    monkeypatch.setattr(_process, "run_ffmpeg", spy)
+    for mode in ("fast", "exact"):
+        record(f"{site}/ruler.html", tmp_path / f"{mode}.mp4", opts(duration=1, fps=10, scroll="smooth", mode=mode))
+        assert decoded_frame_count(tmp_path / f"{mode}.mp4") == 10
+    assert seen == {"fast": [], "exact": []}
+
+
 def test_dialogs_are_dismissed_and_short_pages_warn(site, tmp_path):
     result = record(f"{site}/dialogs.html", tmp_path / "d.mp4", opts(duration=1, fps=10))
     frames = frames_rgb(tmp_path / "d.mp4")
