@@ -1120,14 +1120,15 @@ def _record_exact(
     fps = preset.fps
     jpeg = {"format": "jpeg", "quality": options.jpeg_quality, "optimizeForSpeed": True}
 
-    def grab() -> bytes:
+    def grab() -> str:
+        """The frame's JPEG in base64, decoded once the next frame's seeks are on their way."""
         if capture == "screenshot":
-            return base64.b64decode(send("Page.captureScreenshot", jpeg)["data"])
+            return str(send("Page.captureScreenshot", jpeg)["data"])
         # A screenshot can be missing while the renderer initialises: ask again (nothing moved in between).
         for _ in range(10):
             answer = send("HeadlessExperimental.beginFrame", {"interval": 1000 / fps, "screenshot": jpeg})
             if answer.get("screenshotData"):
-                return base64.b64decode(answer["screenshotData"])
+                return str(answer["screenshotData"])
         raise RecordError(f"{page.url}: Chromium returned no frame", hint="retry, or set CHROMIUM to a full Chromium")
 
     t0 = time.monotonic()
@@ -1157,7 +1158,7 @@ def _record_exact(
                     frame = grab()
                 if direct is not None and i + 1 < frames:
                     direct.post("Runtime.evaluate", {"expression": _AHEAD_JS.format(t=clock_ms(i + 1))})
-            yield frame
+            yield base64.b64decode(frame)
             if on_progress is not None and (i % 5 == 4 or i == frames - 1):
                 done = time.monotonic() - t0
                 on_progress(Progress(stage="record", done=i + 1, total=frames, unit="frames",
