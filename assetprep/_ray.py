@@ -32,8 +32,9 @@ from typing import Any
 from ._prepare import PrepResult, PrepTask, S3Target, retry_step, ship_input, shippable
 from .errors import AssetprepError, ConfigError
 
-# CPUs a task asks for. A 720p30 recording keeps about one core busy (Chromium drawing + x264 veryfast: ~1 core-s
-# per video-s, scripts/bench_record.py); audio normalization is one short single-threaded ffmpeg.
+# CPUs a task asks for. A 720p30 recording of the bench's real page used ~52 ms of CPU a frame, ~1.6 cores while
+# it ran (from /proc), though most of it is one chain of steps that run one after the other (Chromium's drawing,
+# then its JPEG); audio normalization is one short single-threaded ffmpeg.
 CPUS = {"background": 1.0, "audio": 0.25, "watermark": 0.05}
 MAX_RETRIES = 3  # for system failures (worker or node died); errors of the input are not retried
 CONNECT_TIMEOUT = 5.0
