@@ -775,13 +775,15 @@ def _record_url(
         # or a cancel killed left a 224 KB folder in /tmp each time (a day of hung lead sites: thousands of them).
         profile = _profile_dir(marker)  # now, while the process that names it runs
 
-        def close_early() -> None:
-            """Once every picture is taken: Chromium exits while ffmpeg encodes (the `finally` below closes it
-            otherwise). It had exited after ffmpeg: ~0.1 s more, and its CPU during a fast recording's encode."""
-            try:
-                browser.close()
-            except PlaywrightError as exc:
-                log.debug("browser not closed early: %s", exc)
+        def close_browser() -> None:
+            """Bounded (a browser that does not close is killed) and never an error: the frames are taken. Called
+            once every picture is taken too, so Chromium exits while ffmpeg encodes; it had exited after ffmpeg:
+            ~0.1 s more, and its CPU during a fast recording's encode."""
+            with dog.step("while closing", 10):
+                try:
+                    browser.close()
+                except PlaywrightError as exc:
+                    log.debug("browser closed with an error: %s", exc)
 
         try:
             with dog.step("while starting", 35):
@@ -923,12 +925,12 @@ def _record_url(
                 if direct is not None:
                     stack.callback(direct.close)
                 capture_fps = _record_exact(page, cdp, tmp, preset, frames, points, options, on_progress, deadline,
-                                            dog, capture, direct, drawn=close_early)  # fmt: skip
+                                            dog, capture, direct, drawn=close_browser)  # fmt: skip
             else:
                 capture_fps = _record_fast(page, tmp, preset, frames, points, options, on_progress, deadline, dog,
-                                           drawn=close_early)  # fmt: skip
+                                           drawn=close_browser)  # fmt: skip
         finally:
-            browser.close()
+            close_browser()
             if profile is not None:
                 shutil.rmtree(profile, ignore_errors=True)
         page_videos = sum(copy is not None for copy in videos.copies.values()) if videos else 0
