@@ -155,25 +155,31 @@ def main() -> None:
         tmp = Path(tmp_name)
         page = real_page(tmp / "site", args.hero) if args.page == "real" else PAGE
         print(f"page: {page}")
-        for label, options in runs:
-            walls, bad = [], (0, 0, 0)
-            for _ in range(args.repeat):
-                out = tmp / f"{len(rows)}.mp4"
+        # Rounds interleave the recorders (each round runs every one once), so a change in the machine's load
+        # weighs on all of them alike.
+        walls: list[list[float]] = [[] for _ in range(len(runs) + 1)]
+        bad: list[tuple[int, int, int]] = [(0, 0, 0)] * (len(runs) + 1)
+        last: list[tuple[int, str]] = [(0, "")] * (len(runs) + 1)
+        for _ in range(args.repeat):
+            for k, (_label, options) in enumerate(runs):
+                out = tmp / f"{k}.mp4"
                 started = time.perf_counter()
                 result = record(page, out, options)
-                walls.append(time.perf_counter() - started)
+                walls[k].append(time.perf_counter() - started)
                 frames, dups = frame_stats(out)
                 missing = max(0, round(options.duration * 30) - frames)
-                bad = max(bad, (missing + dups, missing, dups))  # the worst run's bad frames
-            rows.append((label, walls, options.duration, frames, bad[1], bad[2], result.capture))
-        walls, bad = [], (0, 0, 0)
-        for _ in range(args.repeat):
+                bad[k] = max(bad[k], (missing + dups, missing, dups))  # the worst run's bad frames
+                last[k] = (frames, result.capture)
             elapsed, webm = playwright_baseline(s, tmp, page)
-            walls.append(elapsed)
+            walls[-1].append(elapsed)
             frames, dups = frame_stats(webm)
             missing = max(0, round(s * 25) - frames)
-            bad = max(bad, (missing + dups, missing, dups))
-        rows.append(("playwright record_video (baseline)", walls, s, frames, bad[1], bad[2], "screencast"))
+            bad[-1] = max(bad[-1], (missing + dups, missing, dups))
+            last[-1] = (frames, "screencast")
+        for k, (label, options) in enumerate(runs):
+            rows.append((label, walls[k], options.duration, last[k][0], bad[k][1], bad[k][2], last[k][1]))
+        rows.append(("playwright record_video (baseline)", walls[-1], s, last[-1][0], bad[-1][1], bad[-1][2],
+                     "screencast"))  # fmt: skip
     print(f"median of {args.repeat} runs; frames of the last run, missing/duplicated of the worst")
     print(
         f"{'recorder':<38} {'wall/duration':>13} {'range':>13} {'frames':>7} {'missing':>8} {'duplicated':>11}  capture"
