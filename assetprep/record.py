@@ -1029,7 +1029,11 @@ def _encoder(preset: VideoPreset, out: Path, source: Any, x264_preset: X264Prese
     extra: dict[str, str] = {}
     if x264_preset == "superfast":
         # superfast turns macroblock-tree off: 27% more bytes on the bench's real page, to save 11% of x264's time.
-        extra["x264-params"] = "mbtree=1:rc-lookahead=10"
+        # A scrolled page moves by whole pixels and has no scene cuts, so subpixel refinement, scene-cut detection,
+        # adaptive B-frame placement and weighted B prediction buy next to nothing: without them x264 took 4.8 s of
+        # CPU instead of 5.9 s for 300 frames of the bench's real page at 1080p, 4.38 MB instead of 4.62, SSIM
+        # 0.9948 against 0.9953; the 1080p recording went from 1.61x to 1.55x real time (3 interleaved rounds).
+        extra["x264-params"] = "mbtree=1:rc-lookahead=10:subme=0:scenecut=0:b-adapt=0:weightb=0"
     return ffmpeg.output(video, str(out), **{**x264_options(preset), **extra, **mp4_options(), "an": None})
 
 

@@ -184,6 +184,10 @@ def test_smooth_scroll_is_linear_reaches_depth_and_returns(site, tmp_path):
     assert max(whole) - min(whole) <= 1.0 and max(down) <= 25  # at most a screen a second: 24 px a frame at 30 fps
     assert max(pos) == pytest.approx(result.scroll_reached, abs=1) and pos[-1] == pytest.approx(0, abs=1)
     assert not any(is_red(px(f, 640, 700)) for f in frames)  # --hide removed the cookie banner
+    # x264 records its settings in the stream: superfast with mbtree back, and without the analysis a whole-pixel
+    # scroll does not use (subpixel refinement, scene cuts, adaptive and weighted B-frames).
+    settings = out.read_bytes().split(b"options: ", 1)[1].split(b"\0", 1)[0].decode().split()
+    assert {"mbtree=1", "rc_lookahead=10", "subme=0", "scenecut=0", "b_adapt=0", "weightb=0"} <= set(settings)
 
 
 def test_consent_banners_of_common_cmps_are_hidden_unless_asked_for(site, tmp_path):
