@@ -187,6 +187,12 @@ TIME_SHIM = r"""
   };
   media.pause = function () { driven.delete(this); stopped.add(this); realPause.call(this); };
   let seeking = [], pending = null;
+  // Chromium keeps showing the picture a video had when it went out of view, even after a seek, until a frame has
+  // been drawn with it back in view and a new picture comes (frame 0 after the page was walked for lazy content
+  // showed where the video had stopped; a video scrolled back into view differed between reruns). Such a video is
+  // `revived`: the frame is drawn once uncaptured, then the video seeked away and back (revive()).
+  const hidden = new WeakSet();
+  let revived = [];
   // `at`: the time to show, vt or (ahead) the next frame's, sought while this frame's picture is on its way.
   const drive = (at, ahead) => {
     if (!ahead) {
@@ -206,7 +212,12 @@ TIME_SHIM = r"""
       // until it is back in view, at the time it has reached by then.
       const r = el.getBoundingClientRect();
       if (r.bottom <= 0 || r.top >= innerHeight || r.right <= 0 || r.left >= innerWidth || !r.width || !r.height) {
+        if (!ahead) hidden.add(el);
         continue;
+      }
+      if (!ahead && hidden.has(el)) {
+        hidden.delete(el);
+        revived.push([el, t]);
       }
       if (Math.abs(el.currentTime - t) > 1e-4) {
         seeking.push(new Promise((done) => {
@@ -223,20 +234,48 @@ TIME_SHIM = r"""
     unready: (bottom) => [...document.querySelectorAll("video")].filter((el) =>
       (driven.has(el) || (el.autoplay && !stopped.has(el))) && el.readyState < 2 && !el.error &&
       el.networkState !== 3 && el.getBoundingClientRect().top + window.scrollY <= bottom).length,
+    // Before the first frame: the media the clock plays start from it. Each started when its duration became known,
+    // at whichever of the preparation's clock steps that fell in: the bench's hero was at 0 s in one run, 2 s in
+    // the next. Returns the clock.
+    start() {
+      for (const [el, [, from]] of driven) {
+        driven.set(el, [vt, from]);
+        hidden.add(el);  // whether it was in view while the page got ready or not, frame 0 draws it anew
+      }
+      return vt;
+    },
     // After a frame's picture was taken: start the seeks the next frame (at `target`) needs. advance() finds them
     // made and settled() waits for them.
     ahead(target) { drive(target, true); },
     // After advance: a promise that ends when the media seeked to this frame's time (at most 1 s), or nothing.
     // With `limit` (ms) it ends by then anyway, with 1 if the seeks are still going (settled() waits for them).
+    // 2 is added when a video came back into view (see `revived`).
     settled(limit) {
       if (seeking.length) {
         const all = pending = Promise.all(seeking);
         seeking = [];
         all.then(() => { if (pending === all) pending = null; });
       }
-      if (!pending) return undefined;
-      const done = pending.then(() => 0);
-      return limit === undefined ? done : Promise.race([done, new Promise((r) => realTimeout(() => r(1), limit))]);
+      const flag = revived.length ? 2 : 0;
+      if (!pending) return flag || undefined;
+      const done = pending.then(() => flag);
+      const late = new Promise((r) => realTimeout(() => r(1 + flag), limit));
+      return limit === undefined ? done : Promise.race([done, late]);
+    },
+    // Once the frame was drawn with the revived videos in view: each seeked 50 ms away and back, one after the other
+    // (at most 1 s each), so the picture at its time comes anew.
+    async revive() {
+      const videos = revived;
+      revived = [];
+      for (const [el, t] of videos) {
+        for (const to of [t >= 0.05 ? t - 0.05 : t + 0.05, t]) {
+          await new Promise((done) => {
+            el.addEventListener("seeked", done, {once: true});
+            realTimeout(done, 1000);
+            el.currentTime = to;
+          });
+        }
+      }
     },
     advance(target) {
       for (let guard = 0; guard < 100000; guard++) {
@@ -261,7 +300,7 @@ TIME_SHIM = r"""
 """
 
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
-_FRAME_JS = "window.__assetprep.advance({t:.4f}); window.scrollTo(0, {y}); window.__assetprep.settled({limit})"
+_FRAME_JS = "window.scrollTo(0, {y}); window.__assetprep.advance({t:.4f}); window.__assetprep.settled({limit})"
 # Over the recorder's own connection the clock's call waits at most this long (ms) for the frame's video seeks: a
 # seek may wait for a byte range of a page video's copy, which only Playwright answers, and only while it is called.
 _DIRECT_SEEK_MS = 50
@@ -1122,7 +1161,7 @@ def _record_exact(
     limit = _DIRECT_SEEK_MS if direct is not None else ""  # through Playwright: no limit
     bound = options.timeout
     with dog.step("before the first frame", bound):
-        offset = page.evaluate("() => window.__assetprep.now()")  # virtual time spent getting ready
+        offset = page.evaluate("() => window.__assetprep.start()")  # virtual time spent getting ready
     fps = preset.fps
     jpeg = {"format": "jpeg", "quality": options.jpeg_quality, "optimizeForSpeed": True}
 
@@ -1150,12 +1189,13 @@ def _record_exact(
             step = _FRAME_JS.format(t=clock_ms(i), y=round(scroll_at(points, t)), limit=limit)
             with dog.step(f"at frame {i}", min(bound, max(1.0, deadline - time.monotonic()))):
                 answer = send("Runtime.evaluate", {"expression": step, "awaitPromise": True})
-                if answer.get("result", {}).get("value") == 1:  # seeks still going: Playwright's turn (see above)
+                if _flags(answer, page.url, i) & 1:  # seeks still going: Playwright's turn (see above)
                     answer = cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.settled()",
                                                            "awaitPromise": True})  # fmt: skip
-                if "exceptionDetails" in answer:
-                    raise RecordError(f"{page.url}: the virtual clock failed at frame {i}: "
-                                      f"{answer['exceptionDetails'].get('text', 'script error')}")  # fmt: skip
+                if _flags(answer, page.url, i) & 2:  # a video back in view: drawn once, then its picture anew
+                    grab()
+                    _flags(cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.revive()",
+                                                         "awaitPromise": True}), page.url, i)  # fmt: skip
                 frame = grab()
                 if i == 0:
                     # Under load a page video's first picture was drawn a little differently from run to run (up
@@ -1179,6 +1219,14 @@ def _record_exact(
     )  # fmt: skip
     elapsed = time.monotonic() - t0
     return frames / elapsed if elapsed else 0.0
+
+
+def _flags(answer: dict[str, Any], url: str, i: int) -> int:
+    """The clock's answer for frame i: 1 seeks still going, 2 a video came back into view (TIME_SHIM)."""
+    if "exceptionDetails" in answer:
+        raise RecordError(f"{url}: the virtual clock failed at frame {i}: "
+                          f"{answer['exceptionDetails'].get('text', 'script error')}")  # fmt: skip
+    return int(answer.get("result", {}).get("value") or 0)
 
 
 def _frame_control(cdp: Any, dog: _Watchdog, bound: float) -> Capture:

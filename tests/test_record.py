@@ -966,6 +966,35 @@ def test_a_video_whose_data_comes_late_is_waited_for_and_starts_on_the_first_fra
     assert_plays_at_1x(out, 320, 180)
 
 
+def test_a_video_that_plays_while_the_page_gets_ready_starts_on_the_first_frame_and_returns_at_its_time(tmp_path):
+    """The clock moves while the page gets ready (polling --wait-for, walking it for lazy content: 2 s and more). A
+    video it started on the way was that far in on frame 0, how far depending on when its data came (the bench's
+    hero was 0 s in on one run, 2 s in on the next). And a video back in view showed the picture it had when it
+    went out of view, seek or not (frame 0 here: where the walk left it). Every video the clock plays starts on the
+    first frame now, and each frame that shows it shows the picture at the clock's time, in both runs alike."""
+    clip = tmp_path / "site" / "segments.webm"
+    clip.parent.mkdir()
+    segments_clip(clip)
+    # Ready 1 s (page time) after the video could play, so the clock has run at least that long with it; 3000 px
+    # below it, so the walk for lazy content takes it out of view before frame 0, and the scroll during the clip.
+    (clip.parent / "index.html").write_text(
+        '<body style="margin:0;background:#000"><video src="segments.webm" autoplay muted loop '
+        'style="width:640px;height:360px;display:block"></video><div style="height:3000px"></div><script>'
+        "document.querySelector('video').addEventListener('loadeddata', () => setTimeout(() => "
+        "document.body.classList.add('ready'), 1000))</script></body>"
+    )
+    colours = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0))  # 0.5 s each, looping
+    runs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for out in runs:
+        record(clip.parent, out, opts(duration=3, fps=10, scroll="smooth", wait_for="body.ready"))
+    frames = frames_rgb(runs[0])
+    shown = [(i, px(f, 320, 100)) for i, f in enumerate(frames) if max(px(f, 320, 100)) > 100]  # not the black page
+    wrong = [(i, p) for i, p in shown if max(abs(a - b) for a, b in zip(p, colours[i // 5 % 4], strict=True)) > 40]
+    assert not wrong and shown[0][0] == 0 and len(shown) >= 12, (wrong, [i for i, _ in shown])
+    assert any(i > 20 for i, _ in shown)  # it went out of view and came back
+    assert frames == frames_rgb(runs[1]) and runs[0].read_bytes() == runs[1].read_bytes()
+
+
 def test_copy_folders_of_killed_recordings_are_swept(tmp_path):
     """A recording killed with kill -9 leaves its folder of video copies (no `finally` runs): the next recording
     removes those whose process is gone, and no other."""
