@@ -1,8 +1,8 @@
 """Website recording: a page (URL, .html file or folder) into an H.264 .mp4 background, frame-exact.
 
 Exact mode installs a virtual clock before any page script runs (rAF, performance.now, Date, timers, CSS/Web
-Animations), then for each frame advances it by exactly 1/fps, sets the scroll position and captures a JPEG over
-CDP, piping frames straight into ffmpeg, so capture and encoding overlap. With a headless shell (Debian's
+Animations), then for each frame sets the scroll position, advances the clock by exactly 1/fps and captures a JPEG
+over CDP, piping frames straight into ffmpeg, so capture and encoding overlap. With a headless shell (Debian's
 chromium-headless-shell, Playwright's headless_shell) the compositor runs only when told to: one
 HeadlessExperimental.beginFrame per video frame draws it and returns its JPEG (about 1.8x the rate of
 Page.captureScreenshot here); with a full Chromium, Page.captureScreenshot is the fallback. The pictures come over
@@ -259,8 +259,8 @@ TIME_SHIM = r"""
       const flag = revived.length ? 2 : 0;
       if (!pending) return flag || undefined;
       const done = pending.then(() => flag);
-      const late = new Promise((r) => realTimeout(() => r(1 + flag), limit));
-      return limit === undefined ? done : Promise.race([done, late]);
+      if (limit === undefined) return done;
+      return Promise.race([done, new Promise((r) => realTimeout(() => r(1 + flag), limit))]);
     },
     // Once the frame was drawn with the revived videos in view: each seeked 50 ms away and back, one after the other
     // (at most 1 s each), so the picture at its time comes anew.
