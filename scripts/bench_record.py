@@ -81,6 +81,15 @@ requestAnimationFrame(draw);
     return folder
 
 
+def busy_seconds() -> float:
+    """CPU seconds all processes on the machine have used (/proc/stat, Linux): Chromium's zygote forks its renderers
+    away from this process, so its own rusage misses them. On an otherwise idle machine the difference over a run is
+    the recorder's CPU; divided by the cores, it is the wall time no reordering of the work could go under."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])  # steal: another guest's
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def frame_stats(path: Path) -> tuple[int, int]:
     """(decoded frames, frames identical to their predecessor)."""
     out = subprocess.run([find_tool("ffmpeg"), "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-"],
@@ -136,7 +145,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     s = args.seconds
-    rows = []  # (label, wall, video seconds, frames, missing, duplicated, capture)
+    rows = []  # (label, walls, CPU seconds, video seconds, frames, missing, duplicated, capture)
 
     def opts(preset: str, **kw: object) -> RecordOptions:
         return RecordOptions(preset=preset, duration=kw.pop("duration", s), scroll="smooth", **kw)  # type: ignore[arg-type]
@@ -158,38 +167,46 @@ def main() -> None:
         # Rounds interleave the recorders (each round runs every one once), so a change in the machine's load
         # weighs on all of them alike.
         walls: list[list[float]] = [[] for _ in range(len(runs) + 1)]
+        cpus: list[list[float]] = [[] for _ in range(len(runs) + 1)]  # CPU seconds of the machine per run
         bad: list[tuple[int, int, int]] = [(0, 0, 0)] * (len(runs) + 1)
         last: list[tuple[int, str]] = [(0, "")] * (len(runs) + 1)
         for _ in range(args.repeat):
             for k, (_label, options) in enumerate(runs):
                 out = tmp / f"{k}.mp4"
-                started = time.perf_counter()
+                started, busy = time.perf_counter(), busy_seconds()
                 result = record(page, out, options)
                 walls[k].append(time.perf_counter() - started)
+                cpus[k].append(busy_seconds() - busy)
                 frames, dups = frame_stats(out)
                 missing = max(0, round(options.duration * 30) - frames)
                 bad[k] = max(bad[k], (missing + dups, missing, dups))  # the worst run's bad frames
                 last[k] = (frames, result.capture)
+            busy = busy_seconds()
             elapsed, webm = playwright_baseline(s, tmp, page)
             walls[-1].append(elapsed)
+            cpus[-1].append(busy_seconds() - busy)
             frames, dups = frame_stats(webm)
             missing = max(0, round(s * 25) - frames)
             bad[-1] = max(bad[-1], (missing + dups, missing, dups))
             last[-1] = (frames, "screencast")
         for k, (label, options) in enumerate(runs):
-            rows.append((label, walls[k], options.duration, last[k][0], bad[k][1], bad[k][2], last[k][1]))
-        rows.append(("playwright record_video (baseline)", walls[-1], s, last[-1][0], bad[-1][1], bad[-1][2],
-                     "screencast"))  # fmt: skip
-    print(f"median of {args.repeat} runs; frames of the last run, missing/duplicated of the worst")
+            rows.append((label, walls[k], cpus[k], options.duration, last[k][0], bad[k][1], bad[k][2], last[k][1]))
+        rows.append(("playwright record_video (baseline)", walls[-1], cpus[-1], s, last[-1][0], bad[-1][1],
+                     bad[-1][2], "screencast"))  # fmt: skip
+    cores = os.cpu_count() or 1
     print(
-        f"{'recorder':<38} {'wall/duration':>13} {'range':>13} {'frames':>7} {'missing':>8} {'duplicated':>11}  capture"
+        f"median of {args.repeat} runs; frames of the last run, missing/duplicated of the worst; cpu: the machine's "
+        f"CPU seconds per second of video; floor: cpu / {cores} cores, the wall time the work cannot go under"
     )
-    for label, walls, seconds, frames, missing, dups, capture in rows:
+    print(f"{'recorder':<38} {'wall/duration':>13} {'range':>13} {'cpu':>6} {'floor':>6} {'frames':>7} {'missing':>8} "
+          f"{'duplicated':>11}  capture")  # fmt: skip
+    for label, walls, cpu, seconds, frames, missing, dups, capture in rows:
         span = f"{min(walls) / seconds:.2f}-{max(walls) / seconds:.2f}"
-        print(f"{label:<38} {statistics.median(walls) / seconds:>12.2f}x {span:>13} {frames:>7} {missing:>8} "
-              f"{dups:>11}  {capture}")  # fmt: skip
+        per = statistics.median(cpu) / seconds
+        print(f"{label:<38} {statistics.median(walls) / seconds:>12.2f}x {span:>13} {per:>6.2f} {per / cores:>5.2f}x "
+              f"{frames:>7} {missing:>8} {dups:>11}  {capture}")  # fmt: skip
     base = statistics.median(rows[-1][1]) / s
-    for label, walls, seconds, *_ in rows[:-1]:
+    for label, walls, _cpu, seconds, *_ in rows[:-1]:
         print(f"{label}: {statistics.median(walls) / seconds / base:.2f}x the baseline's wall time per second of video")
 
 
