@@ -4,9 +4,11 @@ On a landing page built here like leads' sites are (--page real: a web font, a l
 photos, 3,000 elements) or examples/page.html (--page demo; continuously animated). For each it prints wall time /
 video duration and the bad frames found by decoding: missing frames (count below fps x duration) and duplicated
 frames (a decoded frame identical to the one before; in fast mode a still is panned, so a frame may legitimately
-repeat where the rounded scroll position holds at the turn). Playwright's recorder needs its own ffmpeg build, which
-cannot be downloaded here: for this benchmark only, a temp PLAYWRIGHT_BROWSERS_PATH links ffmpeg-<rev>/ffmpeg-linux
-to the OS ffmpeg. Usage: python scripts/bench_record.py [--page real|demo] [--seconds 5] [--long 30] [--repeat 3]
+repeat where the rounded scroll position holds at the turn), and the machine's CPU seconds per second of video with
+that over the cores (the floor: run on an otherwise idle machine, it is the recorder's own). Playwright's recorder
+needs its own ffmpeg build, which cannot be downloaded here: for this benchmark only, a temp
+PLAYWRIGHT_BROWSERS_PATH links ffmpeg-<rev>/ffmpeg-linux to the OS ffmpeg. Usage: python scripts/bench_record.py
+[--page real|demo] [--seconds 5] [--long 30] [--repeat 3]
 """
 
 from __future__ import annotations
