@@ -177,7 +177,8 @@ TIME_SHIM = r"""
   // Media elements follow the clock too, seeked to it each frame (played on their own, a second video ran at
   // 1.7-2.2x and reruns differed from frame 60 on). play() starts driving one from where it is, pause() stops it;
   // an autoplay element starts once its duration is known.
-  const driven = new Map(), stopped = new WeakSet();  // element -> [vt at its start, its time then]
+  // driven: element -> [vt at its start, its time then]; held: paused by the clock at least once
+  const driven = new Map(), stopped = new WeakSet(), held = new WeakSet();
   const media = HTMLMediaElement.prototype, realPause = media.pause;
   media.play = function () {
     stopped.delete(this);
@@ -203,7 +204,12 @@ TIME_SHIM = r"""
       }
     }
     for (const [el, [t0, from]] of driven) {
-      if (!el.paused) realPause.call(el);
+      // Paused once even when it is: an autoplay video whose data was still coming would start on its own later,
+      // in real time (frame 0 showed it 1 or 2 frames in, run to run); pause() clears the pending autoplay.
+      if (!el.paused || !held.has(el)) {
+        realPause.call(el);
+        held.add(el);
+      }
       const d = el.duration;
       if (!isFinite(d) || d <= 0) {  // not loaded yet: starts when it is
         if (!ahead) driven.set(el, [vt, from]);
