@@ -188,6 +188,12 @@ TIME_SHIM = r"""
   };
   media.pause = function () { driven.delete(this); stopped.add(this); realPause.call(this); };
   let seeking = [], pending = null;
+  // Sets a media element's time: a promise that ends once it seeked there (at most 1 s).
+  const seekMedia = (el, to) => new Promise((done) => {
+    el.addEventListener("seeked", done, {once: true});
+    realTimeout(done, 1000);
+    el.currentTime = to;
+  });
   // Chromium keeps showing the picture a video had when it went out of view, even after a seek, until a frame has
   // been drawn with it back in view and a new picture comes (frame 0 after the page was walked for lazy content
   // showed where the video had stopped; a video scrolled back into view differed between reruns). Such a video is
@@ -227,13 +233,7 @@ TIME_SHIM = r"""
         hidden.delete(el);
         revived.push([el, t]);
       }
-      if (Math.abs(el.currentTime - t) > 1e-4) {
-        seeking.push(new Promise((done) => {
-          el.addEventListener("seeked", done, {once: true});
-          realTimeout(done, 1000);
-        }));
-        el.currentTime = t;
-      }
+      if (Math.abs(el.currentTime - t) > 1e-4) seeking.push(seekMedia(el, t));
     }
   };
   window.__assetprep = {
@@ -276,13 +276,7 @@ TIME_SHIM = r"""
       const videos = revived;
       if (last) revived = [];
       for (const [el, t] of videos) {
-        for (const to of [t >= 0.05 ? t - 0.05 : t + 0.05, t]) {
-          await new Promise((done) => {
-            el.addEventListener("seeked", done, {once: true});
-            realTimeout(done, 1000);
-            el.currentTime = to;
-          });
-        }
+        for (const to of [t >= 0.05 ? t - 0.05 : t + 0.05, t]) await seekMedia(el, to);
       }
     },
     advance(target) {
@@ -1196,11 +1190,11 @@ def _record_exact(
             t = i / fps
             step = _FRAME_JS.format(t=clock_ms(i), y=round(scroll_at(points, t)), limit=limit)
             with dog.step(f"at frame {i}", min(bound, max(1.0, deadline - time.monotonic()))):
-                answer = send("Runtime.evaluate", {"expression": step, "awaitPromise": True})
-                if _flags(answer, page.url, i) & 1:  # seeks still going: Playwright's turn (see above)
-                    answer = cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.settled()",
-                                                           "awaitPromise": True})  # fmt: skip
-                if _flags(answer, page.url, i) & 2:  # a video back in view: drawn, then its picture anew (twice)
+                flags = _flags(send("Runtime.evaluate", {"expression": step, "awaitPromise": True}), page.url, i)
+                if flags & 1:  # seeks still going: Playwright's turn (see above); the answer keeps flag 2
+                    flags = _flags(cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.settled()",
+                                                                 "awaitPromise": True}), page.url, i)  # fmt: skip
+                if flags & 2:  # a video back in view: drawn, then its picture anew (twice)
                     for last in ("false", "true"):
                         grab()
                         _flags(cdp.send("Runtime.evaluate", {"expression": f"window.__assetprep.revive({last})",

@@ -1016,7 +1016,7 @@ def test_a_detailed_video_back_in_view_at_the_top_edge_is_drawn_alike_in_every_r
         'linear-gradient(135deg,#1b2a6b,#3d5afe)"><video src="hero.webm" autoplay muted loop width="480" '
         f'height="270" style="display:block;border-radius:12px"></video></div>{cards}</body>'
     )
-    # The video spans y 48-318: at 330 it is out of view, at 310 its bottom 8 rows show again.
+    # The video spans y 48-318: at 330 it is out of view, at 302 its bottom 16 rows show again.
     keys = [(0.0, 0.0)] + [(0.3 + 0.4 * k + d, y) for k in range(4) for d, y in ((0.0, 330.0), (0.2, 302.0))]
     runs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
     for out in runs:
