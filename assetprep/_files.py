@@ -120,13 +120,14 @@ def atomic_output(
     final = check_output_path(path, inputs=inputs, suffixes=suffixes)
     sweep_stale_parts(final)
     tmp = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    # The removal is set up before the file is made: a Ctrl-C that landed inside touch(), after the file existed,
+    # left it behind (an empty part, seen once in a full test run on a loaded machine).
     try:
-        tmp.touch(exist_ok=False)  # permission bits do not tell the whole story (root, read-only mounts)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write in the output folder {final.parent}: {exc.strerror}", hint="choose a folder you can write to"
-        ) from None
-    try:
+        try:
+            tmp.touch(exist_ok=False)  # permission bits do not tell the whole story (root, read-only mounts)
+        except OSError as exc:
+            raise OutputError(f"cannot write in the output folder {final.parent}: {exc.strerror}",
+                              hint="choose a folder you can write to") from None  # fmt: skip
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

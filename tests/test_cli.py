@@ -194,6 +194,23 @@ def test_ctrl_c_during_record_is_one_line_and_leaves_no_part(tmp_path):
     assert not out.exists() and list(tmp_path.glob(".*.part*")) == []
 
 
+def test_an_interrupt_inside_the_making_of_the_part_file_leaves_no_part(tmp_path, monkeypatch):
+    """Ctrl-C is raised wherever the main thread is: once inside Path.touch(), after the part file existed, it left
+    an empty part behind (a full test run on a loaded machine: the test above found it)."""
+    from assetprep._files import atomic_output
+
+    real_touch = Path.touch
+
+    def touch_then_interrupted(self: Path, *args: object, **kwargs: object) -> None:
+        real_touch(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "touch", touch_then_interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_output(tmp_path / "r.mp4", suffixes=(".mp4",)):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_while_the_command_is_still_starting_is_one_line():
     import signal
     import time
