@@ -19,10 +19,12 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -80,6 +82,12 @@ def connect(address: str) -> Any:
     _check_reachable(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
+        # ray.init puts its own SIGTERM handlers in place of the caller's: a Python one that exits with status 15
+        # and a C++ one that prints a stack dump ("*** SIGTERM received ... PC: @ ... clock_nanosleep"). A batch
+        # driver stopped with SIGTERM printed that dump and exited 15, where the CLI says one line and exits 143.
+        # Putting the caller's handlers back (signal.signal re-installs Python's own C handler) keeps the CLI's.
+        main = threading.current_thread() is threading.main_thread()
+        saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -87,6 +95,10 @@ def connect(address: str) -> Any:
                 f"cannot connect to the Ray cluster at {address}: {exc}",
                 hint="check --ray-address (or RAY_ADDRESS) and that the head node runs",
             ) from None
+        finally:
+            for signum, handler in saved.items():
+                if handler is not None:  # None: set from C, not by Python; left as it is
+                    signal.signal(signum, handler)
     return ray
 
 

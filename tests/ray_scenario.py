@@ -5,6 +5,7 @@ it measured to WORK/facts.json; every server is stopped by PID at the end. Phase
   local   the manifest with the local executor (prefix local/), for comparison
   ray     the same manifest on the cluster (prefix ray/), one Ray worker SIGKILLed while it records
   driver  the driver SIGKILLed with tasks in flight, then the same command again
+  term    the driver stopped with SIGTERM while the cluster records for it
   wrong   --ray-address pointing at nothing
   doctor  a third node without ffmpeg, S3 credentials or the pages: doctor names it, a task pinned to it names node
           and tool
@@ -103,27 +104,34 @@ def centre_rgb(s3c, key: str) -> list[int]:
     return list(raw[:3])
 
 
+def recording_workers() -> list[int]:
+    """PIDs of the Ray workers running a recording (their task title) whose ffmpeg has started."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ray::_prepare_on_node" not in cmd:
+            continue
+        children = subprocess.run(["pgrep", "-P", proc.name], capture_output=True, text=True).stdout.split()
+        names = []
+        for child in children:  # a child may end between pgrep and this read (a short ffprobe)
+            with contextlib.suppress(OSError):
+                names.append(Path(f"/proc/{child}/comm").read_text().strip())
+        if "ffmpeg" in names:
+            found.append(int(proc.name))
+    return found
+
+
 def kill_one_recording_worker(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first Ray worker seen running a recording (its task title) once its ffmpeg has started."""
+    """SIGKILL the first Ray worker seen running a recording once its ffmpeg has started."""
     while not stop.is_set() and not killed:
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "ray::_prepare_on_node" not in cmd:
-                continue
-            children = subprocess.run(["pgrep", "-P", proc.name], capture_output=True, text=True).stdout.split()
-            names = []
-            for child in children:  # a child may end between pgrep and this read (a short ffprobe)
-                with contextlib.suppress(OSError):
-                    names.append(Path(f"/proc/{child}/comm").read_text().strip())
-            if "ffmpeg" in names:
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed.append(int(proc.name))
-                return
+        for pid in recording_workers()[:1]:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
         time.sleep(0.05)
 
 
@@ -215,6 +223,25 @@ def main(work: Path) -> None:
         creates = [c for c in sb.calls() if c["method"] == "POST" and c["path"] == "/v2/videos"]
         facts["posts"] = sum(1 for c in creates if c.get("status") == 200)
         facts["post_statuses"] = [c.get("status") for c in creates]
+
+        # The driver stopped with SIGTERM while the cluster records for it: one line and 143, as without Ray (ray.init
+        # had put in its own handlers: a C++ stack dump and exit 15), and the recordings on the nodes stop.
+        cmd_term = [*cmd[: cmd.index("--batch-id")], "--batch-id", "term", "--prefix", "term", "--out",
+                    str(work / "out-term"), "--ray-address", address]  # fmt: skip
+        term = subprocess.Popen(cmd_term, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not recording_workers() and term.poll() is None:
+            time.sleep(0.05)
+        facts["term"] = {"recording_at_signal": recording_workers()}
+        term.send_signal(signal.SIGTERM)
+        t = time.monotonic()
+        _, term_err = term.communicate(timeout=60)
+        facts["term"].update(rc=term.returncode, stderr=term_err[-3000:], exit_seconds=time.monotonic() - t)
+        end = time.monotonic() + 15
+        while time.monotonic() < end and recording_workers():
+            time.sleep(0.1)
+        facts["term"].update(recording_after=recording_workers(), stopped_seconds=time.monotonic() - t)
+        log(f"sigterm: rc {term.returncode} in {facts['term']['exit_seconds']:.1f} s")
 
         # Inputs only the driver has reach the nodes through the bucket: per-lead audio, a local clip, and a local
         # page with its folder (its colour comes from a stylesheet beside it: white if that did not travel).

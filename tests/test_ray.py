@@ -75,6 +75,17 @@ def test_a_killed_driver_reschedules_only_what_is_missing(facts):
     assert facts["posts"] == 18, facts["post_statuses"]  # exactly one video created per row in every batch
 
 
+def test_a_sigterm_to_the_driver_is_one_line_and_stops_the_recordings_on_the_nodes(facts):
+    """ray.init had put its own SIGTERM handlers in place of the CLI's: the driver printed a C++ stack dump
+    ("*** SIGTERM received at time=... PC: @ ... clock_nanosleep") and exited 15."""
+    term = facts["term"]
+    assert term["recording_at_signal"], term  # the signal came while a node recorded for the batch
+    assert term["rc"] == 128 + 15 and term["exit_seconds"] < 10, term
+    assert "interrupted" in term["stderr"] and "SIGTERM received" not in term["stderr"], term["stderr"]
+    assert "Traceback" not in term["stderr"], term["stderr"]
+    assert term["recording_after"] == [] and term["stopped_seconds"] < 15, term  # cancelled on the nodes too
+
+
 def test_the_drivers_own_audio_clips_and_pages_reach_nodes_that_do_not_have_them(facts):
     """Per-lead audio files, a local clip and a local page that only the driver has (the nodes see their folder
     empty, as machines without them would): before, the batch refused ("does not see 3 of the 3 local input(s)");
