@@ -159,7 +159,8 @@ class BatchProgress:
         order = ("pending", "submitting", "submitted", "ready", "downloaded", "failed")
         counts = ", ".join(f"{k} {self.states[k]}" for k in order if self.states.get(k))
         tail = f", {self.rate:.1f}/min, ETA {self.eta:.0f} s" if self.rate and self.eta is not None else ""
-        return (f"batch: {self.states.get('downloaded', 0)}/{self.total} done ({counts}); "
+        # Videos, not rows: rows that make the same video share one (the summary then counts rows).
+        return (f"batch: {self.states.get('downloaded', 0)}/{self.total} videos done ({counts}); "
                 f"prepared {self.preps_done}/{self.preps_total}; {self.elapsed:.0f} s{tail}")  # fmt: skip
 
 

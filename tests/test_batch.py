@@ -579,8 +579,11 @@ def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tm
                                              "Ana,ana@a.io,Hi Ana.\nAna,ana2@a.io,Hi Ana.\n")  # fmt: skip
     plan = run(manifest, dry_run=True, rows="5").plan
     assert (plan["rows"], plan["videos"], plan["duplicates"]) == (2, 1, [{"row": 5, "same_as": "row 2"}])
-    result = run(manifest)
+    seen = []
+    result = run(manifest, on_event=seen.append)
     assert result.ok and result.counts == {"downloaded": 4} and len(creates(sb)) == 2
+    # Progress counts videos (it said "0/2 done" beside a summary of 4 rows, as if rows were missing).
+    assert seen[-1].line().startswith("batch: 2/2 videos done (downloaded 2)"), seen[-1].line()
     rows = read_results(result.results_csv)
     assert [r["row"] for r in rows] == ["2", "3", "4", "5"] and rows[3]["email"] == "ana2@a.io"
     first = rows[0]
