@@ -564,8 +564,6 @@ def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world
     assert [s["row"] for s in edited.superseded] == [5]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a tmpfs (unshare -m)")
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a tmpfs (unshare -m)")
 def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tmp_path):
     """A CRM export holds a lead twice (or two leads get the same words): the whole campaign was refused ("the same
     video as row 2; remove one"). The video is made once and reported on each row, at each row's own output."""
