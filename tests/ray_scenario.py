@@ -129,9 +129,9 @@ def recording_workers() -> list[int]:
 def kill_one_recording_worker(stop: threading.Event, killed: list[int]) -> None:
     """SIGKILL the first Ray worker seen running a recording once its ffmpeg has started."""
     while not stop.is_set() and not killed:
-        for pid in recording_workers()[:1]:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+        if found := recording_workers():
+            os.kill(found[0], signal.SIGKILL)
+            killed.append(found[0])
         time.sleep(0.05)
 
 
@@ -233,18 +233,18 @@ def main(work: Path) -> None:
         cmd_term = [*cmd[: cmd.index("--batch-id")], "--batch-id", "term", "--prefix", "term", "--out",
                     str(work / "out-term"), "--ray-address", address]  # fmt: skip
         term = subprocess.Popen(cmd_term, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        end = time.monotonic() + 120
-        while time.monotonic() < end and not recording_workers() and term.poll() is None:
+        end, recording = time.monotonic() + 120, []
+        while time.monotonic() < end and term.poll() is None and not (recording := recording_workers()):
             time.sleep(0.05)
-        facts["term"] = {"recording_at_signal": recording_workers()}
+        facts["term"] = {"recording_at_signal": recording}  # as seen when the signal was sent, not scanned again
         term.send_signal(signal.SIGTERM)
         t = time.monotonic()
         _, term_err = term.communicate(timeout=60)
         facts["term"].update(rc=term.returncode, stderr=term_err[-3000:], exit_seconds=time.monotonic() - t)
         end = time.monotonic() + 15
-        while time.monotonic() < end and recording_workers():
+        while time.monotonic() < end and (recording := recording_workers()):
             time.sleep(0.1)
-        facts["term"].update(recording_after=recording_workers(), stopped_seconds=time.monotonic() - t)
+        facts["term"].update(recording_after=recording, stopped_seconds=time.monotonic() - t)
         log(f"sigterm: rc {term.returncode} in {facts['term']['exit_seconds']:.1f} s")
 
         # Inputs only the driver has reach the nodes through the bucket: per-lead audio, a local clip, and a local
