@@ -711,11 +711,11 @@ class _Batch:
                                       hint="run without --ray-address for composited rows")  # fmt: skip
                 composite(layer, Path(bg), row.output, layout=row.options.layout)
                 layer.unlink(missing_ok=True)
+                info = probe(row.output)
             else:
-                self.client.download(video, row.output, on_progress=check_stop)
-            info = probe(row.output)
+                info = self.client.download_probed(video, row.output, on_progress=check_stop)
             sha = file_sha256(row.output)  # streamed: four downloads of big videos at once stay small
-            poster = self.poster(row.output, row_id)
+            poster = self.poster(row.output, row_id, info.duration)
         except CancelledError:
             return
         except TavusError as exc:  # the API, the file host or the transfer (not a full disk: that is no TavusError)
@@ -763,9 +763,9 @@ class _Batch:
                 self.copy_errors[dup.number] = f"copy of {src.name}: {getattr(exc, 'strerror', None) or exc}"
             self.results_dirty = True
 
-    def poster(self, clip: Path, row_id: str) -> Path | None:
+    def poster(self, clip: Path, row_id: str, duration: float | None) -> Path | None:
         """A small JPEG of the finished video for the report."""
-        data = poster_jpeg(clip)
+        data = poster_jpeg(clip, duration)
         if not data:
             return None
         out = self.dir / "posters" / f"{row_id}.jpg"
@@ -933,10 +933,13 @@ _NO_PICTURE = (
 )
 
 
-def poster_jpeg(clip: str | os.PathLike[str]) -> bytes | None:
-    """A 320 px wide JPEG of a clip at 1 s (its middle when shorter), or None when it cannot be read."""
+def poster_jpeg(clip: str | os.PathLike[str], duration: float | None = None) -> bytes | None:
+    """A 320 px wide JPEG of a clip at 1 s (its middle when shorter), or None when it cannot be read. `duration`:
+    the clip's, when a probe already found it."""
     try:
-        duration = probe(clip).duration or 0.0
+        if duration is None:
+            duration = probe(clip).duration
+        duration = duration or 0.0
         return _process.run(
             [_process.find_tool("ffmpeg"), "-hide_banner", "-nostdin", "-loglevel", "error",
              "-ss", f"{min(1.0, duration / 2):.3f}", "-i", os.fspath(clip), "-frames:v", "1",

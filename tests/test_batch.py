@@ -6,6 +6,7 @@ Real SeaweedFS, the sandbox over HTTP, real Chromium on pages served from 127.0.
 from __future__ import annotations
 
 import codecs
+import collections
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from _batchkit import (
 )
 from _media import TEST_BUCKET, frame_rgb, pixel
 
+from assetprep import _process
 from assetprep._journal import BatchJournal
 from assetprep.batch import BatchOptions, batch_publish
 from assetprep.errors import ConfigError, ManifestError
@@ -564,7 +566,7 @@ def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world
     assert [s["row"] for s in edited.superseded] == [5]
 
 
-def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tmp_path):
+def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tmp_path, monkeypatch):
     """A CRM export holds a lead twice (or two leads get the same words): the whole campaign was refused ("the same
     video as row 2; remove one"). The video is made once and reported on each row, at each row's own output."""
     # A duplicate may share its first row's output (one file); another row may not.
@@ -578,8 +580,14 @@ def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tm
     plan = run(manifest, dry_run=True, rows="5").plan
     assert (plan["rows"], plan["videos"], plan["duplicates"]) == (2, 1, [{"row": 5, "same_as": "row 2"}])
     seen = []
+    # Each video is probed once, by its download (three ffprobes each, ~0.12 s of CPU apiece, beside recordings),
+    # and framed once for the report.
+    tools = collections.Counter()
+    real_run = _process.run
+    monkeypatch.setattr(_process, "run", lambda args, **kw: tools.update([Path(args[0]).name]) or real_run(args, **kw))
     result = run(manifest, on_event=seen.append)
     assert result.ok and result.counts == {"downloaded": 4} and len(creates(sb)) == 2
+    assert tools == {"ffprobe": 2, "ffmpeg": 2}, tools
     # Progress counts videos (it said "0/2 done" beside a summary of 4 rows, as if rows were missing).
     assert seen[-1].line().startswith("batch: 2/2 videos done (downloaded 2)"), seen[-1].line()
     rows = read_results(result.results_csv)
