@@ -312,13 +312,12 @@ def run_prep(task: PrepTask, *, s3_client: Any = None, node: str | None = None) 
             else:
                 if task.kind == "background":
                     assert task.background is not None
-                    warnings = prepare_background(source, path, task.background)
+                    warnings, info = prepare_background(source, path, task.background)
                 else:
-                    warnings = prepare_audio(Path(source), path)
+                    warnings, info = prepare_audio(Path(source), path)
                 if task.keep_dir:
                     with atomic_output(_made_mark(path)) as tmp:
                         tmp.write_text(json.dumps({"warnings": warnings}))
-                info = probe(path)
         # The duration travels with the object: a run that finds it by HEAD (lost journal) still checks audio length.
         meta = {"duration": f"{info.duration:.6f}"} if info and info.duration else None
         obj = _upload_waiting_out_outages(path, task, client, meta)

@@ -22,7 +22,7 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -226,8 +226,15 @@ def background_kind(spec: str) -> Literal["page", "clip", "still"] | None:
     return None
 
 
+class Prepared(NamedTuple):
+    """A prepared file's warnings and the probe its maker checked it with (probing it again cost an ffprobe)."""
+
+    warnings: list[str]
+    info: MediaInfo
+
+
 def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
-                       on_progress: ProgressCallback | None = None) -> list[str]:  # fmt: skip
+                       on_progress: ProgressCallback | None = None) -> Prepared:  # fmt: skip
     """Record a page (URL, .html, folder) or normalize a clip/still into the background .mp4 at `out`; the
     warnings (a page that did not finish loading, blocked requests, a page too short to scroll, HDR kept)."""
     kind = background_kind(spec)
@@ -238,20 +245,22 @@ def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
                                 scroll_depth=how.scroll_depth, scroll_return=how.scroll_return,
                                 block_private_networks=how.block_private_networks, timeout=how.timeout)  # fmt: skip
         try:
-            return record(spec, out, options, on_progress=on_progress).warnings
+            recorded = record(spec, out, options, on_progress=on_progress)
+            return Prepared(recorded.warnings, recorded.info)
         except NotAPageError as exc:
             if exc.media == "audio":
                 raise
             return _remote_clip(spec, out, how, exc.media, on_progress)
     if kind is not None and Path(spec).is_file():
-        return normalize_video(Path(spec), out, preset=how.preset, duration=how.seconds if kind == "still" else None,
-                               on_progress=on_progress).warnings  # fmt: skip
+        made = normalize_video(Path(spec), out, preset=how.preset, duration=how.seconds if kind == "still" else None,
+                               on_progress=on_progress)  # fmt: skip
+        return Prepared(made.warnings, made.info)
     raise MediaError(f"background {spec} is not a URL, page, folder or video file",
                      hint="give an http(s) URL, a .html file, a folder or a clip")  # fmt: skip
 
 
 def _remote_clip(url: str, out: Path, how: BackgroundSpec, media: str,
-                 on_progress: ProgressCallback | None) -> list[str]:  # fmt: skip
+                 on_progress: ProgressCallback | None) -> Prepared:  # fmt: skip
     """A background URL that serves a clip or a picture (a CDN link in a lead's website column): downloaded beside
     `out` and normalized like a local one, instead of recorded as Chromium's media viewer."""
     from ._fetch import fetch_media
@@ -264,12 +273,15 @@ def _remote_clip(url: str, out: Path, how: BackgroundSpec, media: str,
     finally:
         clip.unlink(missing_ok=True)
     kind = "a picture" if media == "image" else "a clip"
-    return [f"{redact_url(url)} is {kind}, not a web page: used as the background itself", *made.warnings]
+    return Prepared(
+        [f"{redact_url(url)} is {kind}, not a web page: used as the background itself", *made.warnings], made.info
+    )
 
 
-def prepare_audio(source: Path, out: Path, *, on_progress: ProgressCallback | None = None) -> list[str]:
+def prepare_audio(source: Path, out: Path, *, on_progress: ProgressCallback | None = None) -> Prepared:
     """Normalize any recording into the .wav Tavus gets as audio_url; the warnings (silent, clipped, short)."""
-    return normalize_audio(source, out, preset="audio-wav", on_progress=on_progress).warnings
+    made = normalize_audio(source, out, preset="audio-wav", on_progress=on_progress)
+    return Prepared(made.warnings, made.info)
 
 
 def request_fields(options: PublishOptions, urls: dict[str, str], background_url: str | None) -> dict[str, Any]:
@@ -442,7 +454,7 @@ class _Run:
         out = self.dir / "background.mp4"
         with self.step("background"):
             for warning in prepare_background(spec, out, background_spec(self.o, self.settings),
-                                              on_progress=self.on_progress):  # fmt: skip
+                                              on_progress=self.on_progress).warnings:  # fmt: skip
                 log.warning("background %s: %s", redact_url(spec) if is_url(spec) else spec, warning)
         return self._finish_file("background", out), None
 
@@ -453,9 +465,10 @@ class _Run:
             return done
         out = self.dir / "audio.wav"
         with self.step("audio"):
-            for warning in prepare_audio(self.o.audio, out, on_progress=self.on_progress):
+            made = prepare_audio(self.o.audio, out, on_progress=self.on_progress)
+            for warning in made.warnings:
                 log.warning("audio %s: %s", self.o.audio, warning)
-            if problem := tavus_audio_problem(probe(out).duration or 0.0):
+            if problem := tavus_audio_problem(made.info.duration or 0.0):
                 out.unlink(missing_ok=True)
                 raise MediaError(f"{self.o.audio}: {problem}", hint="nothing was uploaded or submitted")
         return self._finish_file("audio", out)

@@ -532,11 +532,16 @@ def test_work_folders_of_killed_preparations_are_swept_by_the_next_one(tmp_path)
 # --- the pipeline ----------------------------------------------------------------------------------------------------
 
 
-def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world, tmp_path):
+def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world, tmp_path, monkeypatch):
     sb, run, _ = world()
     manifest = leads_manifest(tmp_path, 12)
+    tools = collections.Counter()
+    real_run = _process.run
+    monkeypatch.setattr(_process, "run", lambda args, **kw: tools.update([Path(args[0]).name]) or real_run(args, **kw))
     result = run(manifest, background_preset="background-720p")
     assert result.ok, result.rows
+    # A recording is probed once (its check), a video once (its download) and framed once: 40 ffprobes were 14.
+    assert tools == {"ffprobe": 2 + 12, "ffmpeg": 2 + 12}, tools
     assert (result.preparations, result.prepared_now) == (2, 2)  # 12 rows, 2 distinct pages: 2 recordings
     assert len(creates(sb)) == 12 and len(account(sb)) == 12
     rows = read_results(result.results_csv)

@@ -456,8 +456,9 @@ def test_a_clip_or_picture_url_is_the_background_itself_not_chromiums_viewer_of_
         logo = prepare_background(f"{url}/logo", tmp_path / "logo.mp4", how)
         with pytest.raises(NotAPageError, match=r"/jingle is an audio file"):  # no background at all
             prepare_background(f"{url}/jingle", tmp_path / "jingle.mp4", how)
-    assert promo == [f"{url}/promo is a clip, not a web page: used as the background itself"]
-    assert logo == [f"{url}/logo is a picture, not a web page: used as the background itself"]
+    assert promo.warnings == [f"{url}/promo is a clip, not a web page: used as the background itself"]
+    assert logo.warnings == [f"{url}/logo is a picture, not a web page: used as the background itself"]
+    assert (promo.info.path, promo.info.duration) == (str(tmp_path / "promo.mp4"), 3.0)
     # The clip plays (its own 3 s, frames differ), filling the frame; the picture fills 5 s, red to the corner.
     assert decoded_frame_count(tmp_path / "promo.mp4") == 90 and decoded_frame_count(tmp_path / "logo.mp4") == 150
     assert frame_rgb(tmp_path / "promo.mp4", 0, 1280, 720) != frame_rgb(tmp_path / "promo.mp4", 60, 1280, 720)
