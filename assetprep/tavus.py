@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import httpx
@@ -276,6 +276,12 @@ def _api_message(resp: httpx.Response) -> str:
     return str(body)[:200]
 
 
+class DownloadOptions(TypedDict, total=False):
+    timeout: float
+    max_resumes: int
+    on_progress: ProgressCallback | None
+
+
 class TavusClient:
     """Tavus v2 video API client. Every argument has an env default; `transport` lets tests swap the network."""
 
@@ -510,17 +516,10 @@ class TavusClient:
             self._sleep(min(interval, remaining))
             interval = min(max_poll_interval, interval * 1.5)
 
-    def download(
-        self,
-        video: Video | str,
-        path: str | os.PathLike[str],
-        *,
-        timeout: float = 900.0,
-        max_resumes: int = 8,
-        on_progress: ProgressCallback | None = None,
-    ) -> Path:
-        """Download a ready video to `path` (atomic); resumes with Range after dropped connections; probes the file."""
-        self.download_probed(video, path, timeout=timeout, max_resumes=max_resumes, on_progress=on_progress)
+    def download(self, video: Video | str, path: str | os.PathLike[str], **options: Unpack[DownloadOptions]) -> Path:
+        """Download a ready video to `path` (atomic); resumes with Range after dropped connections; probes the file.
+        Options: timeout (900 s), max_resumes (8), on_progress."""
+        self.download_probed(video, path, **options)
         return Path(path)
 
     def download_probed(
