@@ -529,15 +529,21 @@ def test_work_folders_of_killed_preparations_are_swept_by_the_next_one(tmp_path)
     assert not dead.exists() and live.is_dir() and other.is_dir()
 
 
+def tool_runs(monkeypatch) -> collections.Counter:
+    """How many times each tool (ffprobe, ffmpeg) runs through the project's one subprocess runner from now on."""
+    tools: collections.Counter = collections.Counter()
+    real_run = _process.run
+    monkeypatch.setattr(_process, "run", lambda args, **kw: tools.update([Path(args[0]).name]) or real_run(args, **kw))
+    return tools
+
+
 # --- the pipeline ----------------------------------------------------------------------------------------------------
 
 
 def test_twelve_rows_over_two_pages_record_twice_and_a_rerun_sends_nothing(world, tmp_path, monkeypatch):
     sb, run, _ = world()
     manifest = leads_manifest(tmp_path, 12)
-    tools = collections.Counter()
-    real_run = _process.run
-    monkeypatch.setattr(_process, "run", lambda args, **kw: tools.update([Path(args[0]).name]) or real_run(args, **kw))
+    tools = tool_runs(monkeypatch)
     result = run(manifest, background_preset="background-720p")
     assert result.ok, result.rows
     # A recording is probed once (its check), a video once (its download) and framed once: 40 ffprobes were 14.
@@ -587,9 +593,7 @@ def test_a_lead_twice_gets_the_one_video_on_both_rows_and_its_own_copy(world, tm
     seen = []
     # Each video is probed once, by its download (three ffprobes each, ~0.12 s of CPU apiece, beside recordings),
     # and framed once for the report.
-    tools = collections.Counter()
-    real_run = _process.run
-    monkeypatch.setattr(_process, "run", lambda args, **kw: tools.update([Path(args[0]).name]) or real_run(args, **kw))
+    tools = tool_runs(monkeypatch)
     result = run(manifest, on_event=seen.append)
     assert result.ok and result.counts == {"downloaded": 4} and len(creates(sb)) == 2
     assert tools == {"ffprobe": 2, "ffmpeg": 2}, tools
