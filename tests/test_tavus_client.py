@@ -133,3 +133,44 @@ def test_progress_and_redaction():
 def test_invalid_video_id_refused(offline):
     with pytest.raises(InvalidRequestError):
         offline.get_video("../replicas")
+
+
+def test_a_download_returns_the_probe_it_checked_with_and_keeps_nothing_that_is_not_a_video(gen, tmp_path):
+    """Batch trusts the download's probe (it no longer probes each video again): the probe must be of the file at
+    its final path, and a body that is not a video (a file host's error page with 200, audio only) must fail the
+    download and leave nothing at the path, nor a part file beside it."""
+    import functools
+    import http.server
+
+    from _media import http_server
+
+    from assetprep.errors import DownloadError
+
+    host = tmp_path / "host"
+    host.mkdir()
+    clip = gen("dl.mp4", "-f", "lavfi", "-i", "testsrc2=s=320x180:r=25:d=2", "-c:v", "libx264", "-pix_fmt", "yuv420p")
+    (host / "good.mp4").write_bytes(clip.read_bytes())
+    (host / "page.mp4").write_bytes(b"<html><body>Service unavailable</body></html>" * 40)
+    audio = gen("dl.m4a", "-f", "lavfi", "-i", "sine=f=440:d=2", "-c:a", "aac")
+    (host / "audio.mp4").write_bytes(audio.read_bytes())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with (
+        http_server(functools.partial(Quiet, directory=str(host))) as server,
+        TavusClient(api_key="k", base_url=f"http://127.0.0.1:{server.server_port}", max_retries=0) as client,
+    ):
+        url = f"http://127.0.0.1:{server.server_port}"
+        info = client.download_probed(Video(video_id="v1", status="ready", download_url=f"{url}/good.mp4"),
+                                      out / "good.mp4")  # fmt: skip
+        assert info.path == str(out / "good.mp4") and info.size == clip.stat().st_size
+        assert info.video and (info.video.width, info.video.height) == (320, 180) and abs(info.duration - 2) < 0.1
+        assert (out / "good.mp4").read_bytes() == clip.read_bytes()
+        for name, said in (("page.mp4", "is not a readable video"), ("audio.mp4", "has no video stream")):
+            with pytest.raises(DownloadError, match=said):
+                client.download(Video(video_id="v2", status="ready", download_url=f"{url}/{name}"), out / name)
+    assert sorted(p.name for p in out.iterdir()) == ["good.mp4"]
