@@ -14,15 +14,18 @@ fall back to Playwright's session.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
 import struct
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import RecordError
+from .errors import FrameLostError, RecordError
 
 _PORT_FILE = "DevToolsActivePort"  # written by Chromium into its profile: "<port>\n<browser WebSocket path>"
 _MAX_MESSAGE = 256 * 1024 * 1024  # a 4K frame's JPEG in base64 is a few MB; more is not an answer of ours
@@ -44,6 +47,7 @@ class DirectPage:
         self.timeout = timeout
         self._buf = bytearray()
         self._next_id = 0
+        self.on_event: Callable[[dict[str, Any]], None] | None = None  # events met while reading
         self._sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -152,11 +156,98 @@ class DirectPage:
         while True:
             message = self._message(end)
             if message.get("id") != wanted:
+                self._dispatch(message)
                 continue
             if "error" in message:
                 error = message["error"]
                 raise RecordError(f"Chromium refused {method}: {error.get('message', error)}")
             return dict(message.get("result") or {})
 
+    def pump(self, end: float) -> None:
+        """Read one message (waiting until `end` at most) and hand it to on_event if it is an event."""
+        self._dispatch(self._message(end))
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if "method" in message and self.on_event is not None:
+            self.on_event(message)
+
     def close(self) -> None:
         self._sock.close()
+
+
+class Screencast:
+    """The pictures of the frames `draw()` has a headless shell draw, as Chromium's screencast delivers them.
+
+    A beginFrame that takes its own screenshot returns once the picture is read back and JPEG-encoded on the
+    browser's main thread: drawing, reading back and encoding ran one after the other. The screencast encodes each
+    drawn frame on a worker thread, so the next frame is drawn while this one is encoded (one picture may be
+    outstanding). The same pixels and encoder: the frames decode identically either way.
+
+    The screencast's scheduler decides which drawn frames it copies. Two things keep it copying every one: frame
+    times of our own, evenly spaced at the frame interval (with Chromium's, the real clock's, it skipped frames that
+    came early), and each frame's damage the whole viewport (TIME_SHIM's damage(), a transparent canvas cleared per
+    frame: when the damage changed shape, the hero's animation giving way to the scroll, it skipped a run of 23).
+    Pictures come stamped with their frame's display time (its frame time plus one interval), which places them:
+    two encoded side by side can arrive in either order. A draw without damage gets no picture (it shows the one
+    before). A picture that does not come within `lost_after` seconds is a FrameLostError.
+    """
+
+    def __init__(self, page: DirectPage, *, size: tuple[int, int], quality: int, interval_ms: float,
+                 lost_after: float) -> None:  # fmt: skip
+        self.page, self.interval, self.lost_after = page, interval_ms, lost_after
+        # Renderer TimeTicks are CLOCK_MONOTONIC; pictures are stamped in wall-clock seconds.
+        self._start = time.monotonic() * 1000 + 50  # after any frame time Chromium gave itself so far
+        self._wall = (time.time() - time.monotonic()) * 1000
+        self._draws: deque[tuple[int, bool, bool]] = deque()  # (n, damaged, keep) of draws not given out yet
+        self._pictures: dict[int, str] = {}  # n -> base64 JPEG, until its draw is given out
+        self._count = 0  # draws made
+        self._last: str | None = None
+        self.ignored = 0  # pictures that matched no draw (the one the screencast starts with)
+        page.on_event = self._event
+        page.call("Page.startScreencast", {"format": "jpeg", "quality": quality, "maxWidth": size[0],
+                                           "maxHeight": size[1], "everyNthFrame": 1})  # fmt: skip
+
+    def _event(self, message: dict[str, Any]) -> None:
+        if message.get("method") != "Page.screencastFrame":
+            return
+        params = message.get("params") or {}
+        self.page.post("Page.screencastFrameAck", {"sessionId": params.get("sessionId")})
+        stamp = (params.get("metadata") or {}).get("timestamp")
+        at = (stamp * 1000 - self._wall - self._start) / self.interval - 1 if stamp is not None else -1.0
+        n = round(at)
+        if abs(at - n) < 0.25 and any(d[0] == n and d[1] for d in self._draws) and n not in self._pictures:
+            self._pictures[n] = str(params.get("data") or "")
+        else:
+            self.ignored += 1
+
+    def draw(self, *, keep: bool = True) -> None:
+        """Draw the next frame (given out by pictures() if `keep`)."""
+        ticks = self._start + self._count * self.interval
+        answer = self.page.call("HeadlessExperimental.beginFrame", {"interval": self.interval,
+                                                                     "frameTimeTicks": ticks})  # fmt: skip
+        self._draws.append((self._count, bool(answer.get("hasDamage")), keep))
+        self._count += 1
+
+    def pictures(self, outstanding: int = 0) -> Iterator[str]:
+        """The kept draws' pictures in order, once at most `outstanding` draws still wait for theirs."""
+        while True:
+            while self._draws:
+                n, damaged, keep = self._draws[0]
+                if damaged:
+                    if n not in self._pictures:
+                        break
+                    self._last = self._pictures.pop(n)
+                elif self._last is None:
+                    raise FrameLostError("the first frame drawn had no picture")
+                self._draws.popleft()
+                if keep:
+                    yield self._last
+            if len(self._draws) <= outstanding:
+                return
+            end = time.monotonic() + self.lost_after
+            while self._draws[0][0] not in self._pictures:
+                if time.monotonic() > end:
+                    raise FrameLostError(f"the screencast sent no picture of frame {self._draws[0][0]} in "
+                                         f"{self.lost_after:g} s")  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    self.page.pump(end)

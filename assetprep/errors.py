@@ -93,6 +93,10 @@ class RecordError(AssetprepError):
     refused or dropped the connection or answered 429/5xx, as a site that is down or restarting does."""
 
 
+class FrameLostError(RecordError):
+    """Chromium's screencast did not deliver the picture of a frame it drew; the recording is made again without it."""
+
+
 class NotAPageError(RecordError):
     """A URL answers with a video or a picture, not a web page: publish and batch use it as a clip instead."""
 

@@ -109,7 +109,11 @@ def test_virtual_time_switches_on_the_exact_frame(site, tmp_path, monkeypatch, b
     # Every picture and clock step came over it, not through Playwright's driver; so did the next frame's seeks.
     shot = "HeadlessExperimental.beginFrame" if browser == "headless-shell" else "Page.captureScreenshot"
     clock, ahead = calls["Runtime.evaluate"], calls["post Runtime.evaluate"] - calls["Runtime.evaluate"]  # call posts
-    assert calls[shot] >= 45 and clock == 45 and ahead == 44, calls
+    # With the headless shell the pictures come by screencast, and frame 0's second drawing is of the whole viewport
+    # (one more call).
+    cast = browser == "headless-shell"
+    assert calls[shot] >= 45 and clock == 45 + cast and ahead == 44, calls
+    assert calls["Page.startScreencast"] == cast, calls
     assert result.frames == 45 and decoded_frame_count(out) == 45
     frames = frames_rgb(out)
     for x in (100, 400, 700):  # CSS animation, rAF clock, setTimeout
@@ -117,6 +121,39 @@ def test_virtual_time_switches_on_the_exact_frame(site, tmp_path, monkeypatch, b
         assert all(is_blue(px(f, x, 100)) for f in frames[30:]), x
     assert px(frames[0], 1000, 400) > (240, 240, 240)  # the page's white, not a blank lead-in: frame 0 has the boxes
     assert is_red(px(frames[0], 100, 100))
+
+
+def test_a_picture_the_screencast_skips_costs_a_second_take_not_the_frame(site, tmp_path, monkeypatch, caplog):
+    """The headless shell's pictures come by screencast, whose scheduler chooses the drawn frames it copies. One that
+    never comes (here frame 7's, dropped on arrival) ends that take within CAST_LOST_S; the recording is made again
+    with a screenshot per frame, and both ways give the same frames (the screencast's are not approximations)."""
+    import assetprep._cdp as cdp
+
+    recorder = sys.modules["assetprep.record"]
+    o = opts(duration=2, fps=10, scroll="smooth", scroll_depth=1200)
+    cast = record(f"{site}/ruler.html", tmp_path / "cast.mp4", o)
+    real = cdp.Screencast._event
+
+    def lose_frame_7(self, message):
+        stamp = (message.get("params") or {}).get("metadata", {}).get("timestamp")
+        if stamp is not None and round((stamp * 1000 - self._wall - self._start) / self.interval - 1) == 7:
+            return  # neither kept nor acknowledged: as if never sent
+        real(self, message)
+
+    monkeypatch.setattr(cdp.Screencast, "_event", lose_frame_7)
+    monkeypatch.setattr(recorder, "CAST_LOST_S", 1.0)
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="assetprep.record"):
+        again = record(f"{site}/ruler.html", tmp_path / "again.mp4", o)
+    assert "the screencast sent no picture of frame" in caplog.text
+    assert "recording again with a screenshot per frame" in caplog.text
+    assert time.monotonic() - started < 20
+    assert again.frames == cast.frames == 20 and decoded_frame_count(again.output) == 20
+    assert frames_rgb(again.output) == frames_rgb(cast.output)
+    assert not list(tmp_path.glob("*.part*")) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "again.mp4",
+        "cast.mp4",
+    ]
 
 
 def test_math_random_is_seeded(site, tmp_path):
