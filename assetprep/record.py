@@ -287,10 +287,12 @@ TIME_SHIM = r"""
       if (!damageCanvas) {
         damageCanvas = document.createElement("canvas");
         damageCanvas.width = damageCanvas.height = 1;
-        damageCanvas.style.cssText = "position:fixed;left:0;top:0;width:100vw;height:100vh;pointer-events:none;" +
-          "z-index:2147483647;background:transparent";
-        document.documentElement.appendChild(damageCanvas);
+        // Inline and !important: a page's own rules (canvas { display: none }) must not hide it.
+        damageCanvas.style.cssText = ["position:fixed", "left:0", "top:0", "width:100vw", "height:100vh",
+          "display:block", "visibility:visible", "opacity:1", "margin:0", "border:0", "padding:0", "transform:none",
+          "pointer-events:none", "z-index:2147483647", "background:transparent"].map((d) => d + "!important").join(";");
       }
+      if (!damageCanvas.isConnected) document.documentElement.appendChild(damageCanvas);  // a page may rewrite <html>
       damageCanvas.getContext("2d").clearRect(0, 0, 1, 1);
     },
     advance(target) {
@@ -1233,7 +1235,7 @@ def _record_exact(
         try:
             with dog.step("before the first frame", bound):
                 cast = Screencast(direct, size=(w, h), quality=options.jpeg_quality, interval_ms=1000 / fps,
-                                  lost_after=CAST_LOST_S)  # fmt: skip
+                                  lost_after=min(CAST_LOST_S, bound / 2))  # within the frame's watchdog  # fmt: skip
         except RecordError as exc:  # a browser without it: a screenshot per frame
             log.debug("no screencast: %s", exc)
 
