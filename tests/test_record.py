@@ -156,6 +156,25 @@ def test_a_picture_the_screencast_skips_costs_a_second_take_not_the_frame(site, 
     ]
 
 
+def test_a_browser_that_refuses_the_screencast_records_with_a_screenshot_per_frame(site, tmp_path, monkeypatch):
+    from assetprep._cdp import DirectPage
+
+    real_call = DirectPage.call
+    shots = collections.Counter()
+
+    def call(self, method, params=None):
+        if method == "Page.startScreencast":
+            raise RecordError("Chromium refused Page.startScreencast: 'Page.startScreencast' wasn't found")
+        shots.update([bool((params or {}).get("screenshot"))] if method == "HeadlessExperimental.beginFrame" else [])
+        return real_call(self, method, params)
+
+    monkeypatch.setattr(DirectPage, "call", call)
+    result = record(f"{site}/clock.html", tmp_path / "c.mp4", opts(duration=1, fps=10))
+    assert result.frames == 10 and decoded_frame_count(result.output) == 10
+    assert shots[True] >= 11 and not shots[False]  # frame 0 twice, then one screenshot per frame
+    assert all(is_red(px(f, 400, 100)) for f in frames_rgb(result.output))
+
+
 def test_math_random_is_seeded(site, tmp_path):
     a = record(f"{site}/random.html", tmp_path / "a.mp4", opts(duration=0.5, fps=10))
     b = record(f"{site}/random.html", tmp_path / "b.mp4", opts(duration=0.5, fps=10))
