@@ -202,7 +202,6 @@ class Screencast:
         self._pictures: dict[int, str] = {}  # n -> base64 JPEG, until its draw is given out
         self._count = 0  # draws made
         self._last: str | None = None
-        self.ignored = 0  # pictures that matched no draw (the one the screencast starts with)
         page.on_event = self._event
         page.call("Page.startScreencast", {"format": "jpeg", "quality": quality, "maxWidth": size[0],
                                            "maxHeight": size[1], "everyNthFrame": 1})  # fmt: skip
@@ -215,10 +214,9 @@ class Screencast:
         stamp = (params.get("metadata") or {}).get("timestamp")
         at = (stamp * 1000 - self._wall - self._start) / self.interval - 1 if stamp is not None else -1.0
         n = round(at)
+        # Others (the one the screencast starts with) match no draw that waits for a picture.
         if abs(at - n) < 0.25 and any(d[0] == n and d[1] for d in self._draws) and n not in self._pictures:
             self._pictures[n] = str(params.get("data") or "")
-        else:
-            self.ignored += 1
 
     def draw(self, *, keep: bool = True) -> None:
         """Draw the next frame (given out by pictures() if `keep`)."""

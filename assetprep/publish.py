@@ -235,8 +235,8 @@ class Prepared(NamedTuple):
 
 def prepare_background(spec: str, out: Path, how: BackgroundSpec, *,
                        on_progress: ProgressCallback | None = None) -> Prepared:  # fmt: skip
-    """Record a page (URL, .html, folder) or normalize a clip/still into the background .mp4 at `out`; the
-    warnings (a page that did not finish loading, blocked requests, a page too short to scroll, HDR kept)."""
+    """Record a page (URL, .html, folder) or normalize a clip/still into the background .mp4 at `out`; its warnings
+    (a page that did not finish loading, blocked requests, a page too short to scroll, HDR kept) and probe."""
     kind = background_kind(spec)
     if kind == "page":
         from .record import RecordOptions, record
@@ -279,7 +279,8 @@ def _remote_clip(url: str, out: Path, how: BackgroundSpec, media: str,
 
 
 def prepare_audio(source: Path, out: Path, *, on_progress: ProgressCallback | None = None) -> Prepared:
-    """Normalize any recording into the .wav Tavus gets as audio_url; the warnings (silent, clipped, short)."""
+    """Normalize any recording into the .wav Tavus gets as audio_url; its warnings (silent, clipped, short) and
+    probe."""
     made = normalize_audio(source, out, preset="audio-wav", on_progress=on_progress)
     return Prepared(made.warnings, made.info)
 
