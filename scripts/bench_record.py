@@ -7,8 +7,11 @@ frames (a decoded frame identical to the one before; in fast mode a still is pan
 repeat where the rounded scroll position holds at the turn), and the machine's CPU seconds per second of video with
 that over the cores (the floor: run on an otherwise idle machine, it is the recorder's own). Playwright's recorder
 needs its own ffmpeg build, which cannot be downloaded here: for this benchmark only, a temp
-PLAYWRIGHT_BROWSERS_PATH links ffmpeg-<rev>/ffmpeg-linux to the OS ffmpeg. Usage: python scripts/bench_record.py
-[--page real|demo] [--seconds 5] [--long 30] [--repeat 3]
+PLAYWRIGHT_BROWSERS_PATH links ffmpeg-<rev>/ffmpeg-linux to the OS ffmpeg. The frame-exact peer is timecut (npm,
+a virtual clock and a screenshot per frame through puppeteer), installed by this script into its temp folder with
+npm (skipped, and said, when npm or the registry is missing) and run on the OS headless shell at 720p30; it does not
+scroll, which only spares it work. Usage: python scripts/bench_record.py [--page real|demo] [--seconds 5] [--long 30]
+[--repeat 3] [--no-timecut]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -131,6 +135,38 @@ def playwright_baseline(seconds: float, tmp: Path, page_path: Path) -> tuple[flo
     return elapsed, path
 
 
+TIMECUT = "timecut@0.3.3"
+
+
+def install_timecut(folder: Path) -> Path | None:
+    """timecut's command in `folder` (npm install, without puppeteer's own Chromium download), or None."""
+    npm = shutil.which("npm")
+    if npm is None:
+        print("timecut: skipped (no npm)")
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PUPPETEER_SKIP_DOWNLOAD": "1", "PUPPETEER_SKIP_CHROMIUM_DOWNLOAD": "1"}
+    done = subprocess.run([npm, "i", "--silent", "--no-audit", "--no-fund", TIMECUT], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    command = folder / "node_modules" / ".bin" / "timecut"
+    if done.returncode or not command.exists():
+        print(f"timecut: skipped (npm i {TIMECUT} failed: {(done.stderr or done.stdout).strip()[-200:]})")
+        return None
+    return command
+
+
+def timecut_peer(command: Path, seconds: float, tmp: Path, page_path: Path) -> tuple[float, Path]:
+    shell = Path("/usr/lib/chromium/chromium-headless-shell")  # Debian's binary (/usr/bin's is a wrapper script)
+    executable = str(shell) if shell.exists() else shutil.which("chromium-headless-shell") or "chromium"
+    out = tmp / "timecut.mp4"
+    with serve_local(page_path) as url:
+        started = time.perf_counter()
+        subprocess.run([str(command), url, "--viewport=1280,720", "--fps=30", f"--duration={seconds:g}",
+                        f"--executable-path={executable}", "--launch-arguments=--no-sandbox", f"--output={out}",
+                        "--quiet"], check=True, capture_output=True, timeout=600 + seconds * 60)  # fmt: skip
+        return time.perf_counter() - started, out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -145,6 +181,8 @@ def main() -> None:
         default="small",
         help="the real page's video: small (640x360 VP9, 4 s) or 1080p (H.264, 20 s, keyframes 8 s apart)",
     )
+    parser.add_argument("--timecut", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run timecut, the frame-exact peer (needs npm and its registry)")  # fmt: skip
     args = parser.parse_args()
     s = args.seconds
     rows = []  # (label, walls, CPU seconds, video seconds, frames, missing, duplicated, capture)
@@ -166,6 +204,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         page = real_page(tmp / "site", args.hero) if args.page == "real" else PAGE
         print(f"page: {page}")
+        timecut = install_timecut(tmp / "timecut") if args.timecut else None
+        peer: tuple[list[float], list[float], tuple[int, int, int], int] = ([], [], (0, 0, 0), 0)
         # Rounds interleave the recorders (each round runs every one once), so a change in the machine's load
         # weighs on all of them alike.
         walls: list[list[float]] = [[] for _ in range(len(runs) + 1)]
@@ -191,10 +231,20 @@ def main() -> None:
             missing = max(0, round(s * 25) - frames)
             bad[-1] = max(bad[-1], (missing + dups, missing, dups))
             last[-1] = (frames, "screencast")
+            if timecut is not None:
+                busy = busy_seconds()
+                elapsed, mp4 = timecut_peer(timecut, s, tmp, page)
+                frames, dups = frame_stats(mp4)
+                missing = max(0, round(s * 30) - frames)
+                peer = ([*peer[0], elapsed], [*peer[1], busy_seconds() - busy],
+                        max(peer[2], (missing + dups, missing, dups)), frames)  # fmt: skip
         for k, (label, options) in enumerate(runs):
             rows.append((label, walls[k], cpus[k], options.duration, last[k][0], bad[k][1], bad[k][2], last[k][1]))
         rows.append(("playwright record_video (baseline)", walls[-1], cpus[-1], s, last[-1][0], bad[-1][1],
                      bad[-1][2], "screencast"))  # fmt: skip
+        if peer[0]:
+            rows.append(("timecut 1280x720@30 (frame-exact peer)", peer[0], peer[1], s, peer[3], peer[2][1],
+                         peer[2][2], "screenshot"))  # fmt: skip
     cores = os.cpu_count() or 1
     print(
         f"median of {args.repeat} runs; frames of the last run, missing/duplicated of the worst; cpu: the machine's "
@@ -207,9 +257,11 @@ def main() -> None:
         per = statistics.median(cpu) / seconds
         print(f"{label:<38} {statistics.median(walls) / seconds:>12.2f}x {span:>13} {per:>6.2f} {per / cores:>5.2f}x "
               f"{frames:>7} {missing:>8} {dups:>11}  {capture}")  # fmt: skip
-    base = statistics.median(rows[-1][1]) / s
-    for label, walls, _cpu, seconds, *_ in rows[:-1]:
-        print(f"{label}: {statistics.median(walls) / seconds / base:.2f}x the baseline's wall time per second of video")
+    ours = rows[: len(runs)]
+    for name, (_label, walls, *_rest) in zip(("the baseline", "timecut"), rows[len(runs) :], strict=False):
+        base = statistics.median(walls) / s
+        for label, mine, _cpu, seconds, *_ in ours:
+            print(f"{label}: {statistics.median(mine) / seconds / base:.2f}x {name}'s wall time per second of video")
 
 
 if __name__ == "__main__":
