@@ -97,6 +97,16 @@ class FrameLostError(RecordError):
     """Chromium's screencast did not deliver the picture of a frame it drew; the recording is made again without it."""
 
 
+class PageNavigatedError(RecordError):
+    """The page went on to another page (a timed redirect, a meta refresh) or reloaded by itself while it was made
+    ready or recorded: the recording is made again of `url`, where it went, `seconds` into the recording (None:
+    while it was made ready)."""
+
+    def __init__(self, message: str, *, url: str, seconds: float | None) -> None:
+        super().__init__(message)
+        self.url, self.seconds = url, seconds
+
+
 class NotAPageError(RecordError):
     """A URL answers with a video or a picture, not a web page: publish and batch use it as a clip instead."""
 

@@ -44,7 +44,15 @@ from ._netguard import BLOCKED_HEADER, guard_proxy
 from ._pagevideo import VIDEO_URL, IntraVideos, intra_videos
 from ._server import QuietHTTPServer, ThreadedServer, byte_range
 from ._urls import redact_url
-from .errors import ConfigError, FrameLostError, NotAPageError, OutputCheckError, RecordError, ToolMissingError
+from .errors import (
+    ConfigError,
+    FrameLostError,
+    NotAPageError,
+    OutputCheckError,
+    PageNavigatedError,
+    RecordError,
+    ToolMissingError,
+)
 from .normalize import check_video, mp4_options, x264_options
 from .presets import VideoPreset, X264Preset, load_video_preset
 from .probe import MediaInfo, probe
@@ -189,6 +197,9 @@ TIME_SHIM = r"""
   };
   media.pause = function () { driven.delete(this); stopped.add(this); realPause.call(this); };
   let seeking = [], pending = null, damageCanvas = null;
+  // Set on the document the recorder loaded and got ready (own()): a document the page went on to by itself (a
+  // redirect, a reload) is not, and says so to the clock's calls (start(), settled()).
+  let ours = false;
   // Sets a media element's time: a promise that ends once it seeked there (at most 1 s).
   const seekMedia = (el, to) => new Promise((done) => {
     el.addEventListener("seeked", done, {once: true});
@@ -246,7 +257,10 @@ TIME_SHIM = r"""
     // Before the first frame: the media the clock plays start from it. Each started when its duration became known,
     // at whichever of the preparation's clock steps that fell in: the bench's hero was at 0 s in one run, 2 s in
     // the next. Returns the clock.
+    own() { ours = true; },
+    owned: () => ours,
     start() {
+      if (!ours) return null;
       for (const [el, [, from]] of driven) {
         driven.set(el, [vt, from]);
         hidden.add(el);  // whether it was in view while the page got ready or not, frame 0 draws it anew
@@ -258,14 +272,14 @@ TIME_SHIM = r"""
     ahead(target) { drive(target, true); },
     // After advance: a promise that ends when the media seeked to this frame's time (at most 1 s), or nothing.
     // With `limit` (ms) it ends by then anyway, with 1 if the seeks are still going (settled() waits for them).
-    // 2 is added when a video came back into view (see `revived`).
+    // 2 is added when a video came back into view (see `revived`), 4 on a document the recorder did not get ready.
     settled(limit) {
       if (seeking.length) {
         const all = pending = Promise.all(seeking);
         seeking = [];
         all.then(() => { if (pending === all) pending = null; });
       }
-      const flag = revived.length ? 2 : 0;
+      const flag = (revived.length ? 2 : 0) | (ours ? 0 : 4);
       if (!pending) return flag || undefined;
       const done = pending.then(() => flag);
       if (limit === undefined) return done;
@@ -296,6 +310,7 @@ TIME_SHIM = r"""
       damageCanvas.getContext("2d").clearRect(0, 0, 1, 1);
     },
     advance(target) {
+      if (!ours) return;  // a document the page went on to: its timers wait for a take of its own
       for (let guard = 0; guard < 100000; guard++) {
         let next = null;
         for (const [id, t] of timers) if (t.at <= target && (!next || t.at < next[1].at)) next = [id, t];
@@ -764,15 +779,37 @@ def record(
         return _record_url(url, output, options, on_progress, trusted=url, inputs=(page,))
 
 
+_MAX_HOPS = 3  # pages a recording follows a page to (see _record_url)
+
+
 def _record_url(
     url: str, output: str | os.PathLike[str], options: RecordOptions, on_progress: ProgressCallback | None,
     trusted: str | None = None, inputs: tuple[Path, ...] = (),
 ) -> RecordResult:  # fmt: skip
-    try:
-        return _record_page(url, output, options, on_progress, trusted, inputs)
-    except FrameLostError as exc:  # a skipped picture must not cost the lead's recording
-        log.warning("%s: %s; recording again with a screenshot per frame", redact_url(url), exc)
-        return _record_page(url, output, options, on_progress, trusted, inputs, screencast=False)
+    # A page that goes on to another by itself (a splash page's timed redirect, a meta refresh, a language
+    # redirect after load) was recorded half unprepared or failed ("the virtual clock failed at frame 31"): the
+    # recording is made again of where it went, which a visitor ends up on, with a warning. A few hops at most.
+    seen, said = [url], []
+    while True:
+        try:
+            try:
+                result = _record_page(url, output, options, on_progress, trusted, inputs)
+            except FrameLostError as exc:  # a skipped picture must not cost the lead's recording
+                log.warning("%s: %s; recording again with a screenshot per frame", redact_url(url), exc)
+                result = _record_page(url, output, options, on_progress, trusted, inputs, screencast=False)
+        except PageNavigatedError as exc:
+            when = "while it loaded" if exc.seconds is None else f"{exc.seconds:.1f} s in"
+            went = f"{redact_url(seen[-1])} went on to {redact_url(exc.url)} by itself {when}"
+            if exc.url in seen or len(seen) > _MAX_HOPS:
+                again = "reloads itself" if exc.url == seen[-1] else "keeps going on to other pages"
+                raise RecordError(f"{redact_url(seen[0])} {again} while it is recorded ({went})",
+                                  hint="give the URL of the page it settles on") from None  # fmt: skip
+            said.append(f"{went} (a redirect or refresh): recorded that page")
+            seen.append(exc.url)
+            url = exc.url
+            continue
+        result.warnings[:0] = said
+        return result
 
 
 def _record_page(
@@ -947,39 +984,44 @@ def _record_page(
                     f"{url} is {'an' if media != 'video' else 'a'} {media} file ({ctype}), not a web page",
                     media=media, hint="publish and batch take a clip or picture URL as the background itself",
                 )  # fmt: skip
-            with dog.step("while getting ready", bound + options.timeout):
-                _wait_ready(page, options, timeout_ms, url)
-                page.add_style_tag(content=css)
-                if js:
-                    page.evaluate(f"() => {{ {js}\n}}")
-                page_height, view_h = (int(v) for v in page.evaluate(_MEASURE_JS))
-            # Fast mode pans one screenshot, which Chromium cannot make taller than _MAX_FULLPAGE device pixels.
-            depth = _MAX_DEPTH if exact else int(_MAX_FULLPAGE / options.scale) - view_h
-            max_scroll = max(0, min(page_height - view_h, depth))
-            if page_height - view_h > depth and options.scroll != "none":
-                warnings.append(f"the page is {page_height} px tall (infinite scroll?): "
-                                f"scrolling stops at {depth} px")  # fmt: skip
-            if options.scroll != "none" and max_scroll == 0:
-                warnings.append("the page is not taller than the viewport: recorded without scrolling")
-            last = (frames - 1) / fps
-            capture: Capture = _frame_control(cdp, dog, bound) if exact else "fullpage"
-            points = scroll_keyframes(options, max_scroll, last, view_h=view_h)
-            if options.scroll != "none" and not options.keyframes:
-                with dog.step("while loading what the scroll shows", PRIME_SECONDS + 10):
-                    if not _prime(page, cdp, points, capture, view_h, min(options.timeout, PRIME_SECONDS)):
-                        warnings.append(f"some images or fonts the scroll shows had not loaded after "
-                                        f"{min(options.timeout, PRIME_SECONDS):g} s")  # fmt: skip
-            # Reveal-on-load animations (a hero that fades or slides in) still playing: the first screen holds
-            # until they end (bounded), so the hero is seen at rest. Exact mode only: fast mode has one still.
-            if exact:
-                # A video whose data came after the first frame started then: reruns differed from frame 0 on.
-                wait = min(options.timeout, PRIME_SECONDS)
-                with dog.step("while the page's videos load", wait + 5):
-                    if not _videos_ready(page, max(y for _, y in points) + view_h, wait):
-                        warnings.append(f"a video of the page had no picture after {wait:g} s: it is recorded "
-                                        "from when it has one")  # fmt: skip
-            with dog.step("while getting ready", bound):
-                intro = float(page.evaluate(_INTRO_JS)) if exact else 0.0
+            # A page that goes on by itself while it is made ready fails a call here ("Execution context was
+            # destroyed"): _record_url records where it went.
+            with _following(page, dog, exact, min(bound, 10.0)):
+                with dog.step("while getting ready", bound + options.timeout):
+                    if exact:  # the document made ready from here on (see _went_on)
+                        page.evaluate("() => window.__assetprep && window.__assetprep.own()")
+                    _wait_ready(page, options, timeout_ms, url)
+                    page.add_style_tag(content=css)
+                    if js:
+                        page.evaluate(f"() => {{ {js}\n}}")
+                    page_height, view_h = (int(v) for v in page.evaluate(_MEASURE_JS))
+                # Fast mode pans one screenshot, which Chromium cannot make taller than _MAX_FULLPAGE device pixels.
+                depth = _MAX_DEPTH if exact else int(_MAX_FULLPAGE / options.scale) - view_h
+                max_scroll = max(0, min(page_height - view_h, depth))
+                if page_height - view_h > depth and options.scroll != "none":
+                    warnings.append(f"the page is {page_height} px tall (infinite scroll?): "
+                                    f"scrolling stops at {depth} px")  # fmt: skip
+                if options.scroll != "none" and max_scroll == 0:
+                    warnings.append("the page is not taller than the viewport: recorded without scrolling")
+                last = (frames - 1) / fps
+                capture: Capture = _frame_control(cdp, dog, bound) if exact else "fullpage"
+                points = scroll_keyframes(options, max_scroll, last, view_h=view_h)
+                if options.scroll != "none" and not options.keyframes:
+                    with dog.step("while loading what the scroll shows", PRIME_SECONDS + 10):
+                        if not _prime(page, cdp, points, capture, view_h, min(options.timeout, PRIME_SECONDS)):
+                            warnings.append(f"some images or fonts the scroll shows had not loaded after "
+                                            f"{min(options.timeout, PRIME_SECONDS):g} s")  # fmt: skip
+                # Reveal-on-load animations (a hero that fades or slides in) still playing: the first screen holds
+                # until they end (bounded), so the hero is seen at rest. Exact mode only: fast mode has one still.
+                if exact:
+                    # A video whose data came after the first frame started then: reruns differed from frame 0 on.
+                    wait = min(options.timeout, PRIME_SECONDS)
+                    with dog.step("while the page's videos load", wait + 5):
+                        if not _videos_ready(page, max(y for _, y in points) + view_h, wait):
+                            warnings.append(f"a video of the page had no picture after {wait:g} s: it is recorded "
+                                            "from when it has one")  # fmt: skip
+                with dog.step("while getting ready", bound):
+                    intro = float(page.evaluate(_INTRO_JS)) if exact else 0.0
             points = scroll_keyframes(options, max_scroll, last, view_h=view_h, intro=intro)
             reached = round(max(y for _, y in points))
             target = scroll_target(options, max_scroll)
@@ -1194,8 +1236,12 @@ def _record_exact(
     send = direct.call if direct is not None else cdp.send
     limit = _DIRECT_SEEK_MS if direct is not None else ""  # through Playwright: no limit
     bound = options.timeout
+    prepared = page.url
     with dog.step("before the first frame", bound):
         offset = page.evaluate("() => window.__assetprep.start()")  # virtual time spent getting ready
+        if offset is None:  # the page went on while it was made ready
+            raise _went_on(page, prepared, None, bound) or RecordError(f"{page.url}: the page changed while it "
+                                                                       "was made ready")  # fmt: skip
     fps = preset.fps
     jpeg = {"format": "jpeg", "quality": options.jpeg_quality, "optimizeForSpeed": True}
 
@@ -1256,7 +1302,13 @@ def _record_exact(
             if cast is not None:
                 step = "window.__assetprep.damage(); " + step
             with dog.step(f"at frame {i}", min(bound, max(1.0, deadline - time.monotonic()))):
-                flags = _flags(send("Runtime.evaluate", {"expression": step, "awaitPromise": True}), page.url, i)
+                try:
+                    flags = _flags(send("Runtime.evaluate", {"expression": step, "awaitPromise": True}), page.url, i)
+                except RecordError as exc:  # the document went away under the clock's call?
+                    raise _went_on(page, prepared, t, bound) or exc from None
+                if flags & 4:  # the clock's call ran in a document the page went on to by itself
+                    raise _went_on(page, prepared, t, bound) or RecordError(f"{page.url}: the page changed at "
+                                                                            f"frame {i}")  # fmt: skip
                 if flags & 1:  # seeks still going: Playwright's turn (see above); the answer keeps flag 2
                     flags = _flags(cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.settled()",
                                                                  "awaitPromise": True}), page.url, i)  # fmt: skip
@@ -1298,11 +1350,56 @@ def _record_exact(
     return frames / elapsed if elapsed else 0.0
 
 
+@contextlib.contextmanager
+def _following(page: Any, dog: _Watchdog, exact: bool, bound: float) -> Iterator[None]:
+    """An error of the page's while it is made ready becomes PageNavigatedError if the page went on by itself."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    prepared = page.url
+    try:
+        yield
+    except (PlaywrightError, RecordError) as exc:
+        if not exact or dog.fired or isinstance(exc, PageNavigatedError):
+            raise
+        went = _went_on(page, prepared, None, bound)
+        if went is None:
+            raise
+        raise went from None
+
+
+def _went_on(page: Any, prepared: str, seconds: float | None, bound: float) -> PageNavigatedError | None:
+    """The page's own navigation away from the document made ready (`prepared`, its URL) `seconds` into the
+    recording (None: before it), found by asking the document the page shows (TIME_SHIM's owned()) until it answers
+    (at most `bound` s); None if it is the same document."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    end = time.monotonic() + bound
+    while True:
+        try:
+            page.wait_for_load_state("domcontentloaded", timeout=max(1.0, end - time.monotonic()) * 1000)
+            if page.evaluate("() => !!(window.__assetprep && window.__assetprep.owned())"):
+                return None
+            break
+        except PlaywrightError:  # a document going or coming: asked again
+            if time.monotonic() > end:
+                return None
+            time.sleep(0.05)
+    url = page.url
+    when = "while it was made ready" if seconds is None else f"{seconds:.1f} s into the recording"
+    if url == prepared:
+        raise RecordError(f"{prepared} reloads itself {when} (a refresh timer)",
+                          hint="give a page that stays, or a shorter --duration")  # fmt: skip
+    return PageNavigatedError(f"{prepared} went on to {url}", url=url, seconds=seconds)
+
+
 def _flags(answer: dict[str, Any], url: str, i: int) -> int:
-    """The clock's answer for frame i: 1 seeks still going, 2 a video came back into view (TIME_SHIM)."""
+    """The clock's answer for frame i: 1 seeks still going, 2 a video came back into view, 4 not the document made
+    ready (TIME_SHIM)."""
     if "exceptionDetails" in answer:
-        raise RecordError(f"{url}: the virtual clock failed at frame {i}: "
-                          f"{answer['exceptionDetails'].get('text', 'script error')}")  # fmt: skip
+        details = answer["exceptionDetails"]
+        # "Uncaught" alone said nothing: the exception's own first line (TypeError: ...) does.
+        said = str((details.get("exception") or {}).get("description") or details.get("text") or "script error")
+        raise RecordError(f"{url}: the virtual clock failed at frame {i}: {said.splitlines()[0]}")
     return int(answer.get("result", {}).get("value") or 0)
 
 

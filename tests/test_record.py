@@ -605,6 +605,41 @@ def test_a_site_that_turns_headless_chrome_away_sees_a_visitors_chrome(tmp_path)
     assert px(frames_rgb(tmp_path / "h.mp4")[-1], 10, 10)[2] > 120  # blue: the header's agent in navigator
 
 
+def test_a_page_that_goes_on_to_another_by_itself_is_recorded_where_it_went(tmp_path):
+    """A splash page's timed redirect, a meta refresh: the recording failed ("the virtual clock failed at frame 31:
+    Uncaught") or silently went on with a page it had not made ready. Now each take that sees the page go on is made
+    again of where it went, with a warning per hop; a page that reloads itself or bounces between pages is an
+    error, without output."""
+    site = tmp_path / "site"
+    site.mkdir()
+
+    def page(name: str, colour: str, head: str = "", script: str = "") -> None:
+        (site / name).write_text(f"<!doctype html><html><head>{head}</head><body style='margin:0;height:100vh;"
+                                 f"background:{colour}'><script>{script}</script></body></html>")  # fmt: skip
+
+    page("meta.html", "#c80000", head="<meta http-equiv='refresh' content='0.3;url=splash.html?token=s3cret'>")
+    page("splash.html", "#c80000", script="setTimeout(() => { location.href = 'home.html'; }, 500);")
+    page("home.html", "#0000c8")
+    page("reload.html", "#c80000", script="setTimeout(() => location.reload(), 500);")
+    page("ping.html", "#c80000", script="setTimeout(() => { location.href = 'pong.html'; }, 500);")
+    page("pong.html", "#0000c8", script="setTimeout(() => { location.href = 'ping.html'; }, 500);")
+
+    out = tmp_path / "home.mp4"
+    result = record(site / "meta.html", out, opts(duration=2, fps=10))
+    frames = frames_rgb(out)
+    assert len(frames) == 20 and all(is_blue(px(f, 640, 360)) for f in frames)  # home only, prepared, every frame
+    hops = [w for w in result.warnings if "by itself" in w]
+    assert len(hops) == 2, result.warnings
+    assert re.search(r"meta\.html went on to \S+/splash\.html\?… by itself", hops[0]) and "s3cret" not in hops[0]
+    assert re.search(r"splash\.html\?… went on to \S+/home\.html by itself 0\.[56] s in", hops[1]), hops[1]
+
+    for name, said in (("reload.html", r"reload\.html reloads itself 0\.[56] s into the recording"),
+                       ("ping.html", r"ping\.html keeps going on to other pages .*pong\.html went on to")):  # fmt: skip
+        with pytest.raises(RecordError, match=said):
+            record(site / name, tmp_path / "bad.mp4", opts(duration=2, fps=10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home.mp4", "site"]  # no output, no .part
+
+
 def test_local_file_and_cli(tmp_path):
     out = tmp_path / "cli.mp4"
     run = subprocess.run([sys.executable, "-m", "assetprep", "record", str(PAGES / "clock.html"), "-o", str(out),
