@@ -1081,7 +1081,9 @@ def _visitor_agent(browser: Any) -> str | None:
 
 
 # window.open gives null, as when a popup blocker stops it; a link or form that a script clicks or submits into
-# another window does nothing (no one clicks during a recording, so every such click is the page's own).
+# another window does nothing (no one clicks during a recording, so every such click is the page's own). Fullscreen
+# is refused, as a visitor's browser does without a click: Chromium granted a page's requestFullscreen() on a timer
+# (the recorder's calls count as a user's), and the screencast lost the frame it happened on.
 _NO_POPUPS = """
 window.open = function () { return null; };
 // Dismissed as the dialog handler would, without a round trip (a call waiting on the page blocks until then).
@@ -1094,6 +1096,11 @@ addEventListener("click", (e) => {
   if (a && elsewhere(a.getAttribute("target"))) e.preventDefault();
 }, true);
 addEventListener("submit", (e) => { if (elsewhere(e.target.getAttribute("target"))) e.preventDefault(); }, true);
+for (const name of ["requestFullscreen", "webkitRequestFullscreen", "webkitRequestFullScreen"]) {
+  if (Element.prototype[name]) {
+    Element.prototype[name] = function () { return Promise.reject(new TypeError("Permissions check failed")); };
+  }
+}
 """
 
 

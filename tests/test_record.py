@@ -350,11 +350,12 @@ def test_a_dialog_opened_while_a_frame_is_drawn_is_dismissed(site, tmp_path):
 
 def test_a_page_that_opens_hundreds_of_windows_gets_none(site, tmp_path):
     """Playwright turns Chromium's popup blocker off: 400 window.open calls on load made the page time out (50 made
-    a recording 4x slower); links and forms a script clicks into other windows opened them too."""
+    a recording 4x slower); links and forms a script clicks into other windows opened them too. A fullscreen request
+    on a timer was granted (and cost the screencast a picture): a visitor's browser refuses it without a click."""
     result = record(f"{site}/popups.html", tmp_path / "p.mp4", opts(duration=1, fps=10, timeout=10))
     frames = frames_rgb(tmp_path / "p.mp4")
     assert px(frames[0], 10, 10)[0] > 120 and px(frames[-1], 10, 10)[1] > 120, px(frames[-1], 10, 10)  # green: null
-    assert result.frames == 10
+    assert result.frames == 10 and result.warnings == []
 
 
 @pytest.mark.parametrize(
