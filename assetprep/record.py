@@ -799,7 +799,14 @@ def _record_url(
                 result = _record_page(url, output, options, on_progress, trusted, inputs, screencast=False)
         except PageNavigatedError as exc:
             when = "while it loaded" if exc.seconds is None else f"{exc.seconds:.1f} s in"
-            went = f"{redact_url(seen[-1])} went on to {redact_url(exc.url)} by itself {when}"
+            web = exc.url.lower().startswith(("http://", "https://"))
+            # about:blank as it is; a data: or blob: URL by its scheme (its text may be long, or a secret)
+            where = (redact_url(exc.url) if web else exc.url if exc.url.startswith("about:")
+                     else f"a {exc.url.split(':')[0]}: URL")  # fmt: skip
+            went = f"{redact_url(seen[-1])} went on to {where} by itself {when}"
+            if not web:
+                raise RecordError(f"{went}, which is not a web address",
+                                  hint="give the URL of the page to record") from None  # fmt: skip
             if exc.url in seen or len(seen) > _MAX_HOPS:
                 again = "reloads itself" if exc.url == seen[-1] else "keeps going on to other pages"
                 raise RecordError(f"{redact_url(seen[0])} {again} while it is recorded ({went})",

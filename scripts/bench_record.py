@@ -37,7 +37,8 @@ FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # fonts-dejavu-c
 def real_page(folder: Path, hero: str = "small") -> Path:
     """A landing page as leads have them, built locally (no network): a hero with a web font, a looping <video>, a
     canvas animation, 12 photos and a heavy DOM (600 cards, ~3,000 elements), about 8 screens tall. `hero`: small
-    (640x360 VP9, 4 s) or 1080p (H.264, 20 s, a keyframe every 250 frames, as encoders make them by default)."""
+    (640x360 VP9, 4 s), 1080p (H.264, 20 s, a keyframe every 250 frames, as encoders make them by default) or none
+    (a photo in the video's place: what the page's video costs)."""
     folder.mkdir(parents=True, exist_ok=True)
     ffmpeg = find_tool("ffmpeg")
     for i in range(12):
@@ -51,8 +52,11 @@ def real_page(folder: Path, hero: str = "small") -> Path:
         encode = ["testsrc2=s=640x360:r=30:d=4", "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8",
                   "-b:v", "800k"]  # fmt: skip
         name = "hero.webm"
-    subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", *encode, str(folder / name)], check=True,
-                   timeout=120)  # fmt: skip
+    if hero != "none":
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", *encode, str(folder / name)], check=True,
+                       timeout=120)  # fmt: skip
+    video = (f'<video src="{name}" autoplay muted loop width="480" height="270"></video>' if hero != "none"
+             else '<img src="photo0.jpg" width="480" height="270">')  # fmt: skip
     if FONT.is_file():
         (folder / "brand.ttf").write_bytes(FONT.read_bytes())
     photos = "".join(f'<img src="photo{i}.jpg" loading="lazy" width="400" height="250">' for i in range(12))
@@ -69,7 +73,7 @@ body {{ margin: 0; font-family: Brand, sans-serif; background: #f5f7fb; }}
 .card {{ background: #fff; border-radius: 6px; padding: 8px; box-shadow: 0 1px 3px rgba(0,0,0,.2); font-size: 12px; }}
 </style></head><body>
 <div class="hero"><div><h1>Acme Logistics</h1><p>Every parcel, live.</p></div>
-<video src="{name}" autoplay muted loop width="480" height="270"></video>
+{video}
 <canvas id="c" width="360" height="270"></canvas></div>
 <div class="photos">{photos}</div><div class="cards">{cards}</div>
 <script>
@@ -177,9 +181,9 @@ def main() -> None:
                              "demo: examples/page.html")  # fmt: skip
     parser.add_argument(
         "--hero",
-        choices=("small", "1080p"),
+        choices=("small", "1080p", "none"),
         default="small",
-        help="the real page's video: small (640x360 VP9, 4 s) or 1080p (H.264, 20 s, keyframes 8 s apart)",
+        help="the real page's video: small (640x360 VP9, 4 s), 1080p (H.264, 20 s, keyframes 8 s apart) or none",
     )
     parser.add_argument("--timecut", action=argparse.BooleanOptionalAction, default=True,
                         help="also run timecut, the frame-exact peer (needs npm and its registry)")  # fmt: skip

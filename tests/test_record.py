@@ -624,6 +624,7 @@ def test_a_page_that_goes_on_to_another_by_itself_is_recorded_where_it_went(tmp_
     page("reload.html", "#c80000", script="setTimeout(() => location.reload(), 500);")
     page("ping.html", "#c80000", script="setTimeout(() => { location.href = 'pong.html'; }, 500);")
     page("pong.html", "#0000c8", script="setTimeout(() => { location.href = 'ping.html'; }, 500);")
+    page("blank.html", "#c80000", script="setTimeout(() => { location.href = 'about:blank'; }, 500);")
 
     out = tmp_path / "home.mp4"
     result = record(site / "meta.html", out, opts(duration=2, fps=10))
@@ -635,7 +636,8 @@ def test_a_page_that_goes_on_to_another_by_itself_is_recorded_where_it_went(tmp_
     assert re.search(r"splash\.html\?… went on to \S+/home\.html by itself 0\.[56] s in", hops[1]), hops[1]
 
     for name, said in (("reload.html", r"reload\.html reloads itself 0\.[56] s into the recording"),
-                       ("ping.html", r"ping\.html keeps going on to other pages .*pong\.html went on to")):  # fmt: skip
+                       ("ping.html", r"ping\.html keeps going on to other pages .*pong\.html went on to"),
+                       ("blank.html", r"blank\.html went on to about:blank by itself .*not a web address")):  # fmt: skip
         with pytest.raises(RecordError, match=said):
             record(site / name, tmp_path / "bad.mp4", opts(duration=2, fps=10))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home.mp4", "site"]  # no output, no .part
