@@ -815,6 +815,12 @@ def _record_url(
             seen.append(exc.url)
             url = exc.url
             continue
+        except RecordError as exc:
+            if len(seen) == 1 or type(exc) is not RecordError:  # a kind of its own (a clip URL) stays what it is
+                raise
+            # Where it failed is a page the user never named ("blocked request to a private address (10.1.2.3)").
+            raise RecordError(f"{exc.message} ({redact_url(seen[0])} went on to it by itself)", hint=exc.hint,
+                              transient=exc.transient) from None  # fmt: skip
         result.warnings[:0] = said
         return result
 
@@ -1399,6 +1405,11 @@ def _went_on(page: Any, prepared: str, seconds: float | None, bound: float) -> P
                 return None
             time.sleep(0.05)
     url = page.url
+    try:  # a page that failed to load is Chromium's chrome-error:// page; its history entry has the URL it tried
+        history = page.context.new_cdp_session(page).send("Page.getNavigationHistory")
+        url = str(history["entries"][history["currentIndex"]]["url"]) or url
+    except (PlaywrightError, KeyError, IndexError, TypeError):
+        pass
     when = "while it was made ready" if seconds is None else f"{seconds:.1f} s into the recording"
     if url == prepared:
         raise RecordError(f"{prepared} reloads itself {when} (a refresh timer)",

@@ -625,6 +625,7 @@ def test_a_page_that_goes_on_to_another_by_itself_is_recorded_where_it_went(tmp_
     page("ping.html", "#c80000", script="setTimeout(() => { location.href = 'pong.html'; }, 500);")
     page("pong.html", "#0000c8", script="setTimeout(() => { location.href = 'ping.html'; }, 500);")
     page("blank.html", "#c80000", script="setTimeout(() => { location.href = 'about:blank'; }, 500);")
+    page("away.html", "#c80000", script="setTimeout(() => { location.href = 'http://127.0.0.2:8081/in'; }, 500);")
 
     out = tmp_path / "home.mp4"
     result = record(site / "meta.html", out, opts(duration=2, fps=10))
@@ -640,6 +641,8 @@ def test_a_page_that_goes_on_to_another_by_itself_is_recorded_where_it_went(tmp_
                        ("blank.html", r"blank\.html went on to about:blank by itself .*not a web address")):  # fmt: skip
         with pytest.raises(RecordError, match=said):
             record(site / name, tmp_path / "bad.mp4", opts(duration=2, fps=10))
+    with pytest.raises(RecordError, match=r"private address .*\(http://127\.0\.0\.1:\d+/away\.html went on to it"):
+        record(site / "away.html", tmp_path / "bad.mp4", opts(duration=2, fps=10, block_private_networks=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home.mp4", "site"]  # no output, no .part
 
 
