@@ -1256,12 +1256,12 @@ def _record_exact(
     send = direct.call if direct is not None else cdp.send
     limit = _DIRECT_SEEK_MS if direct is not None else ""  # through Playwright: no limit
     bound = options.timeout
-    prepared = page.url
+    prepared, asking = page.url, min(bound, 10.0)  # asking: how long a page that went on may take to answer
     with dog.step("before the first frame", bound):
         offset = page.evaluate("() => window.__assetprep.start()")  # virtual time spent getting ready
         if offset is None:  # the page went on while it was made ready
-            raise _went_on(page, prepared, None, bound) or RecordError(f"{page.url}: the page changed while it "
-                                                                       "was made ready")  # fmt: skip
+            raise _went_on(page, prepared, None, asking) or RecordError(f"{page.url}: the page changed while it "
+                                                                        "was made ready")  # fmt: skip
     fps = preset.fps
     jpeg = {"format": "jpeg", "quality": options.jpeg_quality, "optimizeForSpeed": True}
 
@@ -1325,10 +1325,12 @@ def _record_exact(
                 try:
                     flags = _flags(send("Runtime.evaluate", {"expression": step, "awaitPromise": True}), page.url, i)
                 except RecordError as exc:  # the document went away under the clock's call?
-                    raise _went_on(page, prepared, t, bound) or exc from None
+                    if dog.fired:  # no: the page hung and its browser is gone
+                        raise
+                    raise _went_on(page, prepared, t, asking) or exc from None
                 if flags & 4:  # the clock's call ran in a document the page went on to by itself
-                    raise _went_on(page, prepared, t, bound) or RecordError(f"{page.url}: the page changed at "
-                                                                            f"frame {i}")  # fmt: skip
+                    raise _went_on(page, prepared, t, asking) or RecordError(f"{page.url}: the page changed at "
+                                                                             f"frame {i}")  # fmt: skip
                 if flags & 1:  # seeks still going: Playwright's turn (see above); the answer keeps flag 2
                     flags = _flags(cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.settled()",
                                                                  "awaitPromise": True}), page.url, i)  # fmt: skip
@@ -1401,7 +1403,7 @@ def _went_on(page: Any, prepared: str, seconds: float | None, bound: float) -> P
                 return None
             break
         except PlaywrightError:  # a document going or coming: asked again
-            if time.monotonic() > end:
+            if time.monotonic() > end or page.is_closed():
                 return None
             time.sleep(0.05)
     url = page.url
