@@ -807,10 +807,9 @@ def _record_url(
             if not web:
                 raise RecordError(f"{went}, which is not a web address",
                                   hint="give the URL of the page to record") from None  # fmt: skip
-            if exc.url in seen or len(seen) > _MAX_HOPS:
-                again = "reloads itself" if exc.url == seen[-1] else "keeps going on to other pages"
-                raise RecordError(f"{redact_url(seen[0])} {again} while it is recorded ({went})",
-                                  hint="give the URL of the page it settles on") from None  # fmt: skip
+            if exc.url in seen or len(seen) > _MAX_HOPS:  # (a reload is _went_on's error)
+                raise RecordError(f"{redact_url(seen[0])} keeps going on to other pages while it is recorded "
+                                  f"({went})", hint="give the URL of the page it settles on") from None  # fmt: skip
             said.append(f"{went} (a redirect or refresh): recorded that page")
             seen.append(exc.url)
             url = exc.url
@@ -999,7 +998,7 @@ def _record_page(
                 )  # fmt: skip
             # A page that goes on by itself while it is made ready fails a call here ("Execution context was
             # destroyed"): _record_url records where it went.
-            with _following(page, dog, exact, min(bound, 10.0)):
+            with _following(page, dog, page.url, None, bound) if exact else contextlib.nullcontext():
                 with dog.step("while getting ready", bound + options.timeout):
                     if exact:  # the document made ready from here on (see _went_on)
                         page.evaluate("() => window.__assetprep && window.__assetprep.own()")
@@ -1256,12 +1255,11 @@ def _record_exact(
     send = direct.call if direct is not None else cdp.send
     limit = _DIRECT_SEEK_MS if direct is not None else ""  # through Playwright: no limit
     bound = options.timeout
-    prepared, asking = page.url, min(bound, 10.0)  # asking: how long a page that went on may take to answer
-    with dog.step("before the first frame", bound):
+    prepared = page.url
+    with dog.step("before the first frame", bound), _following(page, dog, prepared, None, bound):
         offset = page.evaluate("() => window.__assetprep.start()")  # virtual time spent getting ready
-        if offset is None:  # the page went on while it was made ready
-            raise _went_on(page, prepared, None, asking) or RecordError(f"{page.url}: the page changed while it "
-                                                                        "was made ready")  # fmt: skip
+        if offset is None:  # not the document made ready: _following finds where the page went
+            raise RecordError(f"{page.url}: the page changed while it was made ready")
     fps = preset.fps
     jpeg = {"format": "jpeg", "quality": options.jpeg_quality, "optimizeForSpeed": True}
 
@@ -1322,15 +1320,11 @@ def _record_exact(
             if cast is not None:
                 step = "window.__assetprep.damage(); " + step
             with dog.step(f"at frame {i}", min(bound, max(1.0, deadline - time.monotonic()))):
-                try:
+                # The document may go away under the clock's call, or the call may run in the one it went on to.
+                with _following(page, dog, prepared, t, bound):
                     flags = _flags(send("Runtime.evaluate", {"expression": step, "awaitPromise": True}), page.url, i)
-                except RecordError as exc:  # the document went away under the clock's call?
-                    if dog.fired:  # no: the page hung and its browser is gone
-                        raise
-                    raise _went_on(page, prepared, t, asking) or exc from None
-                if flags & 4:  # the clock's call ran in a document the page went on to by itself
-                    raise _went_on(page, prepared, t, asking) or RecordError(f"{page.url}: the page changed at "
-                                                                             f"frame {i}")  # fmt: skip
+                    if flags & 4:
+                        raise RecordError(f"{page.url}: the page changed at frame {i}")
                 if flags & 1:  # seeks still going: Playwright's turn (see above); the answer keeps flag 2
                     flags = _flags(cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.settled()",
                                                                  "awaitPromise": True}), page.url, i)  # fmt: skip
@@ -1373,29 +1367,33 @@ def _record_exact(
 
 
 @contextlib.contextmanager
-def _following(page: Any, dog: _Watchdog, exact: bool, bound: float) -> Iterator[None]:
-    """An error of the page's while it is made ready becomes PageNavigatedError if the page went on by itself."""
+def _following(page: Any, dog: _Watchdog, prepared: str, seconds: float | None, bound: float) -> Iterator[None]:
+    """An error of the page's, while it is made ready (`seconds` None) or `seconds` into the recording, becomes
+    PageNavigatedError if the page went on by itself from the document made ready (`prepared`, its URL); not once
+    the watchdog fired (the page hung and its browser is gone)."""
     from playwright.sync_api import Error as PlaywrightError
 
-    prepared = page.url
     try:
         yield
     except (PlaywrightError, RecordError) as exc:
-        if not exact or dog.fired or isinstance(exc, PageNavigatedError):
+        if dog.fired or isinstance(exc, PageNavigatedError):
             raise
-        went = _went_on(page, prepared, None, bound)
+        went = _went_on(page, prepared, seconds, bound)
         if went is None:
             raise
         raise went from None
 
 
+_ASKING_S = 10.0  # at most, for the document a page went on to to answer (_went_on)
+
+
 def _went_on(page: Any, prepared: str, seconds: float | None, bound: float) -> PageNavigatedError | None:
     """The page's own navigation away from the document made ready (`prepared`, its URL) `seconds` into the
     recording (None: before it), found by asking the document the page shows (TIME_SHIM's owned()) until it answers
-    (at most `bound` s); None if it is the same document."""
+    (at most `bound` s, and _ASKING_S); None if it is the same document."""
     from playwright.sync_api import Error as PlaywrightError
 
-    end = time.monotonic() + bound
+    end = time.monotonic() + min(bound, _ASKING_S)
     while True:
         try:
             page.wait_for_load_state("domcontentloaded", timeout=max(1.0, end - time.monotonic()) * 1000)
