@@ -5,8 +5,9 @@ photos, 3,000 elements) or examples/page.html (--page demo; continuously animate
 video duration and the bad frames found by decoding: missing frames (count below fps x duration) and duplicated
 frames (a decoded frame identical to the one before; in fast mode a still is panned, so a frame may legitimately
 repeat where the rounded scroll position holds at the turn), and the machine's CPU seconds per second of video with
-that over the cores (the floor: run on an otherwise idle machine, it is the recorder's own). Playwright's recorder
-needs its own ffmpeg build, which cannot be downloaded here: for this benchmark only, a temp
+that over the cores (the floor: run on an otherwise idle machine, it is the recorder's own); for exact mode also
+the frames' own rate (first frame to encoded file) apart from the fixed seconds before and after them. Playwright's
+recorder needs its own ffmpeg build, which cannot be downloaded here: for this benchmark only, a temp
 PLAYWRIGHT_BROWSERS_PATH links ffmpeg-<rev>/ffmpeg-linux to the OS ffmpeg. The frame-exact peer is timecut (npm,
 a virtual clock and a screenshot per frame through puppeteer), installed by this script into its temp folder with
 npm (skipped, and said, when npm or the registry is missing) and run on the OS headless shell at 720p30; it does not
@@ -214,6 +215,7 @@ def main() -> None:
         # weighs on all of them alike.
         walls: list[list[float]] = [[] for _ in range(len(runs) + 1)]
         cpus: list[list[float]] = [[] for _ in range(len(runs) + 1)]  # CPU seconds of the machine per run
+        loops: list[list[float]] = [[] for _ in runs]  # seconds from the first frame until the file was encoded
         bad: list[tuple[int, int, int]] = [(0, 0, 0)] * (len(runs) + 1)
         last: list[tuple[int, str]] = [(0, "")] * (len(runs) + 1)
         for _ in range(args.repeat):
@@ -223,6 +225,7 @@ def main() -> None:
                 result = record(page, out, options)
                 walls[k].append(time.perf_counter() - started)
                 cpus[k].append(busy_seconds() - busy)
+                loops[k].append(result.frames / result.capture_fps if result.capture_fps else 0.0)
                 frames, dups = frame_stats(out)
                 missing = max(0, round(options.duration * 30) - frames)
                 bad[k] = max(bad[k], (missing + dups, missing, dups))  # the worst run's bad frames
@@ -261,6 +264,13 @@ def main() -> None:
         per = statistics.median(cpu) / seconds
         print(f"{label:<38} {statistics.median(walls) / seconds:>12.2f}x {span:>13} {per:>6.2f} {per / cores:>5.2f}x "
               f"{frames:>7} {missing:>8} {dups:>11}  {capture}")  # fmt: skip
+    # The wall time above is the whole command: Playwright's driver, the browser, loading the page (and its video's
+    # copy), walking it for lazy content, then the frames. Said apart, so a change to either is seen as such.
+    for (label, options), loop, walls in zip(runs, loops, (r[1] for r in rows), strict=False):
+        if options.mode == "exact":
+            print(f"{label}: frames {statistics.median(loop) / options.duration:.2f}x real time (first frame to "
+                  f"encoded file), {statistics.median(w - f for w, f in zip(walls, loop, strict=True)):.1f} s "
+                  "before and after them")  # fmt: skip
     ours = rows[: len(runs)]
     for name, (_label, walls, *_rest) in zip(("the baseline", "timecut"), rows[len(runs) :], strict=False):
         base = statistics.median(walls) / s
