@@ -632,9 +632,14 @@ def test_a_page_that_goes_on_to_another_by_itself_is_recorded_where_it_went(tmp_
     frames = frames_rgb(out)
     assert len(frames) == 20 and all(is_blue(px(f, 640, 360)) for f in frames)  # home only, prepared, every frame
     hops = [w for w in result.warnings if "by itself" in w]
-    assert len(hops) == 2, result.warnings
-    assert re.search(r"meta\.html went on to \S+/splash\.html\?… by itself", hops[0]) and "s3cret" not in hops[0]
-    assert re.search(r"splash\.html\?… went on to \S+/home\.html by itself 0\.[56] s in", hops[1]), hops[1]
+    assert "s3cret" not in str(result.warnings)
+    if len(hops) == 2:  # the refresh (0.3 s of real time) came once the page was made ready
+        assert re.search(r"meta\.html went on to \S+/splash\.html\?… by itself", hops[0]), hops[0]
+        assert re.search(r"splash\.html\?… went on to \S+/home\.html by itself 0\.[56] s in", hops[1]), hops[1]
+    else:  # under load it came first, and the splash page was the one made ready (seen in a fresh clone)
+        assert len(hops) == 1 and re.search(r"meta\.html went on to \S+/home\.html by itself 0\.[56] s in", hops[0]), (
+            hops
+        )
 
     for name, said in (("reload.html", r"reload\.html reloads itself 0\.[56] s into the recording"),
                        ("ping.html", r"ping\.html keeps going on to other pages .*pong\.html went on to"),
