@@ -326,9 +326,48 @@ TIME_SHIM = r"""
       for (const cb of due) call(cb, [vt]);
       seek();
       drive(vt, false);
+      tickFrames(target);
     },
   };
   document.addEventListener("DOMContentLoaded", seek);
+  // Frames in the page (iframes: embedded players, maps, forms, review widgets, mostly of other origins) have clocks
+  // of their own, which nothing moved: their timers and animation frames never ran (a widget that shows itself
+  // after a timeout stayed blank, its animations stood still). Each frame's clock follows its parent's over a
+  // channel of their own (the pages' own message listeners see nothing of it): the parent's advance() moves its
+  // frames' clocks, and settled() waits until they have moved (at most 1 s). A frame's clock starts at 0 when time
+  // first reaches it, as its performance.now() starts at its own load in a visitor's browser.
+  const inner = new Map();  // a frame's window -> [port, ticks sent]
+  addEventListener("message", (e) => {
+    if (!e.data || e.data.__assetprep !== "frame" || !e.ports[0] || !e.source) return;
+    e.stopImmediatePropagation();
+    inner.set(e.source, [e.ports[0], 0]);  // a frame that loads another document sends a new port
+  }, true);
+  const tickFrames = (target) => {
+    for (const [win, entry] of inner) {
+      if (win.closed) {  // its iframe was removed
+        inner.delete(win);
+        continue;
+      }
+      const [port] = entry, n = ++entry[1];
+      seeking.push(new Promise((done) => {
+        port.onmessage = (e) => { if (e.data === n) done(); };
+        realTimeout(done, 1000);
+        port.postMessage([n, target]);
+      }));
+    }
+  };
+  if (window.parent !== window) {
+    const {port1, port2} = new MessageChannel();
+    let base = null;
+    port1.onmessage = (e) => {
+      const [n, target] = e.data;
+      if (base === null) base = target - vt;
+      ours = true;  // its parent is recorded
+      window.__assetprep.advance(target - base);
+      Promise.resolve(window.__assetprep.settled()).then(() => port1.postMessage(n));
+    };
+    try { window.parent.postMessage({__assetprep: "frame"}, "*", [port2]); } catch (e) {}
+  }
 })();
 """
 

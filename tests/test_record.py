@@ -45,6 +45,14 @@ def is_blue(p):
     return p[2] > 180 and p[0] < 60 and p[1] < 60
 
 
+def is_green(p):
+    return p[1] > 180 and p[0] < 60 and p[2] < 60
+
+
+def is_white(p):
+    return min(p) > 240
+
+
 def opts(**kw) -> RecordOptions:
     return RecordOptions(**{"preset": "background-720p", "timeout": 20, **kw})
 
@@ -970,6 +978,63 @@ def test_embedded_videos_follow_the_recording_clock(tmp_path):
     assert frames_rgb(runs[0]) == frames_rgb(runs[1]) and runs[0].read_bytes() == runs[1].read_bytes()
     for y in (180, 540):  # the first video, and the second below it
         assert_plays_at_1x(runs[0], 320, y)
+
+
+def test_frames_in_the_page_follow_the_recording_clock(tmp_path):
+    """Iframes (embedded players, maps, forms, widgets) have clocks of their own, which nothing moved: a frame's
+    timers and animation frames never ran, so a widget that shows itself after a timeout stayed blank and its
+    animations stood still (every frame red, the bar never drawn). Each frame's clock now follows its parent's, at
+    1x, drawn in the same frame, same-origin or not, nested too; a video in a frame plays at 1x; a frame removed
+    mid-recording is let go; two runs give the same bytes."""
+    site = tmp_path / "site"
+    site.mkdir()
+    segments_clip(site / "segments.webm")
+    # Red, then green after 0.2 s of its own clock; a blue bar 1 px wide per 5 ms of it (rAF).
+    (site / "child.html").write_text("""<body style="margin:0;background:#c80000">
+<div id="bar" style="position:absolute;left:0;top:100px;height:100px;width:0;background:#0000c8"></div><script>
+setTimeout(() => { document.body.style.background = "#00c800"; }, 200);
+const t0 = performance.now();
+requestAnimationFrame(function tick(now) {
+  document.getElementById("bar").style.width = Math.min(400, (now - t0) / 5) + "px";
+  requestAnimationFrame(tick);
+});</script></body>""")
+    (site / "nest.html").write_text('<body style="margin:0"><iframe src="child.html" style="border:0;width:400px;'
+                                    'height:200px"></iframe></body>')  # fmt: skip
+    (site / "video.html").write_text(
+        '<body style="margin:0;background:#000"><video src="segments.webm" autoplay muted'
+        ' loop style="width:320px;height:240px;display:block"></video></body>'
+    )
+    frame = "position:absolute;border:0;width:400px;height:200px;top:{top}px;left:{left}px"
+    (site / "index.html").write_text(f"""<body style="margin:0;background:#fff">
+<iframe src="child.html" style="{frame.format(top=0, left=0)}"></iframe>
+<iframe id="other" style="{frame.format(top=0, left=440)}"></iframe>
+<iframe id="nested" style="{frame.format(top=0, left=880)}"></iframe>
+<iframe id="video" style="{frame.format(top=300, left=0)};width:320px;height:240px"></iframe>
+<iframe id="gone" src="child.html" style="{frame.format(top=300, left=440)}"></iframe>
+<script>
+const other = "http://localhost:" + location.port + "/";  // another origin (Chromium: another process)
+document.getElementById("other").src = other + "child.html";
+document.getElementById("nested").src = other + "nest.html";
+document.getElementById("video").src = other + "video.html";
+setTimeout(() => document.getElementById("gone").remove(), 1000);
+</script></body>""")
+    runs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for out in runs:
+        record(site, out, opts(duration=3, fps=10, scroll="none"))
+    frames = frames_rgb(runs[0])
+    assert len(frames) == 30 and frames == frames_rgb(runs[1]) and runs[0].read_bytes() == runs[1].read_bytes()
+
+    def bar(f: bytes, left: int) -> int:
+        return sum(is_blue(px(f, x, 150)) for x in range(left, left + 400))
+
+    for left in (0, 440, 880):  # same origin, another origin, nested in another origin's frame
+        assert is_red(px(frames[0], left + 200, 50)), left
+        assert all(is_green(px(f, left + 200, 50)) for f in frames[2:]), left  # its 0.2 s timer ran, on frame 2
+        widths = [bar(f, left) for f in frames]
+        assert widths[:21] == [20 * i for i in range(21)] and set(widths[21:]) == {400}, (left, widths)  # 1x
+    assert_plays_at_1x(runs[0], 160, 420)
+    gone = [px(f, 640, 350) for f in frames]  # the removed frame's place: red/green, then the page's white
+    assert not is_white(gone[5]) and all(is_white(p) for p in gone[11:]), gone
 
 
 def test_a_copys_byte_ranges_asked_for_mid_recording_are_answered_in_time(tmp_path, monkeypatch):
