@@ -1037,6 +1037,29 @@ setTimeout(() => document.getElementById("gone").remove(), 1000);
     assert not is_white(gone[5]) and all(is_white(p) for p in gone[11:]), gone
 
 
+def test_svg_animations_follow_the_recording_clock(tmp_path):
+    """SVG's own animations (SMIL <animate>: spinners, animated logos) ran in real time, on their <svg>'s timeline,
+    which document.getAnimations() does not list: a bar moving 100 px/s stood 25, 26 and 27 px in on frame 0 of
+    three runs. Now each timeline follows the clock from when it is seen: exactly 10 px a frame at 10 fps, from 0,
+    and an <svg> added 1 s in starts then."""
+    bar = ('<svg width="1280" height="100" style="display:block"><rect x="0" y="0" width="20" height="100" '
+           'fill="#fff"><animate attributeName="x" from="0" to="1000" dur="10s" repeatCount="indefinite"/></rect>'
+           "</svg>")  # fmt: skip
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(f"""<body style="margin:0;background:#000">{bar}<div id="later"></div><script>
+setTimeout(() => {{ document.getElementById("later").innerHTML = '{bar}'; }}, 1000);</script></body>""")
+    out = tmp_path / "smil.mp4"
+    record(site, out, opts(duration=3, fps=10, scroll="none"))
+    frames = frames_rgb(out)
+
+    def left(f: bytes, y: int) -> int | None:
+        return next((x for x in range(W) if min(px(f, x, y)) > 200), None)
+
+    assert [left(f, 50) for f in frames] == [10 * i for i in range(30)]
+    assert [left(f, 150) for f in frames] == [None] * 10 + [10 * i for i in range(20)]
+
+
 def test_a_copys_byte_ranges_asked_for_mid_recording_are_answered_in_time(tmp_path, monkeypatch):
     """The clock moves over the recorder's own connection, but the byte ranges of a page video's copy are answered
     by Playwright, only while it is called. Copies answered 16 KB at a time make the browser ask for ranges while
