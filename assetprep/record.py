@@ -182,6 +182,9 @@ TIME_SHIM = r"""
     (name) => document.getElementsByTagNameNS("http://www.w3.org/2000/svg", name));
   const seek = () => {
     for (const a of document.getAnimations()) {
+      // Scroll-driven animations (animation-timeline: scroll() / view(): reading-progress bars, parallax) follow
+      // the scroll, which each frame sets: held, they stood where the page was walked for lazy content.
+      if (a.timeline && a.timeline !== document.timeline) continue;
       if (!starts.has(a)) starts.set(a, vt);
       try { a.pause(); a.currentTime = vt - starts.get(a); } catch (e) {}
     }
@@ -398,6 +401,7 @@ _AHEAD_JS = "window.__assetprep.ahead({t:.4f})"
 # Seconds until the page's finite animations and transitions end. Exact mode's clock holds them paused at virtual
 # time, so "paused" counts as playing here.
 _INTRO_JS = """() => Math.max(0, ...document.getAnimations().map(a => {
+  if (a.timeline && a.timeline !== document.timeline) return 0;  // scroll-driven: no time to wait for
   const t = a.effect && a.effect.getComputedTiming();
   if (!t || !isFinite(t.endTime) || a.playState === "finished" || a.playState === "idle") return 0;
   return (t.endTime - (t.localTime || 0)) / 1000;

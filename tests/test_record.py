@@ -1060,6 +1060,34 @@ setTimeout(() => {{ document.getElementById("later").innerHTML = '{bar}'; }}, 10
     assert [left(f, 150) for f in frames] == [None] * 10 + [10 * i for i in range(20)]
 
 
+def test_scroll_driven_animations_follow_the_scroll(tmp_path):
+    """CSS scroll-driven animations (animation-timeline: scroll() for reading-progress bars, view() for reveals) were
+    held like time-based ones: the bar stood at 168 px, where the page had been walked for lazy content, in every
+    frame. Now they follow each frame's scroll: the bar is scroll / max scroll of the width, there and back."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("""<!doctype html><html><head><style>
+body { margin: 0; height: 5000px; background: #000; }
+#bar { position: fixed; left: 0; top: 0; width: 1280px; height: 50px; background: #fff; transform-origin: 0 0;
+       animation: grow linear both; animation-timeline: scroll(root); }
+@keyframes grow { from { transform: scaleX(0); } to { transform: scaleX(1); } }
+#box { position: absolute; left: 0; top: 900px; width: 1280px; height: 200px; animation: reveal linear both;
+       animation-timeline: view(); animation-range: entry; }
+@keyframes reveal { from { background: #000; } to { background: #fff; } }
+</style></head><body><div id="bar"></div><div id="box"></div></body></html>""")
+    out = tmp_path / "progress.mp4"
+    result = record(site, out, opts(duration=4, fps=10, scroll="smooth", scroll_depth="bottom"))
+    frames = frames_rgb(out)
+    widths = [sum(min(px(f, x, 25)) > 128 for x in range(W)) for f in frames]
+    deepest = widths.index(max(widths))
+    assert abs(max(widths) - result.scroll_reached * W / result.max_scroll) <= 2, (widths, result.scroll_reached)
+    assert widths[0] == widths[-1] == 0 and len(set(widths)) > 10, widths
+    assert widths[: deepest + 1] == sorted(widths[: deepest + 1]), widths  # out with the scroll, and back
+    # The box entered the viewport (scroll 180-380 px) on the way down: black to white with it.
+    box = min(px(frames[deepest], 640, 900 + 100 - result.scroll_reached))
+    assert result.scroll_reached >= 380 and box > 240, (result.scroll_reached, box)
+
+
 def test_a_copys_byte_ranges_asked_for_mid_recording_are_answered_in_time(tmp_path, monkeypatch):
     """The clock moves over the recorder's own connection, but the byte ranges of a page video's copy are answered
     by Playwright, only while it is called. Copies answered 16 KB at a time make the browser ask for ranges while
