@@ -269,12 +269,34 @@ TIME_SHIM = r"""
       if (Math.abs(el.currentTime - t) > 1e-4) seeking.push(seekMedia(el, t));
     }
   };
+  // What the recording scrolls: the document, or on an app-like page that fixes <html> and <body> to the viewport
+  // and scrolls a container of its own (`#app { height: 100vh; overflow-y: auto }`), that container: the largest
+  // element that scrolls, at least half the viewport each way. Such a page had been recorded without scrolling
+  // ("not taller than the viewport"). Chosen when the page is measured.
+  let box = null;
+  const scrolled = () => (box ? box.scrollTop : window.scrollY);
   window.__assetprep = {
     now: () => vt,
+    // Page height and viewport height (px); a container's height is what it scrolls over plus the viewport's.
+    measure() {
+      const doc = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
+      box = null;
+      if (doc > innerHeight + 1) return [doc, innerHeight];
+      let area = 0;
+      for (const el of document.querySelectorAll("*")) {
+        if (el.scrollHeight <= el.clientHeight + 1 || el.clientHeight < innerHeight / 2 ||
+            el.clientWidth < innerWidth / 2) continue;
+        if (!/^(auto|scroll|overlay)$/.test(getComputedStyle(el).overflowY)) continue;
+        if (el.clientWidth * el.clientHeight > area) [box, area] = [el, el.clientWidth * el.clientHeight];
+      }
+      return box ? [box.scrollHeight - box.clientHeight + innerHeight, innerHeight] : [doc, innerHeight];
+    },
+    scroll(y) { if (box) box.scrollTop = y; else window.scrollTo(0, y); },
+    scrolled,
     // Videos the clock plays above `bottom` (px) that cannot show a frame yet: no data, no error, a source.
     unready: (bottom) => [...document.querySelectorAll("video")].filter((el) =>
       (driven.has(el) || (el.autoplay && !stopped.has(el))) && el.readyState < 2 && !el.error &&
-      el.networkState !== 3 && el.getBoundingClientRect().top + window.scrollY <= bottom).length,
+      el.networkState !== 3 && el.getBoundingClientRect().top + scrolled() <= bottom).length,
     // Before the first frame: the media the clock plays start from it. Each started when its duration became known,
     // at whichever of the preparation's clock steps that fell in: the bench's hero was at 0 s in one run, 2 s in
     // the next. Returns the clock.
@@ -393,7 +415,7 @@ TIME_SHIM = r"""
 """
 
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
-_FRAME_JS = "window.scrollTo(0, {y}); window.__assetprep.advance({t:.4f}); window.__assetprep.settled({limit})"
+_FRAME_JS = "window.__assetprep.scroll({y}); window.__assetprep.advance({t:.4f}); window.__assetprep.settled({limit})"
 # Over the recorder's own connection the clock's call waits at most this long (ms) for the frame's video seeks: a
 # seek may wait for a byte range of a page video's copy, which only Playwright answers, and only while it is called.
 _DIRECT_SEEK_MS = 50
@@ -409,9 +431,12 @@ _INTRO_JS = """() => Math.max(0, ...document.getAnimations().map(a => {
 # Content the scroll will show, loaded before the first frame: lazy images (loading=lazy, IntersectionObserver
 # scripts) load when they near the viewport, so the page is walked through once; then images and fonts are waited
 # for (`complete` is true for a broken image too: a 404 is not waited for).
-_LOADED_JS = """(bottom) => document.fonts.status === "loaded" && [...document.images].every(
-  img => img.getBoundingClientRect().top + window.scrollY > bottom || img.complete)"""
-_MEASURE_JS = """() => [Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),
+_LOADED_JS = """(bottom) => document.fonts.status === "loaded" && [...document.images].every(img =>
+  img.getBoundingClientRect().top + (window.__assetprep ? window.__assetprep.scrolled() : window.scrollY) > bottom ||
+  img.complete)"""
+# Exact mode may scroll a container (TIME_SHIM's measure()); fast mode's full-page shot shows the document only.
+_MEASURE_JS = """() => window.__assetprep ? window.__assetprep.measure() :
+  [Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),
                       window.innerHeight]"""
 
 
@@ -1255,7 +1280,8 @@ def _prime(page: Any, cdp: Any, points: list[tuple[float, float]], capture: Capt
 
     def tick(y: float, ms: float = 100) -> None:
         clock = f"window.__assetprep && window.__assetprep.advance(window.__assetprep.now() + {ms}); "  # fast: none
-        cdp.send("Runtime.evaluate", {"expression": f"{clock}window.scrollTo(0, {round(y)})"})
+        scroll = f"window.__assetprep ? window.__assetprep.scroll({round(y)}) : window.scrollTo(0, {round(y)})"
+        cdp.send("Runtime.evaluate", {"expression": f"{clock}{scroll}"})
         if capture == "beginframe":
             cdp.send("HeadlessExperimental.beginFrame", {"interval": ms, "noDisplayUpdates": False})
         else:

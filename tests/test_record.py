@@ -1088,6 +1088,44 @@ body { margin: 0; height: 5000px; background: #000; }
     assert result.scroll_reached >= 380 and box > 240, (result.scroll_reached, box)
 
 
+def test_an_app_like_page_that_scrolls_a_container_of_its_own_is_scrolled(tmp_path):
+    """Pages that fix <html> and <body> to the viewport and scroll a container (`#app { height: 100vh; overflow-y:
+    auto }`) were recorded without scrolling ("the page is not taller than the viewport"). Now the container is
+    what the recording scrolls, and what its scroll shows is loaded first (a lazy image in it)."""
+    import colorsys
+
+    site = tmp_path / "site"
+    site.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=blue:s=200x100", "-frames:v", "1",
+                    str(site / "photo.png")], check=True, timeout=60)  # fmt: skip
+    bands = "".join(f'<div style="height:200px;background:hsl({i * 25},70%,50%)"></div>' for i in range(30))
+    (site / "index.html").write_text(f"""<!doctype html><html><head><style>
+html, body {{ margin: 0; height: 100%; overflow: hidden; }}
+#app {{ position: relative; height: 100vh; overflow-y: auto; }}
+img {{ position: absolute; left: 540px; top: 1000px; width: 200px; height: 100px; }}
+</style></head><body><div id="app">{bands}<img src="photo.png" loading="lazy"></div></body></html>""")
+    out = tmp_path / "app.mp4"
+    result = record(site, out, opts(duration=4, fps=10, scroll="smooth", scroll_depth="bottom"))
+    assert result.max_scroll == 30 * 200 - H and result.scroll_reached > 500, (result.max_scroll, result.scroll_reached)
+    assert not [w for w in result.warnings if "not taller" in w or "did not load" in w], result.warnings
+    frames = frames_rgb(out)
+    # Where the lazy image's top is in each frame (it sits at 1000 px in the container): the container's scroll.
+    tops = [next((y for y in range(H) if is_blue(px(f, 640, y))), None) for f in frames]
+    seen = [i for i, top in enumerate(tops) if top is not None]  # loaded: blue, not blank, once scrolled to
+    assert seen and tops[0] is None and tops[-1] is None, tops
+    deepest = min(seen, key=lambda i: tops[i])
+    assert abs((1000 - tops[deepest]) - result.scroll_reached) <= 1, (tops, result.scroll_reached)
+
+    def band(i: int) -> tuple[int, int, int]:
+        return tuple(round(c * 255) for c in colorsys.hls_to_rgb(i * 25 / 360, 0.5, 0.7))
+
+    def near(p, q) -> bool:
+        return max(abs(a - b) for a, b in zip(p, q, strict=True)) <= 8
+
+    assert near(px(frames[0], 20, 10), band(0)) and near(px(frames[-1], 20, 10), band(0))  # from the top, and back
+    assert near(px(frames[deepest], 20, 10), band(result.scroll_reached // 200)), px(frames[deepest], 20, 10)
+
+
 def test_a_copys_byte_ranges_asked_for_mid_recording_are_answered_in_time(tmp_path, monkeypatch):
     """The clock moves over the recorder's own connection, but the byte ranges of a page video's copy are answered
     by Playwright, only while it is called. Copies answered 16 KB at a time make the browser ask for ranges while
