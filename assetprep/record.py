@@ -210,6 +210,20 @@ TIME_SHIM = r"""
   // driven: element -> [vt at its start, its time then]; held: paused by the clock at least once
   const driven = new Map(), stopped = new WeakSet(), held = new WeakSet();
   const media = HTMLMediaElement.prototype, realPause = media.pause;
+  // Media inside web components (a hero <video autoplay> in a custom element's shadow root) is out of reach of
+  // document.querySelectorAll: it played on its own, in real time, differently each run. Shadow roots the page
+  // makes are kept (closed ones too), and searched with the document.
+  const shadows = [], realAttach = Element.prototype.attachShadow;
+  Element.prototype.attachShadow = function (...args) {
+    const root = realAttach.apply(this, args);
+    shadows.push(root);
+    return root;
+  };
+  const everywhere = (selector) => {
+    const found = [...document.querySelectorAll(selector)];
+    for (const root of shadows) if (root.host.isConnected) found.push(...root.querySelectorAll(selector));
+    return found;
+  };
   media.play = function () {
     stopped.delete(this);
     if (!driven.has(this)) driven.set(this, [vt, this.currentTime || 0]);
@@ -238,7 +252,7 @@ TIME_SHIM = r"""
   // `at`: the time to show, vt or (ahead) the next frame's, sought while this frame's picture is on its way.
   const drive = (at, ahead) => {
     if (!ahead) {
-      for (const el of document.querySelectorAll("video[autoplay], audio[autoplay]")) {
+      for (const el of everywhere("video[autoplay], audio[autoplay]")) {
         if (!driven.has(el) && !stopped.has(el)) driven.set(el, [vt, 0]);
       }
     }
@@ -294,7 +308,7 @@ TIME_SHIM = r"""
     scroll(y) { if (box) box.scrollTop = y; else window.scrollTo(0, y); },
     scrolled,
     // Videos the clock plays above `bottom` (px) that cannot show a frame yet: no data, no error, a source.
-    unready: (bottom) => [...document.querySelectorAll("video")].filter((el) =>
+    unready: (bottom) => everywhere("video").filter((el) =>
       (driven.has(el) || (el.autoplay && !stopped.has(el))) && el.readyState < 2 && !el.error &&
       el.networkState !== 3 && el.getBoundingClientRect().top + scrolled() <= bottom).length,
     // Before the first frame: the media the clock plays start from it. Each started when its duration became known,

@@ -1126,6 +1126,31 @@ img {{ position: absolute; left: 540px; top: 1000px; width: 200px; height: 100px
     assert near(px(frames[deepest], 20, 10), band(result.scroll_reached // 200)), px(frames[deepest], 20, 10)
 
 
+def test_videos_inside_web_components_follow_the_recording_clock(tmp_path, caplog):
+    """A hero <video autoplay> inside a custom element's shadow root was out of reach of the clock: it played on its
+    own, in real time (15 frames of red, then green, in one run; 4 of each colour in another). Videos in open and
+    closed shadow roots now play at 1x, the same in every run, and frame 0 is taken by screencast, not a second take
+    with a screenshot per frame (its first, uncaptured draw may have nothing new to draw: 2 runs of 5 had been
+    recorded twice)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    segments_clip(site / "segments.webm")
+    video = '<video src="segments.webm" autoplay muted loop style="width:320px;height:240px;display:block"></video>'
+    (site / "index.html").write_text(f"""<body style="margin:0;background:#000">
+<hero-video mode="open"></hero-video><hero-video mode="closed"></hero-video><script>
+customElements.define("hero-video", class extends HTMLElement {{
+  connectedCallback() {{ this.attachShadow({{mode: this.getAttribute("mode")}}).innerHTML = '{video}'; }}
+}});</script></body>""")
+    runs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    with caplog.at_level("WARNING", logger="assetprep"):
+        for out in runs:
+            record(site, out, opts(duration=3, fps=10, scroll="none"))
+    assert runs[0].read_bytes() == runs[1].read_bytes()
+    for y in (120, 360):  # open, then closed
+        assert_plays_at_1x(runs[0], 160, y)
+    assert "screenshot per frame" not in caplog.text
+
+
 def test_a_copys_byte_ranges_asked_for_mid_recording_are_answered_in_time(tmp_path, monkeypatch):
     """The clock moves over the recorder's own connection, but the byte ranges of a page video's copy are answered
     by Playwright, only while it is called. Copies answered 16 KB at a time make the browser ask for ranges while
