@@ -235,7 +235,7 @@ class Screencast:
                     if n not in self._pictures:
                         break
                     self._last = self._pictures.pop(n)
-                elif self._last is None:
+                elif self._last is None and keep:  # one not kept needs none (frame 0's first draw may have no damage)
                     raise FrameLostError("the first frame drawn had no picture")
                 self._draws.popleft()
                 if keep:
