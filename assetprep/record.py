@@ -1274,13 +1274,27 @@ PRIME_SECONDS = 10.0  # at most, walking the page and waiting for its images and
 
 
 def _videos_ready(page: Any, bottom: float, seconds: float) -> bool:
-    """Wait (at most `seconds`) until every video the clock plays down to `bottom` px can show a frame."""
+    """Wait (at most `seconds`) until every video the clock plays down to `bottom` px can show a frame: the page's
+    and those in its frames (an embedded player) that begin above `bottom`."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    def unready() -> int:
+        count = int(page.evaluate("(b) => window.__assetprep.unready(b)", bottom))
+        for frame in page.frames[1:]:
+            try:  # the top document is at its top here: the box is where the frame is in it
+                box = frame.frame_element().bounding_box()
+                if box is not None and box["y"] <= bottom:
+                    count += int(frame.evaluate("() => window.__assetprep ? window.__assetprep.unready(1e9) : 0"))
+            except PlaywrightError:  # gone or navigating meanwhile: its next document is asked next time
+                continue
+        return count
+
     end = time.monotonic() + seconds
-    while not (ready := page.evaluate("(b) => window.__assetprep.unready(b) === 0", bottom)):
+    while not (ready := unready() == 0):
         if time.monotonic() > end:
             break
         time.sleep(0.05)
-    return bool(ready)
+    return ready
 
 
 def _prime(page: Any, cdp: Any, points: list[tuple[float, float]], capture: Capture, view_h: int,

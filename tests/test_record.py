@@ -1223,10 +1223,12 @@ def test_a_page_video_copy_is_all_keyframes_within_the_viewport_in_the_sources_c
     assert [k.rstrip(",") for k in keys] == ["1"] * 20  # 2 s at the recording's 10 fps, every one a keyframe
 
 
-def test_a_video_whose_data_comes_late_is_waited_for_and_starts_on_the_first_frame(tmp_path):
+@pytest.mark.parametrize("framed", ["page", "same-origin", "cross-origin"])
+def test_a_video_whose_data_comes_late_is_waited_for_and_starts_on_the_first_frame(tmp_path, framed):
     """The clock starts a video once it has data: one that came after the first frame started later, so reruns
     differed (seen: the two-video test, frame 0). A media element holds the load event, but that wait is bounded
-    by the timeout; the recording now also waits for the page's videos (as long again, at most 10 s)."""
+    by the timeout; the recording now also waits for the page's videos (as long again, at most 10 s), and for
+    those of its frames (an embedded player: its first frames had been black)."""
     clip = tmp_path / "segments.webm"
     segments_clip(clip)
     data = clip.read_bytes()
@@ -1234,6 +1236,11 @@ def test_a_video_whose_data_comes_late_is_waited_for_and_starts_on_the_first_fra
             b'style="width:640px;height:360px;display:block"></video></body>')  # fmt: skip
 
     def answer(path, headers):
+        if framed != "page" and path == "/":
+            port = headers["Host"].rpartition(":")[2]
+            src = f"//localhost:{port}/player" if framed == "cross-origin" else "/player"
+            return 200, {}, (f'<body style="margin:0;background:#000"><iframe src="{src}" style="border:0;'
+                             f'width:640px;height:360px;display:block"></iframe></body>').encode()  # fmt: skip
         if not path.startswith("/clip"):  # no video suffix: the browser loads it itself, as it comes
             return 200, {}, page
         time.sleep(3)  # past the 2 s the load event is waited for
