@@ -212,13 +212,23 @@ TIME_SHIM = r"""
   const media = HTMLMediaElement.prototype, realPause = media.pause;
   // Media inside web components (a hero <video autoplay> in a custom element's shadow root) is out of reach of
   // document.querySelectorAll: it played on its own, in real time, differently each run. Shadow roots the page
-  // makes are kept (closed ones too), and searched with the document.
-  const shadows = [], realAttach = Element.prototype.attachShadow;
+  // makes are kept (closed ones too), and searched with the document; so are the open ones its HTML declares
+  // (<template shadowrootmode="open">: server-rendered components), which the parser attaches without a call.
+  const shadows = new Set(), realAttach = Element.prototype.attachShadow;
   Element.prototype.attachShadow = function (...args) {
     const root = realAttach.apply(this, args);
-    shadows.push(root);
+    shadows.add(root);
     return root;
   };
+  const declared = (root) => {
+    for (const el of root.querySelectorAll("*")) {
+      if (el.shadowRoot && !shadows.has(el.shadowRoot)) {
+        shadows.add(el.shadowRoot);
+        declared(el.shadowRoot);
+      }
+    }
+  };
+  document.addEventListener("DOMContentLoaded", () => declared(document));
   const everywhere = (selector) => {
     const found = [...document.querySelectorAll(selector)];
     for (const root of shadows) if (root.host.isConnected) found.push(...root.querySelectorAll(selector));

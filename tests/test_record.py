@@ -1131,13 +1131,14 @@ def test_videos_inside_web_components_follow_the_recording_clock(tmp_path, caplo
     own, in real time (15 frames of red, then green, in one run; 4 of each colour in another). Videos in open and
     closed shadow roots now play at 1x, the same in every run, and frame 0 is taken by screencast, not a second take
     with a screenshot per frame (its first, uncaptured draw may have nothing new to draw: 2 runs of 5 had been
-    recorded twice)."""
+    recorded twice). Open shadow roots the HTML declares (server-rendered components) are driven too."""
     site = tmp_path / "site"
     site.mkdir()
     segments_clip(site / "segments.webm")
     video = '<video src="segments.webm" autoplay muted loop style="width:320px;height:240px;display:block"></video>'
     (site / "index.html").write_text(f"""<body style="margin:0;background:#000">
-<hero-video mode="open"></hero-video><hero-video mode="closed"></hero-video><script>
+<hero-video mode="open"></hero-video><hero-video mode="closed"></hero-video>
+<div><template shadowrootmode="open">{video}</template></div><script>
 customElements.define("hero-video", class extends HTMLElement {{
   connectedCallback() {{ this.attachShadow({{mode: this.getAttribute("mode")}}).innerHTML = '{video}'; }}
 }});</script></body>""")
@@ -1146,7 +1147,7 @@ customElements.define("hero-video", class extends HTMLElement {{
         for out in runs:
             record(site, out, opts(duration=3, fps=10, scroll="none"))
     assert runs[0].read_bytes() == runs[1].read_bytes()
-    for y in (120, 360):  # open, then closed
+    for y in (120, 360, 600):  # open, closed, declared in the HTML
         assert_plays_at_1x(runs[0], 160, y)
     assert "screenshot per frame" not in caplog.text
 
