@@ -1167,6 +1167,11 @@ def _record_page(
             if profile is not None:
                 shutil.rmtree(profile, ignore_errors=True)
         page_videos = sum(copy is not None for copy in videos.copies.values()) if videos else 0
+        if videos and videos.late:
+            warnings.append(f"{len(videos.late)} video(s) of the page could not be copied for exact seeking within "
+                            f"{videos.budget:g} s (a busy machine or a slow server), first "
+                            f"{redact_url(videos.late[0])}: played as they are, they may differ between reruns; a "
+                            "longer page timeout gives them more time")  # fmt: skip
         if blocked:
             warnings.append(f"blocked {len(blocked)} request(s) to private addresses, first {blocked[0]}")
         missing = [m for m in missing if not m.split(" (")[0].endswith("/favicon.ico")]

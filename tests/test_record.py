@@ -1259,6 +1259,30 @@ def test_a_video_whose_data_comes_late_is_waited_for_and_starts_on_the_first_fra
     assert_plays_at_1x(out, 320, 180)
 
 
+def test_a_page_video_whose_copy_runs_out_of_time_plays_as_it_is_and_says_so(tmp_path, monkeypatch):
+    """Whether a page video gets its all-keyframe copy depended on timing: beside a busy recording the copy of a
+    4 s detailed clip took over the 10 s budget (5.9 s of CPU instead of 0.9), so one run of a pair played the
+    original and the two differed from frame 0 on, silently. Here the copy's ffmpeg never finishes: the budget
+    (half the 4 s timeout) ends it, the video plays as it is, and the result says which video and why."""
+    real = shutil.which("ffmpeg")
+    wrapper = tmp_path / "ffmpeg"  # the real ffmpeg, except for the copy (written to intraN.webm): it never ends
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *intra*.webm*) exec sleep 60;; esac\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("FFMPEG", str(wrapper))
+    site = tmp_path / "site"
+    site.mkdir()
+    segments_clip(site / "hero.webm")
+    (site / "index.html").write_text('<body style="margin:0;background:#000"><video src="hero.webm" autoplay muted '
+                                     'loop style="width:640px;height:360px;display:block"></video></body>')  # fmt: skip
+    out = tmp_path / "out.mp4"
+    started = time.monotonic()
+    result = record(site, out, opts(duration=1, fps=10, scroll="none", timeout=4))
+    assert time.monotonic() - started < 20
+    late = [w for w in result.warnings if "could not be copied for exact seeking within 2 s" in w]
+    assert result.page_videos == 0 and len(late) == 1 and "/hero.webm" in late[0], result.warnings
+    assert is_red(px(frames_rgb(out)[0], 320, 180))  # the original plays, from its start
+
+
 def test_a_video_that_plays_while_the_page_gets_ready_starts_on_the_first_frame_and_returns_at_its_time(tmp_path):
     """The clock moves while the page gets ready (polling --wait-for, walking it for lazy content: 2 s and more). A
     video it started on the way was that far in on frame 0, how far depending on when its data came (the bench's
