@@ -153,6 +153,14 @@ TIME_SHIM = r"""
   VDate.parse = RealDate.parse;
   VDate.UTC = RealDate.UTC;
   window.Date = VDate;
+  // Intl's formatters take the real "now" when given no date (a live clock: "10:04:31"): the clock's instead.
+  const dtf = Intl.DateTimeFormat.prototype, realFormat = Object.getOwnPropertyDescriptor(dtf, "format").get;
+  const realParts = dtf.formatToParts;
+  Object.defineProperty(dtf, "format", {configurable: true, get() {
+    const format = realFormat.call(this);
+    return (date) => format(date === undefined ? epoch + vt : date);
+  }});
+  dtf.formatToParts = function (date) { return realParts.call(this, date === undefined ? epoch + vt : date); };
   performance.now = () => vt;
   // Seeded Math.random (mulberry32): a page that draws random numbers looks the same in every run.
   let seed = 0x2545F491;

@@ -191,6 +191,23 @@ def test_math_random_is_seeded(site, tmp_path):
     assert px(fa[0], 100, 100) != px(fa[1], 100, 100)  # yet each frame drew new ones
 
 
+def test_intl_formats_the_recording_clocks_now(tmp_path):
+    """Intl's date formatters, given no date, took the real "now" while Date had the clock's: a live clock widget
+    ("10:04:31.250") showed run-dependent times. Each frame the page formats "now" both ways; green when they agree."""
+    page = tmp_path / "clock.html"
+    page.write_text("""<body style="margin:0"><script>
+const f = new Intl.DateTimeFormat("en", {timeZone: "UTC", hour12: false, hour: "2-digit", minute: "2-digit",
+                                         second: "2-digit", fractionalSecondDigits: 3});
+requestAnimationFrame(function tick() {
+  const expected = f.format(new Date()), parts = f.formatToParts().map((p) => p.value).join("");
+  document.body.style.background = f.format() === expected && parts === expected ? "#00ff00" : "#ff0000";
+  requestAnimationFrame(tick);
+});</script></body>""")
+    result = record(page, tmp_path / "clock.mp4", opts(duration=1, fps=10, scroll="none"))
+    colours = [px(f, 640, 360) for f in frames_rgb(result.output)]
+    assert len(colours) == 10 and all(c[1] > 200 and c[0] < 60 for c in colours), colours
+
+
 def test_infinite_scroll_is_capped(site, tmp_path):
     # A readable scroll goes nowhere near 20000 px in 1 s: keyframes (not capped) get there in the last frame.
     result = record(f"{site}/infinite.html", tmp_path / "i.mp4", opts(duration=1, fps=10, scroll="smooth",
