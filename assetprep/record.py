@@ -1305,7 +1305,11 @@ def _videos_ready(page: Any, bottom: float, seconds: float) -> bool:
         count = int(page.evaluate("(b) => window.__assetprep.unready(b)", bottom))
         for frame in page.frames[1:]:
             try:  # the top document is at its top here: the box is where the frame is in it
-                box = frame.frame_element().bounding_box()
+                element = frame.frame_element()  # a handle the page keeps until disposed: one per frame and poll
+                try:
+                    box = element.bounding_box()
+                finally:
+                    element.dispose()
                 if box is not None and box["y"] <= bottom:
                     count += int(frame.evaluate("() => window.__assetprep ? window.__assetprep.unready(1e9) : 0"))
             except PlaywrightError:  # gone or navigating meanwhile: its next document is asked next time
