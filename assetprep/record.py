@@ -163,13 +163,36 @@ TIME_SHIM = r"""
   dtf.formatToParts = function (date) { return realParts.call(this, date === undefined ? epoch + vt : date); };
   performance.now = () => vt;
   // Seeded Math.random (mulberry32): a page that draws random numbers looks the same in every run.
-  let seed = 0x2545F491;
-  Math.random = () => {
+  const mulberry = (seed) => () => {
     seed = (seed + 0x6D2B79F5) | 0;
     let r = Math.imul(seed ^ (seed >>> 15), 1 | seed);
     r = (r + Math.imul(r ^ (r >>> 7), 61 | r)) ^ r;
-    return ((r ^ (r >>> 14)) >>> 0) / 4294967296;
+    return (r ^ (r >>> 14)) >>> 0;
   };
+  const draw = mulberry(0x2545F491);
+  Math.random = () => draw() / 4294967296;
+  // crypto's random bytes too (particle effects, generated ids shown on the page: reruns differed), from a
+  // generator of their own so Math.random's numbers stay what they were. The real call still checks the array
+  // (integer type, at most 65,536 bytes) and throws as it does.
+  const bytes = mulberry(0x6A09E667), C = window.Crypto && Crypto.prototype;
+  if (C && C.getRandomValues) {
+    const realValues = C.getRandomValues;
+    C.getRandomValues = function (array) {
+      const out = realValues.call(this, array);
+      const view = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+      for (let i = 0; i < view.length; i++) view[i] = bytes() & 255;
+      return out;
+    };
+    if (C.randomUUID) {  // secure contexts only
+      C.randomUUID = function () {
+        const b = this.getRandomValues(new Uint8Array(16)), hex = [];
+        b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;  // version 4, RFC 4122 variant
+        for (const x of b) hex.push(x.toString(16).padStart(2, "0"));
+        const h = hex.join("");
+        return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+      };
+    }
+  }
   const add = (fn, delay, args, repeat) => {
     const id = nextId++;
     const d = Math.max(repeat ? 1 : 0, Number(delay) || 0);

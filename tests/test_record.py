@@ -191,6 +191,19 @@ def test_math_random_is_seeded(site, tmp_path):
     assert px(fa[0], 100, 100) != px(fa[1], 100, 100)  # yet each frame drew new ones
 
 
+def test_crypto_random_bytes_are_seeded(site, tmp_path):
+    """crypto.getRandomValues and randomUUID (particles, generated ids on the page) are seeded as Math.random is:
+    reruns were different from frame 0 on."""
+    a = record(f"{site}/crypto.html", tmp_path / "a.mp4", opts(duration=0.5, fps=10, scroll="none"))
+    b = record(f"{site}/crypto.html", tmp_path / "b.mp4", opts(duration=0.5, fps=10, scroll="none"))
+    fa, fb = frames_rgb(a.output), frames_rgb(b.output)
+    assert len(fa) == 5 and fa == fb  # the same bytes in both runs
+    for x in (160, 480, 800):
+        assert len({px(f, x, 90) for f in fa}) == 5  # yet new ones each frame, for each kind of call
+    # The calls still behave as the real ones: version-4 UUIDs, errors for arrays crypto refuses.
+    assert all(px(f, 1120, 90)[1] > 200 and px(f, 1120, 90)[0] < 60 for f in fa), [px(f, 1120, 90) for f in fa]
+
+
 def test_intl_formats_the_recording_clocks_now(tmp_path):
     """Intl's date formatters, given no date, took the real "now" while Date had the clock's: a live clock widget
     ("10:04:31.250") showed run-dependent times. Each frame the page formats "now" both ways; green when they agree."""
