@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +100,65 @@ def busy_seconds() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])  # steal: another guest's
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSplit:
+    """CPU seconds by program (Chromium, ffmpeg, this Python, Playwright's driver) over a run: every process's
+    utime + stime, read from /proc every 0.1 s while the run goes (a process's last 0.1 s before it exits is
+    missed: a few percent at most). Says where a recording's CPU goes, to know which part a change must cut."""
+
+    KINDS = (("chromium", ("chrom", "headless")), ("ffmpeg", ("ffmpeg",)), ("driver", ("node",)))
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[str, float]] = {}  # pid -> (kind, CPU seconds at its last reading)
+        self.other: set[int] = set()  # processes of no kind here, not read again
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _kind(self, pid: int, name: str) -> str | None:
+        if pid == os.getpid():
+            return "python"
+        return next((kind for kind, marks in self.KINDS if any(m in name for m in marks)), None)
+
+    def _read(self) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            if pid in self.other:
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            kind = self.seen[pid][0] if pid in self.seen else self._kind(pid, name)
+            if kind is None:
+                self.other.add(pid)
+            else:
+                self.seen[pid] = (kind, (int(rest[11]) + int(rest[12])) / self._tick)  # utime, stime
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            self._read()
+
+    def __enter__(self) -> CpuSplit:
+        self._read()
+        self.start = {pid: cpu for pid, (_kind, cpu) in self.seen.items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+    def seconds(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, (kind, cpu) in self.seen.items():
+            out[kind] = out.get(kind, 0.0) + cpu - self.start.get(pid, 0.0)
+        return out
 
 
 def frame_stats(path: Path) -> tuple[int, int]:
@@ -216,13 +276,16 @@ def main() -> None:
         walls: list[list[float]] = [[] for _ in range(len(runs) + 1)]
         cpus: list[list[float]] = [[] for _ in range(len(runs) + 1)]  # CPU seconds of the machine per run
         loops: list[list[float]] = [[] for _ in runs]  # seconds from the first frame until the file was encoded
+        splits: list[list[dict[str, float]]] = [[] for _ in runs]  # CPU seconds by program per run
         bad: list[tuple[int, int, int]] = [(0, 0, 0)] * (len(runs) + 1)
         last: list[tuple[int, str]] = [(0, "")] * (len(runs) + 1)
         for _ in range(args.repeat):
             for k, (_label, options) in enumerate(runs):
                 out = tmp / f"{k}.mp4"
                 started, busy = time.perf_counter(), busy_seconds()
-                result = record(page, out, options)
+                with CpuSplit() as split:
+                    result = record(page, out, options)
+                splits[k].append(split.seconds())
                 walls[k].append(time.perf_counter() - started)
                 cpus[k].append(busy_seconds() - busy)
                 loops[k].append(result.frames / result.capture_fps if result.capture_fps else 0.0)
@@ -271,6 +334,15 @@ def main() -> None:
             print(f"{label}: frames {statistics.median(loop) / options.duration:.2f}x real time (first frame to "
                   f"encoded file), {statistics.median(w - f for w, f in zip(walls, loop, strict=True)):.1f} s "
                   "before and after them")  # fmt: skip
+    # Where our recorders' CPU goes (summed over the runs): the part a change must cut to be seen in the wall time.
+    for (label, _options), split in zip(runs, splits, strict=True):
+        total: dict[str, float] = {}
+        for one in split:
+            for kind, cpu in one.items():
+                total[kind] = total.get(kind, 0.0) + cpu
+        whole = sum(total.values()) or 1.0
+        print(f"{label}: CPU by program: " + ", ".join(f"{kind} {cpu / whole:.0%}" for kind, cpu in
+                                                     sorted(total.items(), key=lambda kv: -kv[1])))  # fmt: skip
     ours = rows[: len(runs)]
     for name, (_label, walls, *_rest) in zip(("the baseline", "timecut"), rows[len(runs) :], strict=False):
         base = statistics.median(walls) / s
