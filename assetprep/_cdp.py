@@ -29,6 +29,7 @@ from .errors import FrameLostError, RecordError
 
 _PORT_FILE = "DevToolsActivePort"  # written by Chromium into its profile: "<port>\n<browser WebSocket path>"
 _MAX_MESSAGE = 256 * 1024 * 1024  # a 4K frame's JPEG in base64 is a few MB; more is not an answer of ours
+LATE_S = 2.0  # a picture still missing this long after a later frame's came was dropped (see Screencast)
 
 
 def _mask(data: bytes, key: bytes) -> bytes:
@@ -189,7 +190,9 @@ class Screencast:
     frame: when the damage changed shape, the hero's animation giving way to the scroll, it skipped a run of 23).
     Pictures come stamped with their frame's display time (its frame time plus one interval), which places them:
     two encoded side by side can arrive in either order. A draw without damage gets no picture (it shows the one
-    before). A picture that does not come within `lost_after` seconds is a FrameLostError.
+    before). A picture that does not come within `lost_after` seconds is a FrameLostError, and so is one still
+    missing LATE_S after a later draw's came: encodes overlap, so pictures can pass each other, but by
+    milliseconds (under a second recording's load one was dropped, and the take waited out the 10 s).
     """
 
     def __init__(self, page: DirectPage, *, size: tuple[int, int], quality: int, interval_ms: float,
@@ -200,6 +203,7 @@ class Screencast:
         self._wall = (time.time() - time.monotonic()) * 1000
         self._draws: deque[tuple[int, bool, bool]] = deque()  # (n, damaged, keep) of draws not given out yet
         self._pictures: dict[int, str] = {}  # n -> base64 JPEG, until its draw is given out
+        self._latest: tuple[int, float] = (-1, 0.0)  # the latest draw whose picture came, and when it came
         self._count = 0  # draws made
         self._last: str | None = None
         page.on_event = self._event
@@ -217,6 +221,8 @@ class Screencast:
         # Others (the one the screencast starts with) match no draw that waits for a picture.
         if abs(at - n) < 0.25 and any(d[0] == n and d[1] for d in self._draws) and n not in self._pictures:
             self._pictures[n] = str(params.get("data") or "")
+            if n > self._latest[0]:
+                self._latest = (n, time.monotonic())
 
     def draw(self, *, keep: bool = True) -> None:
         """Draw the next frame (given out by pictures() if `keep`)."""
@@ -243,9 +249,12 @@ class Screencast:
             if len(self._draws) <= outstanding:
                 return
             end = time.monotonic() + self.lost_after
-            while self._draws[0][0] not in self._pictures:
+            while (n := self._draws[0][0]) not in self._pictures:
+                later, came = self._latest
+                if later > n and time.monotonic() > came + LATE_S:
+                    raise FrameLostError(f"the screencast sent no picture of frame {n}, and one of a later frame "
+                                         f"came {LATE_S:g} s before")  # fmt: skip
                 if time.monotonic() > end:
-                    raise FrameLostError(f"the screencast sent no picture of frame {self._draws[0][0]} in "
-                                         f"{self.lost_after:g} s")  # fmt: skip
+                    raise FrameLostError(f"the screencast sent no picture of frame {n} in {self.lost_after:g} s")
                 with contextlib.suppress(TimeoutError):
-                    self.page.pump(end)
+                    self.page.pump(min(end, came + LATE_S) if later > n else end)

@@ -133,8 +133,9 @@ def test_virtual_time_switches_on_the_exact_frame(site, tmp_path, monkeypatch, b
 
 def test_a_picture_the_screencast_skips_costs_a_second_take_not_the_frame(site, tmp_path, monkeypatch, caplog):
     """The headless shell's pictures come by screencast, whose scheduler chooses the drawn frames it copies. One that
-    never comes (here frame 7's, dropped on arrival) ends that take within CAST_LOST_S; the recording is made again
-    with a screenshot per frame, and both ways give the same frames (the screencast's are not approximations)."""
+    never comes (here frame 7's, dropped on arrival) ends that take once a later frame's picture has come (LATE_S),
+    not after CAST_LOST_S (10 s); the recording is made again with a screenshot per frame, and both ways give the
+    same frames (the screencast's are not approximations)."""
     import assetprep._cdp as cdp
 
     recorder = sys.modules["assetprep.record"]
@@ -149,11 +150,11 @@ def test_a_picture_the_screencast_skips_costs_a_second_take_not_the_frame(site, 
         real(self, message)
 
     monkeypatch.setattr(cdp.Screencast, "_event", lose_frame_7)
-    monkeypatch.setattr(recorder, "CAST_LOST_S", 1.0)
     started = time.monotonic()
     with caplog.at_level("WARNING", logger="assetprep.record"):
         again = record(f"{site}/ruler.html", tmp_path / "again.mp4", o)
-    assert "the screencast sent no picture of frame" in caplog.text
+    assert recorder.CAST_LOST_S == 10
+    assert "the screencast sent no picture of frame 7, and one of a later frame came 2 s before" in caplog.text
     assert "recording again with a screenshot per frame" in caplog.text
     assert time.monotonic() - started < 20
     assert again.frames == cast.frames == 20 and decoded_frame_count(again.output) == 20
