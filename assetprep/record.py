@@ -155,10 +155,14 @@ TIME_SHIM = r"""
   window.Date = VDate;
   // Intl's formatters take the real "now" when given no date (a live clock: "10:04:31"): the clock's instead.
   const dtf = Intl.DateTimeFormat.prototype, realFormat = Object.getOwnPropertyDescriptor(dtf, "format").get;
-  const realParts = dtf.formatToParts;
+  // One format function per formatter, as the real getter gives (f.format === f.format).
+  const realParts = dtf.formatToParts, bound = new WeakMap();
   Object.defineProperty(dtf, "format", {configurable: true, get() {
-    const format = realFormat.call(this);
-    return (date) => format(date === undefined ? epoch + vt : date);
+    if (!bound.has(this)) {
+      const format = realFormat.call(this);
+      bound.set(this, (date) => format(date === undefined ? epoch + vt : date));
+    }
+    return bound.get(this);
   }});
   dtf.formatToParts = function (date) { return realParts.call(this, date === undefined ? epoch + vt : date); };
   performance.now = () => vt;

@@ -207,14 +207,16 @@ def test_crypto_random_bytes_are_seeded(site, tmp_path):
 
 def test_intl_formats_the_recording_clocks_now(tmp_path):
     """Intl's date formatters, given no date, took the real "now" while Date had the clock's: a live clock widget
-    ("10:04:31.250") showed run-dependent times. Each frame the page formats "now" both ways; green when they agree."""
+    ("10:04:31.250") showed run-dependent times. Each frame the page formats "now" both ways; green when they agree
+    (and `format` is one function per formatter, as the real getter gives)."""
     page = tmp_path / "clock.html"
     page.write_text("""<body style="margin:0"><script>
 const f = new Intl.DateTimeFormat("en", {timeZone: "UTC", hour12: false, hour: "2-digit", minute: "2-digit",
                                          second: "2-digit", fractionalSecondDigits: 3});
 requestAnimationFrame(function tick() {
   const expected = f.format(new Date()), parts = f.formatToParts().map((p) => p.value).join("");
-  document.body.style.background = f.format() === expected && parts === expected ? "#00ff00" : "#ff0000";
+  const same = f.format === f.format;  // the real getter gives one bound function per formatter
+  document.body.style.background = f.format() === expected && parts === expected && same ? "#00ff00" : "#ff0000";
   requestAnimationFrame(tick);
 });</script></body>""")
     result = record(page, tmp_path / "clock.mp4", opts(duration=1, fps=10, scroll="none"))
