@@ -137,6 +137,19 @@ class RecordResult(BaseModel):
 
 # --- the virtual clock -----------------------------------------------------------------------------------------------
 
+# The element an app-like page scrolls (<html> and <body> fixed to the viewport, `#app { height: 100vh; overflow-y:
+# auto }`): the largest that scrolls, at least half the viewport each way; null if none.
+_SCROLL_BOX_JS = """() => {
+  let box = null, area = 0;
+  for (const el of document.querySelectorAll("*")) {
+    if (el.scrollHeight <= el.clientHeight + 1 || el.clientHeight < innerHeight / 2 ||
+        el.clientWidth < innerWidth / 2) continue;
+    if (!/^(auto|scroll|overlay)$/.test(getComputedStyle(el).overflowY)) continue;
+    if (el.clientWidth * el.clientHeight > area) [box, area] = [el, el.clientWidth * el.clientHeight];
+  }
+  return box;
+}"""
+
 TIME_SHIM = r"""
 (() => {
   if (window.__assetprep) return;
@@ -341,13 +354,7 @@ TIME_SHIM = r"""
       const doc = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
       box = null;
       if (doc > innerHeight + 1) return [doc, innerHeight];
-      let area = 0;
-      for (const el of document.querySelectorAll("*")) {
-        if (el.scrollHeight <= el.clientHeight + 1 || el.clientHeight < innerHeight / 2 ||
-            el.clientWidth < innerWidth / 2) continue;
-        if (!/^(auto|scroll|overlay)$/.test(getComputedStyle(el).overflowY)) continue;
-        if (el.clientWidth * el.clientHeight > area) [box, area] = [el, el.clientWidth * el.clientHeight];
-      }
+      box = (@SCROLL_BOX@)();
       return box ? [box.scrollHeight - box.clientHeight + innerHeight, innerHeight] : [doc, innerHeight];
     },
     scroll(y) { if (box) box.scrollTop = y; else window.scrollTo(0, y); },
@@ -471,7 +478,7 @@ TIME_SHIM = r"""
     try { window.parent.postMessage({__assetprep: "frame"}, "*", [port2]); } catch (e) {}
   }
 })();
-"""
+""".replace("@SCROLL_BOX@", _SCROLL_BOX_JS)
 
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
 _FRAME_JS = "window.__assetprep.scroll({y}); window.__assetprep.advance({t:.4f}); window.__assetprep.settled({limit})"
@@ -493,10 +500,11 @@ _INTRO_JS = """() => Math.max(0, ...document.getAnimations().map(a => {
 _LOADED_JS = """(bottom) => document.fonts.status === "loaded" && [...document.images].every(img =>
   img.getBoundingClientRect().top + (window.__assetprep ? window.__assetprep.scrolled() : window.scrollY) > bottom ||
   img.complete)"""
-# Exact mode may scroll a container (TIME_SHIM's measure()); fast mode's full-page shot shows the document only.
-_MEASURE_JS = """() => window.__assetprep ? window.__assetprep.measure() :
+# Exact mode may scroll a container (TIME_SHIM's measure()); fast mode's full-page shot shows the document only,
+# and says whether the page scrolls a container instead (1).
+_MEASURE_JS = f"""() => window.__assetprep ? window.__assetprep.measure() :
   [Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),
-                      window.innerHeight]"""
+   window.innerHeight, ({_SCROLL_BOX_JS})() ? 1 : 0]"""
 
 
 # --- scroll plans ----------------------------------------------------------------------------------------------------
@@ -1151,14 +1159,17 @@ def _record_page(
                     page.add_style_tag(content=css)
                     if js:
                         page.evaluate(f"() => {{ {js}\n}}")
-                    page_height, view_h = (int(v) for v in page.evaluate(_MEASURE_JS))
+                    page_height, view_h, *boxed = (int(v) for v in page.evaluate(_MEASURE_JS))
                 # Fast mode pans one screenshot, which Chromium cannot make taller than _MAX_FULLPAGE device pixels.
                 depth = _MAX_DEPTH if exact else int(_MAX_FULLPAGE / options.scale) - view_h
                 max_scroll = max(0, min(page_height - view_h, depth))
                 if page_height - view_h > depth and options.scroll != "none":
                     warnings.append(f"the page is {page_height} px tall (infinite scroll?): "
                                     f"scrolling stops at {depth} px")  # fmt: skip
-                if options.scroll != "none" and max_scroll == 0:
+                if options.scroll != "none" and max_scroll == 0 and any(boxed):
+                    warnings.append("the page scrolls inside an element of its own, not the window, which fast "
+                                    "mode cannot pan: recorded without scrolling; --mode exact scrolls it")  # fmt: skip
+                elif options.scroll != "none" and max_scroll == 0:
                     warnings.append("the page is not taller than the viewport: recorded without scrolling")
                 last = (frames - 1) / fps
                 capture: Capture = _frame_control(cdp, dog, bound) if exact else "fullpage"

@@ -1157,6 +1157,12 @@ img {{ position: absolute; left: 540px; top: 1000px; width: 200px; height: 100px
 
     assert near(px(frames[0], 20, 10), band(0)) and near(px(frames[-1], 20, 10), band(0))  # from the top, and back
     assert near(px(frames[deepest], 20, 10), band(result.scroll_reached // 200)), px(frames[deepest], 20, 10)
+    # Fast mode pans one full-page shot, which shows the document only: it says why it does not scroll, and how to.
+    fast = record(site, tmp_path / "fast.mp4", opts(duration=1, fps=10, scroll="smooth", mode="fast"))
+    assert fast.max_scroll == 0 and fast.warnings == [
+        "the page scrolls inside an element of its own, not the window, which fast mode cannot pan: recorded without "
+        "scrolling; --mode exact scrolls it"
+    ]
 
 
 def test_videos_inside_web_components_follow_the_recording_clock(tmp_path, caplog):
