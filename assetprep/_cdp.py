@@ -225,7 +225,11 @@ class Screencast:
                 self._latest = (n, time.monotonic())
 
     def draw(self, *, keep: bool = True) -> None:
-        """Draw the next frame (given out by pictures() if `keep`)."""
+        """Draw the next frame (given out by pictures() if `keep`). Chromium drops a frame's picture while three are
+        unacknowledged (page_handler.cc, kMaxScreencastFramesInFlight), and each of ours is acknowledged as it
+        comes: with at most one still to come at each draw, two are in flight at most. The frame loop keeps to
+        that by itself; the redraws of a video back in view had come three in a row."""
+        self._wait(lambda: sum(d[1] and d[0] not in self._pictures for d in self._draws) <= 1)
         ticks = self._start + self._count * self.interval
         answer = self.page.call("HeadlessExperimental.beginFrame", {"interval": self.interval,
                                                                      "frameTimeTicks": ticks})  # fmt: skip
@@ -248,13 +252,19 @@ class Screencast:
                     yield self._last
             if len(self._draws) <= outstanding:
                 return
-            end = time.monotonic() + self.lost_after
-            while (n := self._draws[0][0]) not in self._pictures:
-                later, came = self._latest
-                if later > n and time.monotonic() > came + LATE_S:
-                    raise FrameLostError(f"the screencast sent no picture of frame {n}, and one of a later frame "
-                                         f"came {LATE_S:g} s before")  # fmt: skip
-                if time.monotonic() > end:
-                    raise FrameLostError(f"the screencast sent no picture of frame {n} in {self.lost_after:g} s")
-                with contextlib.suppress(TimeoutError):
-                    self.page.pump(min(end, came + LATE_S) if later > n else end)
+            self._wait(lambda: self._draws[0][0] in self._pictures)
+
+    def _wait(self, done: Callable[[], bool]) -> None:
+        """Read events until `done()`; the first draw still waiting for its picture is lost after `lost_after`
+        seconds, or LATE_S after a later draw's picture came."""
+        end = time.monotonic() + self.lost_after
+        while not done():
+            n = next(d[0] for d in self._draws if d[1] and d[0] not in self._pictures)
+            later, came = self._latest
+            if later > n and time.monotonic() > came + LATE_S:
+                raise FrameLostError(f"the screencast sent no picture of frame {n}, and one of a later frame "
+                                     f"came {LATE_S:g} s before")  # fmt: skip
+            if time.monotonic() > end:
+                raise FrameLostError(f"the screencast sent no picture of frame {n} in {self.lost_after:g} s")
+            with contextlib.suppress(TimeoutError):
+                self.page.pump(min(end, came + LATE_S) if later > n else end)
