@@ -1374,8 +1374,8 @@ def test_a_detailed_video_back_in_view_at_the_top_edge_is_drawn_alike_in_every_r
     # Pictures still to come at each screencast draw. Chromium drops a frame's picture while three are unacknowledged,
     # and a busy machine's JPEG workers are late. Here pictures are late: those that come while another call waits
     # for its answer are held until the screencast reads on its own. Each re-entry draws three times in a row (twice
-    # to revive the video, once for the frame). Before draws waited for pictures, Chromium dropped frame 15's picture
-    # (the first re-entry's third draw) in both runs, and each was made again with a screenshot per frame.
+    # to revive the video, once for the frame). Before draws waited for pictures, Chromium dropped a picture in both
+    # runs ("no picture of frame 15"), and each was made again with a screenshot per frame.
     import assetprep._cdp as cdp
 
     casts, waiting, held, calling = [], [], [], []
