@@ -501,10 +501,12 @@ _LOADED_JS = """(bottom) => document.fonts.status === "loaded" && [...document.i
   img.getBoundingClientRect().top + (window.__assetprep ? window.__assetprep.scrolled() : window.scrollY) > bottom ||
   img.complete)"""
 # Exact mode may scroll a container (TIME_SHIM's measure()); fast mode's full-page shot shows the document only,
-# and says whether the page scrolls a container instead (1).
-_MEASURE_JS = f"""() => window.__assetprep ? window.__assetprep.measure() :
-  [Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),
-   window.innerHeight, ({_SCROLL_BOX_JS})() ? 1 : 0]"""
+# and says whether a document no taller than the viewport scrolls a container instead (1).
+_MEASURE_JS = f"""() => {{
+  if (window.__assetprep) return window.__assetprep.measure();
+  const doc = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
+  return [doc, innerHeight, doc <= innerHeight + 1 && ({_SCROLL_BOX_JS})() ? 1 : 0];
+}}"""
 
 
 # --- scroll plans ----------------------------------------------------------------------------------------------------
@@ -1166,11 +1168,12 @@ def _record_page(
                 if page_height - view_h > depth and options.scroll != "none":
                     warnings.append(f"the page is {page_height} px tall (infinite scroll?): "
                                     f"scrolling stops at {depth} px")  # fmt: skip
-                if options.scroll != "none" and max_scroll == 0 and any(boxed):
-                    warnings.append("the page scrolls inside an element of its own, not the window, which fast "
-                                    "mode cannot pan: recorded without scrolling; --mode exact scrolls it")  # fmt: skip
-                elif options.scroll != "none" and max_scroll == 0:
-                    warnings.append("the page is not taller than the viewport: recorded without scrolling")
+                if options.scroll != "none" and max_scroll == 0:
+                    warnings.append(
+                        "the page scrolls inside an element of its own, not the window, which fast mode cannot pan: "
+                        "recorded without scrolling; --mode exact scrolls it" if any(boxed)
+                        else "the page is not taller than the viewport: recorded without scrolling"
+                    )  # fmt: skip
                 last = (frames - 1) / fps
                 capture: Capture = _frame_control(cdp, dog, bound) if exact else "fullpage"
                 points = scroll_keyframes(options, max_scroll, last, view_h=view_h)
