@@ -229,7 +229,7 @@ class Screencast:
         unacknowledged (page_handler.cc, kMaxScreencastFramesInFlight), and each of ours is acknowledged as it
         comes: with at most one still to come at each draw, two are in flight at most. The frame loop keeps to
         that by itself; the redraws of a video back in view had come three in a row."""
-        self._wait(lambda: sum(d[1] and d[0] not in self._pictures for d in self._draws) <= 1)
+        self._wait(lambda: len(self._awaited()) <= 1)
         ticks = self._start + self._count * self.interval
         answer = self.page.call("HeadlessExperimental.beginFrame", {"interval": self.interval,
                                                                      "frameTimeTicks": ticks})  # fmt: skip
@@ -254,12 +254,16 @@ class Screencast:
                 return
             self._wait(lambda: self._draws[0][0] in self._pictures)
 
+    def _awaited(self) -> list[int]:
+        """The draws still waiting for their pictures, oldest first (a draw without damage gets none)."""
+        return [n for n, damaged, _keep in self._draws if damaged and n not in self._pictures]
+
     def _wait(self, done: Callable[[], bool]) -> None:
         """Read events until `done()`; the first draw still waiting for its picture is lost after `lost_after`
         seconds, or LATE_S after a later draw's picture came."""
         end = time.monotonic() + self.lost_after
         while not done():
-            n = next(d[0] for d in self._draws if d[1] and d[0] not in self._pictures)
+            n = self._awaited()[0]
             later, came = self._latest
             if later > n and time.monotonic() > came + LATE_S:
                 raise FrameLostError(f"the screencast sent no picture of frame {n}, and one of a later frame "
