@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from assetprep._process import find_tool
@@ -154,10 +155,10 @@ class CpuSplit:
         self._thread.join()
         self._read()
 
-    def seconds(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def seconds(self) -> Counter[str]:
+        out: Counter[str] = Counter()
         for pid, (kind, cpu) in self.seen.items():
-            out[kind] = out.get(kind, 0.0) + cpu - self.start.get(pid, 0.0)
+            out[kind] += cpu - self.start.get(pid, 0.0)
         return out
 
 
@@ -276,7 +277,7 @@ def main() -> None:
         walls: list[list[float]] = [[] for _ in range(len(runs) + 1)]
         cpus: list[list[float]] = [[] for _ in range(len(runs) + 1)]  # CPU seconds of the machine per run
         loops: list[list[float]] = [[] for _ in runs]  # seconds from the first frame until the file was encoded
-        splits: list[list[dict[str, float]]] = [[] for _ in runs]  # CPU seconds by program per run
+        splits: list[list[Counter[str]]] = [[] for _ in runs]  # CPU seconds by program per run
         bad: list[tuple[int, int, int]] = [(0, 0, 0)] * (len(runs) + 1)
         last: list[tuple[int, str]] = [(0, "")] * (len(runs) + 1)
         for _ in range(args.repeat):
@@ -336,13 +337,10 @@ def main() -> None:
                   "before and after them")  # fmt: skip
     # Where our recorders' CPU goes (summed over the runs): the part a change must cut to be seen in the wall time.
     for (label, _options), split in zip(runs, splits, strict=True):
-        total: dict[str, float] = {}
-        for one in split:
-            for kind, cpu in one.items():
-                total[kind] = total.get(kind, 0.0) + cpu
-        whole = sum(total.values()) or 1.0
-        print(f"{label}: CPU by program: " + ", ".join(f"{kind} {cpu / whole:.0%}" for kind, cpu in
-                                                     sorted(total.items(), key=lambda kv: -kv[1])))  # fmt: skip
+        total = sum(split, Counter[str]())
+        whole = total.total() or 1.0
+        shares = ", ".join(f"{kind} {cpu / whole:.0%}" for kind, cpu in total.most_common())
+        print(f"{label}: CPU by program: {shares}")
     ours = rows[: len(runs)]
     for name, (_label, walls, *_rest) in zip(("the baseline", "timecut"), rows[len(runs) :], strict=False):
         base = statistics.median(walls) / s
