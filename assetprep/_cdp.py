@@ -192,7 +192,9 @@ class Screencast:
     two encoded side by side can arrive in either order. A draw without damage gets no picture (it shows the one
     before). A picture that does not come within `lost_after` seconds is a FrameLostError, and so is one still
     missing LATE_S after a later draw's came: encodes overlap, so pictures can pass each other, but by
-    milliseconds (under a second recording's load one was dropped, and the take waited out the 10 s).
+    milliseconds. A picture can also come before its own beginFrame's answer (the encode finished before the
+    browser's main thread sent that): with three recordings at once on 2 cores, 9 of 27 lost a picture so and
+    were made again with a screenshot per frame, until the draw was counted from its call on (0 of 12 since).
     """
 
     def __init__(self, page: DirectPage, *, size: tuple[int, int], quality: int, interval_ms: float,
@@ -205,6 +207,7 @@ class Screencast:
         self._pictures: dict[int, str] = {}  # n -> base64 JPEG, until its draw is given out
         self._latest: tuple[int, float] = (-1, 0.0)  # the latest draw whose picture came, and when it came
         self._count = 0  # draws made
+        self._drawing: int | None = None  # the draw whose beginFrame waits for its answer (its picture may come first)
         self._last: str | None = None
         page.on_event = self._event
         page.call("Page.startScreencast", {"format": "jpeg", "quality": quality, "maxWidth": size[0],
@@ -219,7 +222,8 @@ class Screencast:
         at = (stamp * 1000 - self._wall - self._start) / self.interval - 1 if stamp is not None else -1.0
         n = round(at)
         # Others (the one the screencast starts with) match no draw that waits for a picture.
-        if abs(at - n) < 0.25 and any(d[0] == n and d[1] for d in self._draws) and n not in self._pictures:
+        waits = n == self._drawing or any(d[0] == n and d[1] for d in self._draws)
+        if abs(at - n) < 0.25 and waits and n not in self._pictures:
             self._pictures[n] = str(params.get("data") or "")
             if n > self._latest[0]:
                 self._latest = (n, time.monotonic())
@@ -230,10 +234,14 @@ class Screencast:
         comes: with at most one still to come at each draw, two are in flight at most. The frame loop keeps to
         that by itself; the redraws of a video back in view had come three in a row."""
         self._wait(lambda: len(self._awaited()) <= 1)
-        ticks = self._start + self._count * self.interval
-        answer = self.page.call("HeadlessExperimental.beginFrame", {"interval": self.interval,
-                                                                     "frameTimeTicks": ticks})  # fmt: skip
-        self._draws.append((self._count, bool(answer.get("hasDamage")), keep))
+        n = self._drawing = self._count
+        ticks = self._start + n * self.interval
+        try:
+            answer = self.page.call("HeadlessExperimental.beginFrame", {"interval": self.interval,
+                                                                         "frameTimeTicks": ticks})  # fmt: skip
+        finally:
+            self._drawing = None
+        self._draws.append((n, bool(answer.get("hasDamage")) or n in self._pictures, keep))
         self._count += 1
 
     def pictures(self, outstanding: int = 0) -> Iterator[str]:

@@ -131,6 +131,50 @@ def test_virtual_time_switches_on_the_exact_frame(site, tmp_path, monkeypatch, b
     assert is_red(px(frames[0], 100, 100))
 
 
+def test_a_picture_that_comes_before_its_draws_answer_is_kept(site, tmp_path, monkeypatch, caplog):
+    """A frame's picture can come before the answer to the beginFrame that drew it: the JPEG was encoded before the
+    browser's main thread sent the answer (with three recordings at once on 2 cores, 9 of 27 lost one so). Here every
+    picture comes first: each beginFrame returns only once its frame's picture has been read. Before the draw was
+    counted from its call on, each such picture was passed over as matching no draw, and the take was lost ("no
+    picture of frame 0") and made again with a screenshot per frame."""
+    import assetprep._cdp as cdp
+
+    o = opts(duration=2, fps=10, scroll="smooth", scroll_depth=1200)
+    plain = record(f"{site}/ruler.html", tmp_path / "plain.mp4", o)
+    casts, came = [], []  # the screencasts made; frame numbers of the pictures read so far
+    real_init, real_call, real_dispatch = cdp.Screencast.__init__, cdp.DirectPage.call, cdp.DirectPage._dispatch
+
+    def init(self, *args, **kwargs):
+        casts.append(self)
+        real_init(self, *args, **kwargs)
+
+    def dispatch(self, message):
+        stamp = (message.get("params") or {}).get("metadata", {}).get("timestamp")
+        if casts and message.get("method") == "Page.screencastFrame" and stamp is not None:
+            cast = casts[-1]
+            came.append(round((stamp * 1000 - cast._wall - cast._start) / cast.interval - 1))
+        real_dispatch(self, message)
+
+    def call(self, method, params=None):
+        answer = real_call(self, method, params)
+        if method == "HeadlessExperimental.beginFrame" and "frameTimeTicks" in (params or {}) and casts:
+            n, end = casts[-1]._count, time.monotonic() + 5
+            while answer.get("hasDamage") and n not in came and time.monotonic() < end:
+                with contextlib.suppress(TimeoutError):
+                    self.pump(end)
+            assert n in came or not answer.get("hasDamage"), n
+        return answer
+
+    monkeypatch.setattr(cdp.Screencast, "__init__", init)
+    monkeypatch.setattr(cdp.DirectPage, "_dispatch", dispatch)
+    monkeypatch.setattr(cdp.DirectPage, "call", call)
+    with caplog.at_level("WARNING", logger="assetprep.record"):
+        early = record(f"{site}/ruler.html", tmp_path / "early.mp4", o)
+    assert "the screencast sent no picture" not in caplog.text and len(casts) == 1
+    assert set(range(20)) <= set(came)
+    assert early.frames == plain.frames == 20 and frames_rgb(early.output) == frames_rgb(plain.output)
+
+
 def test_a_picture_the_screencast_skips_costs_a_second_take_not_the_frame(site, tmp_path, monkeypatch, caplog):
     """The headless shell's pictures come by screencast, whose scheduler chooses the drawn frames it copies. One that
     never comes (here frame 7's, dropped on arrival) ends that take once a later frame's picture has come (LATE_S),
