@@ -1038,6 +1038,39 @@ def test_lazy_images_that_fade_in_are_loaded_before_the_first_frame(tmp_path):
     assert not any("had not loaded" in w for w in result.warnings)
 
 
+def test_without_a_scroll_the_first_screens_lazy_images_are_loaded_before_frame_0(tmp_path):
+    """The load event does not wait for `loading="lazy"` images, and nothing did without a scroll: on the bench's
+    page the first screen's photos came in on frames 0-2, not on the same frames in every run. Frames are now drawn,
+    the clock held, until the first screen's images have loaded: a photo 1.5 s slow is on frame 0. One that never
+    comes is waited for up to the page timeout (6 s here), then said."""
+    png = tmp_path / "green.png"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=0x00c800:s=64x64", "-frames:v", "1",
+                    str(png)], check=True, timeout=30)  # fmt: skip
+    page = b"""<!doctype html><body style="margin:0;background:#fff">
+      <img src="/slow.png" loading="lazy" width="640" height="360" style="display:block">
+      <img src="/hang.png" loading="lazy" width="640" height="100" style="display:block"></body>"""
+
+    def answer(path, headers):
+        if path.startswith("/slow"):
+            time.sleep(1.5)  # a slow image CDN
+            return 200, {"Content-Type": "image/png"}, png.read_bytes()
+        if path.startswith("/hang"):
+            return 404, {}, b""
+        return 200, {}, page
+
+    with page_server(answer) as server:
+        out = tmp_path / "first.mp4"
+        result = record(f"http://127.0.0.1:{server.server_port}/", out, opts(duration=0.5))
+    frames = frames_rgb(out)
+    assert len(frames) == 15 and all(is_green(px(f, 320, 180)) for f in frames), px(frames[0], 320, 180)
+    assert not any("had not loaded" in w for w in result.warnings), result.warnings
+    with hanging_server(page.replace(b"/slow.png", b"/hang.png")) as base:
+        started = time.monotonic()
+        result = record(f"{base}/", tmp_path / "hang.mp4", opts(duration=0.5, timeout=6))
+    assert "some images or fonts the first screen shows had not loaded after 6 s" in result.warnings
+    assert 6 <= time.monotonic() - started < 25
+
+
 def test_embedded_videos_follow_the_recording_clock(tmp_path):
     """Two `<video autoplay muted loop>` played on their own: reruns differed from frame 60 on and the second video
     ran at 1.7-2.2x. Each is now seeked to the virtual clock every frame: two runs give the same frames and the
