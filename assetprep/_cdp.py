@@ -194,7 +194,7 @@ class Screencast:
     missing LATE_S after a later draw's came: encodes overlap, so pictures can pass each other, but by
     milliseconds. A picture can also come before its own beginFrame's answer (the encode finished before the
     browser's main thread sent that): with three recordings at once on 2 cores, 9 of 27 lost a picture so and
-    were made again with a screenshot per frame, until the draw was counted from its call on (0 of 12 since).
+    were made again with a screenshot per frame, until the draw was counted from its call on (0 of 21 since).
 
     The frame times stay ahead of the real clock for the whole take (`ahead`: the seconds left before its
     deadline). The scheduler also takes refresh frames of its own, stamped with the real clock. Started just ahead
