@@ -194,20 +194,14 @@ class Screencast:
     missing LATE_S after a later draw's came: encodes overlap, so pictures can pass each other, but by
     milliseconds. A picture can also come before its own beginFrame's answer (the encode finished before the
     browser's main thread sent that): with three recordings at once on 2 cores, 9 of 27 lost a picture so and
-    were made again with a screenshot per frame, until the draw was counted from its call on (0 of 21 since).
-
-    The frame times stay ahead of the real clock for the whole take (`ahead`: the seconds left before its
-    deadline). The scheduler also takes refresh frames of its own, stamped with the real clock. Started just ahead
-    of it, a take slower than real time fell behind it within frames; a refresh frame taken then (seen at the start,
-    with three recordings at once) left the scheduler no budget for the next frames, whose times were earlier, and
-    it passed them over: the take was lost ("no picture of frame 1 in 10 s") and made again.
+    were made again with a screenshot per frame, until the draw was counted from its call on (0 of 12 since).
     """
 
     def __init__(self, page: DirectPage, *, size: tuple[int, int], quality: int, interval_ms: float,
-                 lost_after: float, ahead: float) -> None:  # fmt: skip
+                 lost_after: float) -> None:  # fmt: skip
         self.page, self.interval, self.lost_after = page, interval_ms, lost_after
         # Renderer TimeTicks are CLOCK_MONOTONIC; pictures are stamped in wall-clock seconds.
-        self._start = (time.monotonic() + max(ahead, 0.05)) * 1000  # after any frame time Chromium gave itself
+        self._start = time.monotonic() * 1000 + 50  # after any frame time Chromium gave itself so far
         self._wall = (time.time() - time.monotonic()) * 1000
         self._draws: deque[tuple[int, bool, bool]] = deque()  # (n, damaged, keep) of draws not given out yet
         self._pictures: dict[int, str] = {}  # n -> base64 JPEG, until its draw is given out

@@ -1490,8 +1490,7 @@ def _record_exact(
         try:
             with dog.step("before the first frame", bound):
                 cast = Screencast(direct, size=(w, h), quality=options.jpeg_quality, interval_ms=1000 / fps,
-                                  lost_after=min(CAST_LOST_S, bound / 2),  # within the frame's watchdog
-                                  ahead=deadline - time.monotonic())  # fmt: skip
+                                  lost_after=min(CAST_LOST_S, bound / 2))  # within the frame's watchdog  # fmt: skip
         except RecordError as exc:  # a browser that refuses it: a screenshot per frame (a hung page still fails)
             if dog.fired:
                 raise

@@ -175,28 +175,6 @@ def test_a_picture_that_comes_before_its_draws_answer_is_kept(site, tmp_path, mo
     assert early.frames == plain.frames == 20 and frames_rgb(early.output) == frames_rgb(plain.output)
 
 
-def test_frame_times_stay_ahead_of_the_real_clock_in_a_slow_take(site, tmp_path, monkeypatch):
-    """The screencast's scheduler also takes refresh frames stamped with the real clock; one taken once a slow take's
-    frame times had fallen behind that clock made it pass over the frames after it (a lost take). Chromium takes
-    those on its own schedule, so this checks the cause: in a take slowed to 3x real time, every frame time is still
-    ahead of the real clock (they started 50 ms ahead, and fell behind within frames)."""
-    import assetprep._cdp as cdp
-
-    leads = []  # frame time minus the real clock, ms, at each screencast draw
-    real_call = cdp.DirectPage.call
-
-    def call(self, method, params=None):
-        if method == "HeadlessExperimental.beginFrame" and "frameTimeTicks" in (params or {}):
-            leads.append(params["frameTimeTicks"] - time.monotonic() * 1000)
-            time.sleep(0.2)  # 10 fps: a frame each 0.1 s of video, drawn each 0.2+ s
-        return real_call(self, method, params)
-
-    monkeypatch.setattr(cdp.DirectPage, "call", call)
-    result = record(f"{site}/ruler.html", tmp_path / "slow.mp4", opts(duration=2, fps=10))
-    assert result.frames == 20 and len(leads) >= 20 and min(leads) > 1000, leads
-    assert leads == sorted(leads, reverse=True)  # the same frame times, evenly spaced: only the real clock caught up
-
-
 def test_a_picture_the_screencast_skips_costs_a_second_take_not_the_frame(site, tmp_path, monkeypatch, caplog):
     """The headless shell's pictures come by screencast, whose scheduler chooses the drawn frames it copies. One that
     never comes (here frame 7's, dropped on arrival) ends that take once a later frame's picture has come (LATE_S),
