@@ -219,7 +219,7 @@ class Screencast:
         params = message.get("params") or {}
         self.page.post("Page.screencastFrameAck", {"sessionId": params.get("sessionId")})
         stamp = (params.get("metadata") or {}).get("timestamp")
-        at = (stamp * 1000 - self._wall - self._start) / self.interval - 1 if stamp is not None else -1.0
+        at = self.draw_of(stamp) if stamp is not None else -1.0
         n = round(at)
         # Others (the one the screencast starts with) match no draw that waits for a picture.
         waits = n == self._drawing or any(d[0] == n and d[1] for d in self._draws)
@@ -227,6 +227,10 @@ class Screencast:
             self._pictures[n] = str(params.get("data") or "")
             if n > self._latest[0]:
                 self._latest = (n, time.monotonic())
+
+    def draw_of(self, stamp: float) -> float:
+        """The draw a picture stamped `stamp` (wall-clock seconds: its frame's display time) shows, as a fraction."""
+        return (stamp * 1000 - self._wall - self._start) / self.interval - 1
 
     def draw(self, *, keep: bool = True) -> None:
         """Draw the next frame (given out by pictures() if `keep`). Chromium drops a frame's picture while three are

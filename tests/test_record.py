@@ -152,7 +152,7 @@ def test_a_picture_that_comes_before_its_draws_answer_is_kept(site, tmp_path, mo
         stamp = (message.get("params") or {}).get("metadata", {}).get("timestamp")
         if casts and message.get("method") == "Page.screencastFrame" and stamp is not None:
             cast = casts[-1]
-            came.append(round((stamp * 1000 - cast._wall - cast._start) / cast.interval - 1))
+            came.append(round(cast.draw_of(stamp)))
         real_dispatch(self, message)
 
     def call(self, method, params=None):
@@ -189,7 +189,7 @@ def test_a_picture_the_screencast_skips_costs_a_second_take_not_the_frame(site, 
 
     def lose_frame_7(self, message):
         stamp = (message.get("params") or {}).get("metadata", {}).get("timestamp")
-        if stamp is not None and round((stamp * 1000 - self._wall - self._start) / self.interval - 1) == 7:
+        if stamp is not None and round(self.draw_of(stamp)) == 7:
             return  # neither kept nor acknowledged: as if never sent
         real(self, message)
 
