@@ -293,10 +293,20 @@ TIME_SHIM = r"""
   // Set on the document the recorder loaded and got ready (own()): a document the page went on to by itself (a
   // redirect, a reload) is not, and says so to the clock's calls (start(), settled()).
   let ours = false;
-  // Sets a media element's time: a promise that ends once it seeked there (at most 1 s).
+  // Sets a media element's time: a promise that ends once it seeked there (at most 1 s). One that took longer (its
+  // data comes slowly) is noted: the frame is drawn with the picture the video had, which reruns need not share.
+  const lateSeeks = new Set();  // the URLs of videos whose seek ran out of time
+  let late = 0;  // seeks that ran out of time since the clock last answered
   const seekMedia = (el, to) => new Promise((done) => {
-    el.addEventListener("seeked", done, {once: true});
-    realTimeout(done, 1000);
+    let seeked = false;
+    el.addEventListener("seeked", () => { seeked = true; done(); }, {once: true});
+    realTimeout(() => {
+      if (!seeked) {
+        late++;
+        lateSeeks.add(el.currentSrc || el.src || "a video without a URL");
+      }
+      done();
+    }, 1000);
     el.currentTime = to;
   });
   // Chromium keeps showing the picture a video had when it went out of view, even after a seek, until a frame has
@@ -368,6 +378,7 @@ TIME_SHIM = r"""
     // the next. Returns the clock.
     own() { ours = true; },
     owned: () => ours,
+    lateVideos: () => [...lateSeeks],
     start() {
       if (!ours) return null;
       for (const [el, [, from]] of driven) {
@@ -381,7 +392,8 @@ TIME_SHIM = r"""
     ahead(target) { drive(target, true); },
     // After advance: a promise that ends when the media seeked to this frame's time (at most 1 s), or nothing.
     // With `limit` (ms) it ends by then anyway, with 1 if the seeks are still going (settled() waits for them).
-    // 2 is added when a video came back into view (see `revived`), 4 on a document the recorder did not get ready.
+    // 2 is added when a video came back into view (see `revived`), 4 on a document the recorder did not get ready,
+    // 8 when a seek ran out of its second since the last answer.
     settled(limit) {
       if (seeking.length) {
         const all = pending = Promise.all(seeking);
@@ -389,10 +401,15 @@ TIME_SHIM = r"""
         all.then(() => { if (pending === all) pending = null; });
       }
       const flag = (revived.length ? 2 : 0) | (ours ? 0 : 4);
-      if (!pending) return flag || undefined;
+      const told = (f) => {  // an answer with the seeks ended tells of those that ran out of time
+        const with8 = f & 1 || !late ? f : f | 8;
+        if (!(f & 1)) late = 0;
+        return with8;
+      };
+      if (!pending) return told(flag) || undefined;
       const done = pending.then(() => flag);
-      if (limit === undefined) return done;
-      return Promise.race([done, new Promise((r) => realTimeout(() => r(1 + flag), limit))]);
+      if (limit === undefined) return done.then(told);
+      return Promise.race([done, new Promise((r) => realTimeout(() => r(1 + flag), limit))]).then(told);
     },
     // Once the frame was drawn with the revived videos in view: each seeked 50 ms away and back, one after the other
     // (at most 1 s each), so the picture at its time comes anew. `last`: the round after which they are done.
@@ -1208,7 +1225,7 @@ def _record_page(
                     stack.callback(direct.close)
                 capture_fps = _record_exact(page, cdp, tmp, preset, frames, points, options, on_progress, deadline,
                                             dog, capture, direct, drawn=close_browser,
-                                            screencast=screencast)  # fmt: skip
+                                            screencast=screencast, warnings=warnings)  # fmt: skip
             else:
                 capture_fps = _record_fast(page, tmp, preset, frames, points, options, on_progress, deadline, dog,
                                            drawn=close_browser)  # fmt: skip
@@ -1434,10 +1451,10 @@ def _record_exact(
     page: Any, cdp: Any, tmp: Path, preset: VideoPreset, frames: int, points: list[tuple[float, float]],
     options: RecordOptions, on_progress: ProgressCallback | None, deadline: float, dog: _Watchdog,
     capture: Capture, direct: DirectPage | None = None, drawn: Callable[[], None] | None = None,
-    screencast: bool = True,
+    screencast: bool = True, warnings: list[str] | None = None,
 ) -> float:  # fmt: skip
     """Frame by frame on the virtual clock; the capture rate (frames per wall second). `drawn` is called once the
-    last picture is taken, while ffmpeg still encodes.
+    last picture is taken, while ffmpeg still encodes; what the recording should say is added to `warnings`.
 
     With `direct`, the clock and the pictures go over it (the Node driver's hop cost ~2 ms a frame, and its CPU),
     and the next frame's video seeks start while this frame's picture travels and is piped. Seeks still going
@@ -1467,6 +1484,7 @@ def _record_exact(
 
     t0 = time.monotonic()
     done = 0
+    late: list[int] = []  # frames drawn after a video's seek ran out of time (TIME_SHIM's seekMedia)
 
     def clock_ms(i: int) -> float:
         """Frame i's virtual time; the ahead seeks must aim at exactly the time advance() will then be given."""
@@ -1519,6 +1537,8 @@ def _record_exact(
                 if flags & 1:  # seeks still going: Playwright's turn (see above); the answer keeps flag 2
                     flags = _flags(cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.settled()",
                                                                  "awaitPromise": True}), page.url, i)  # fmt: skip
+                if flags & 8:
+                    late.append(i)
                 if flags & 2:  # a video back in view: drawn, then its picture anew (twice)
                     for last in ("false", "true"):
                         if cast is not None:
@@ -1545,6 +1565,14 @@ def _record_exact(
                 if cast is not None:  # one picture may still be on its way while the next frame is drawn
                     pictures = list(cast.pictures(outstanding=1 if i + 1 < frames else 0))
             yield from sent(pictures)
+        if late and warnings is not None:
+            with dog.step("after the last frame", bound):
+                answer = cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.lateVideos()",
+                                                       "returnByValue": True})  # fmt: skip
+            urls = answer.get("result", {}).get("value") or ["?"]
+            warnings.append(f"{len(urls)} video(s) of the page took over 1 s to seek, at {len(late)} frame(s) from "
+                            f"{late[0] / fps:.1f} s on (first {redact_url(str(urls[0]))}): their data came slowly, "
+                            "so those frames may show an earlier picture, and reruns may differ")  # fmt: skip
         if drawn is not None:
             drawn()
 

@@ -1375,6 +1375,38 @@ def test_a_video_whose_data_comes_late_is_waited_for_and_starts_on_the_first_fra
     assert_plays_at_1x(out, 320, 180)
 
 
+def test_a_video_whose_seeks_outrun_its_data_is_named_in_a_warning(tmp_path):
+    """Each frame seeks the page's videos to the clock's time and waits at most 1 s for each seek. A video whose
+    data comes slowly (a slow server, one the recording could not copy) then showed an earlier picture on those
+    frames, and reruns could differ, without a word. Here each byte range after the first comes 2 s late, in
+    64 KB pieces, so the clock's seeks outrun the data: the result says which video, and from when."""
+    clip = tmp_path / "segments.webm"
+    segments_clip(clip, size="640x360", noise=True, extra=("-b:v", "4M"))
+    data = clip.read_bytes()
+    assert len(data) > 4 * 65536  # more than the first pieces hold
+
+    def answer(path, headers):
+        if not path.startswith("/clip"):  # no video suffix: the browser loads it itself (no all-keyframe copy)
+            return 200, {}, (b'<body style="margin:0;background:#000"><video src="/clip?v=1" autoplay muted loop '
+                             b'style="width:640px;height:360px;display:block"></video></body>')  # fmt: skip
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", headers.get("Range", ""))
+        first = int(m[1]) if m else 0
+        if first:
+            time.sleep(2)
+        last = min(len(data) - 1, first + 65535)
+        return 206, {"Content-Type": "video/webm", "Accept-Ranges": "bytes",
+                     "Content-Range": f"bytes {first}-{last}/{len(data)}"}, data[first : last + 1]  # fmt: skip
+
+    started = time.monotonic()
+    with page_server(answer) as server:
+        result = record(f"http://127.0.0.1:{server.server_port}/", tmp_path / "slow.mp4",
+                        opts(duration=0.5, fps=10, scroll="none"))  # fmt: skip
+    late = [w for w in result.warnings if "took over 1 s to seek" in w]
+    assert len(late) == 1 and "1 video(s)" in late[0] and "/clip?" in late[0], result.warnings  # query redacted
+    frames = int(re.search(r"at (\d+) frame\(s\)", late[0])[1])
+    assert 1 <= frames <= 5 and time.monotonic() - started < 60, (late, time.monotonic() - started)
+
+
 def test_a_page_video_whose_copy_runs_out_of_time_plays_as_it_is_and_says_so(tmp_path, monkeypatch):
     """Whether a page video gets its all-keyframe copy depended on timing: beside a busy recording the copy of a
     4 s detailed clip took over the 10 s budget (5.9 s of CPU instead of 0.9), so one run of a pair played the
@@ -1491,14 +1523,16 @@ def test_a_detailed_video_back_in_view_at_the_top_edge_is_drawn_alike_in_every_r
     monkeypatch.setattr(cdp.DirectPage, "pump", pump)
     runs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
     with caplog.at_level("WARNING", logger="assetprep.record"):
-        for out in runs:
-            record(site, out, opts(duration=2, keyframes=keys))
+        said = [record(site, out, opts(duration=2, keyframes=keys)).warnings for out in runs]
     assert len(casts) == 2 and len(waiting) >= 2 * (60 + 1 + 4 * 2) and max(waiting) <= 1, waiting
     assert "the screencast sent no picture" not in caplog.text
-    frames = frames_rgb(runs[0])
+    frames, others = frames_rgb(runs[0]), frames_rgb(runs[1])
     assert len(frames) == 60 and min(px(frames[0], 300, 200)) < 200 < min(px(frames[-1], 300, 200))  # clip; page
-    differing = [i for i, (a, b) in enumerate(zip(frames, frames_rgb(runs[1]), strict=True)) if a != b]
-    assert not differing and runs[0].read_bytes() == runs[1].read_bytes(), differing
+    # A failure says, for each differing frame, whether the first run's picture is the second's one frame later (+1)
+    # or earlier (-1): it failed once in CI with frames 1-6 off by one frame, which no rerun here has shown again.
+    differing = [(i, next((d for d in (1, -1) if 0 <= i + d < 60 and a == others[i + d]), 0))
+                 for i, (a, b) in enumerate(zip(frames, others, strict=True)) if a != b]  # fmt: skip
+    assert not differing and runs[0].read_bytes() == runs[1].read_bytes(), (differing, said)
 
 
 def test_copy_folders_of_killed_recordings_are_swept(tmp_path):
