@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,28 @@ def _tavus() -> Check:
         return Check("tavus", False, exc.message, exc.hint or "")
 
 
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _huge_pages(setting: Path = THP) -> Check:
+    """Advice, never a failure. Chromium takes fresh memory for each frame it records (~34 MB at 1080p: 8,600 page
+    faults a frame here), and the kernel's work mapping it was a quarter of a 1080p recording's CPU. With transparent
+    huge pages on `always` (a setting of the machine, for its root to make), 6 of 6 interleaved pairs of 10 s 1080p
+    recordings were faster: median 1.79x against 1.97x real time, 38% fewer page faults."""
+    try:
+        text = setting.read_text()
+    except OSError:
+        return Check("hugepages", True, "no transparent huge page setting here (not Linux?)")
+    found = re.search(r"\[(\w+)\]", text)
+    mode = found[1] if found else text.strip()
+    if mode == "always":
+        return Check("hugepages", True, "transparent huge pages: always")
+    tip = f"on a machine that records, as root: echo always > {setting} (1080p recordings ~5-9% faster)"
+    return Check("hugepages", True, f"transparent huge pages: {mode}", tip)
+
+
 def run_checks(bucket: str | None = None) -> list[Check]:
-    checks = [_tool("ffmpeg"), _tool("ffprobe"), _chromium()]
+    checks = [_tool("ffmpeg"), _tool("ffprobe"), _chromium(), _huge_pages()]
     espeak = shutil.which("espeak-ng")
     checks.append(Check("espeak-ng", True, espeak or "absent: the sandbox speaks scripts as a tone bed"))
     checks += [_s3(bucket), _tavus()]

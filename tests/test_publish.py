@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -312,10 +313,29 @@ def test_doctor_names_what_to_fix(world, s3):
                         text=True, timeout=60)  # fmt: skip
     checks = {c["name"]: c for c in json.loads(ok.stdout)["checks"]}
     assert ok.returncode == 0 and checks["s3"]["ok"] and "4 replicas" in checks["tavus"]["detail"]
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # advice only: this machine's own setting
+    if thp.exists():
+        mode = re.search(r"\[(\w+)\]", thp.read_text())[1]
+        assert checks["hugepages"]["detail"] == f"transparent huge pages: {mode}" and checks["hugepages"]["ok"]
+        assert bool(checks["hugepages"]["fix"]) == (mode != "always")
     bad = subprocess.run([sys.executable, "-m", "assetprep", "doctor"], env={**env, "TAVUS_API_KEY": "wrong-9"},
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 1 and "FAIL tavus" in bad.stdout and "Invalid access token" in bad.stdout
     assert "wrong-9" not in bad.stdout + bad.stderr
+
+
+def test_doctor_advises_huge_pages_only_when_they_are_not_always_on(tmp_path):
+    from assetprep.doctor import _huge_pages
+
+    setting = tmp_path / "enabled"
+    got = {}
+    for text in ("always [madvise] never\n", "[always] madvise never\n", "always madvise [never]\n"):
+        setting.write_text(text)
+        got[text.strip()] = _huge_pages(setting)
+    assert got["always [madvise] never"].detail == "transparent huge pages: madvise"
+    assert f"echo always > {setting}" in got["always [madvise] never"].fix
+    assert got["[always] madvise never"].fix == "" and got["always madvise [never]"].fix
+    assert all(c.ok for c in got.values()) and "not Linux" in _huge_pages(tmp_path / "absent").detail
 
 
 def test_a_background_written_without_its_scheme_is_the_website(tmp_path, monkeypatch):
