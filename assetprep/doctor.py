@@ -73,7 +73,7 @@ def _tavus() -> Check:
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
-def _huge_pages(setting: Path = THP) -> Check:
+def huge_pages(setting: Path = THP) -> Check:
     """Advice, never a failure. Chromium takes fresh memory for each frame it records (~34 MB at 1080p: 8,600 page
     faults a frame here), and the kernel's work mapping it was a quarter of a 1080p recording's CPU. With transparent
     huge pages on `always` (a setting of the machine, for its root to make), 6 of 6 interleaved pairs of 10 s 1080p
@@ -91,7 +91,7 @@ def _huge_pages(setting: Path = THP) -> Check:
 
 
 def run_checks(bucket: str | None = None) -> list[Check]:
-    checks = [_tool("ffmpeg"), _tool("ffprobe"), _chromium(), _huge_pages()]
+    checks = [_tool("ffmpeg"), _tool("ffprobe"), _chromium(), huge_pages()]
     espeak = shutil.which("espeak-ng")
     checks.append(Check("espeak-ng", True, espeak or "absent: the sandbox speaks scripts as a tone bed"))
     checks += [_s3(bucket), _tavus()]

@@ -325,17 +325,17 @@ def test_doctor_names_what_to_fix(world, s3):
 
 
 def test_doctor_advises_huge_pages_only_when_they_are_not_always_on(tmp_path):
-    from assetprep.doctor import _huge_pages
+    from assetprep.doctor import huge_pages
 
     setting = tmp_path / "enabled"
     got = {}
     for text in ("always [madvise] never\n", "[always] madvise never\n", "always madvise [never]\n"):
         setting.write_text(text)
-        got[text.strip()] = _huge_pages(setting)
+        got[text.strip()] = huge_pages(setting)
     assert got["always [madvise] never"].detail == "transparent huge pages: madvise"
     assert f"echo always > {setting}" in got["always [madvise] never"].fix
     assert got["[always] madvise never"].fix == "" and got["always madvise [never]"].fix
-    assert all(c.ok for c in got.values()) and "not Linux" in _huge_pages(tmp_path / "absent").detail
+    assert all(c.ok for c in got.values()) and "not Linux" in huge_pages(tmp_path / "absent").detail
 
 
 def test_a_background_written_without_its_scheme_is_the_website(tmp_path, monkeypatch):
