@@ -271,7 +271,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         page = real_page(tmp / "site", args.hero) if args.page == "real" else PAGE
         print(f"page: {page}")
-        print(huge_pages().detail)  # the machine's setting moves 1080p by 5-9% (assetprep doctor)
+        print(huge_pages().detail)  # the machine's setting moves 1080p by 3-9% (assetprep doctor)
         timecut = install_timecut(tmp / "timecut") if args.timecut else None
         peer: tuple[list[float], list[float], tuple[int, int, int], int] = ([], [], (0, 0, 0), 0)
         # Rounds interleave the recorders (each round runs every one once), so a change in the machine's load
