@@ -402,9 +402,9 @@ TIME_SHIM = r"""
       }
       const flag = (revived.length ? 2 : 0) | (ours ? 0 : 4);
       const told = (f) => {  // an answer with the seeks ended tells of those that ran out of time
-        const with8 = f & 1 || !late ? f : f | 8;
-        if (!(f & 1)) late = 0;
-        return with8;
+        if (f & 1 || !late) return f;
+        late = 0;
+        return f | 8;
       };
       if (!pending) return told(flag) || undefined;
       const done = pending.then(() => flag);
