@@ -150,6 +150,9 @@ _SCROLL_BOX_JS = """() => {
   return box;
 }"""
 
+# The seek bound: how long a frame waits for a page video's seek (and for a frame's clock to answer); a video whose seek
+# takes longer is drawn with the picture it has, and named in a warning.
+_SEEK_BOUND_S = 1.0
 TIME_SHIM = r"""
 (() => {
   if (window.__assetprep) return;
@@ -293,7 +296,7 @@ TIME_SHIM = r"""
   // Set on the document the recorder loaded and got ready (own()): a document the page went on to by itself (a
   // redirect, a reload) is not, and says so to the clock's calls (start(), settled()).
   let ours = false;
-  // Sets a media element's time: a promise that ends once it seeked there (at most 1 s). One that took longer (its
+  // Sets a media element's time: a promise that ends once it seeked there (the seek bound). One that took longer (its
   // data comes slowly) is noted: the frame is drawn with the picture the video had, which reruns need not share.
   const lateSeeks = new Set();  // the URLs of videos whose seek ran out of time
   let late = 0;  // seeks that ran out of time since the clock last answered
@@ -306,7 +309,7 @@ TIME_SHIM = r"""
         lateSeeks.add(el.currentSrc || el.src || "a video without a URL");
       }
       done();
-    }, 1000);
+    }, @SEEK_MS@);
     el.currentTime = to;
   });
   // Chromium keeps showing the picture a video had when it went out of view, even after a seek, until a frame has
@@ -390,7 +393,7 @@ TIME_SHIM = r"""
     // After a frame's picture was taken: start the seeks the next frame (at `target`) needs. advance() finds them
     // made and settled() waits for them.
     ahead(target) { drive(target, true); },
-    // After advance: a promise that ends when the media seeked to this frame's time (at most 1 s), or nothing.
+    // After advance: a promise that ends when the media seeked to this frame's time (the seek bound), or nothing.
     // With `limit` (ms) it ends by then anyway, with 1 if the seeks are still going (settled() waits for them).
     // 2 is added when a video came back into view (see `revived`), 4 on a document the recorder did not get ready,
     // 8 when a seek ran out of its second since the last answer.
@@ -412,7 +415,7 @@ TIME_SHIM = r"""
       return Promise.race([done, new Promise((r) => realTimeout(() => r(1 + flag), limit))]).then(told);
     },
     // Once the frame was drawn with the revived videos in view: each seeked 50 ms away and back, one after the other
-    // (at most 1 s each), so the picture at its time comes anew. `last`: the round after which they are done.
+    // (the seek bound each), so the picture at its time comes anew. `last`: the round after which they are done.
     async revive(last) {
       const videos = revived;
       if (last) revived = [];
@@ -460,7 +463,7 @@ TIME_SHIM = r"""
   // of their own, which nothing moved: their timers and animation frames never ran (a widget that shows itself
   // after a timeout stayed blank, its animations stood still). Each frame's clock follows its parent's over a
   // channel of their own (the pages' own message listeners see nothing of it): the parent's advance() moves its
-  // frames' clocks, and settled() waits until they have moved (at most 1 s). A frame's clock starts at 0 when time
+  // frames' clocks, and settled() waits until they have moved (the seek bound). A frame's clock starts at 0 when time
   // first reaches it, as its performance.now() starts at its own load in a visitor's browser.
   const inner = new Map();  // a frame's window -> [port, ticks sent]
   addEventListener("message", (e) => {
@@ -477,7 +480,7 @@ TIME_SHIM = r"""
       const [port] = entry, n = ++entry[1];
       seeking.push(new Promise((done) => {
         port.onmessage = (e) => { if (e.data === n) done(); };
-        realTimeout(done, 1000);
+        realTimeout(done, @SEEK_MS@);
         port.postMessage([n, target]);
       }));
     }
@@ -495,7 +498,7 @@ TIME_SHIM = r"""
     try { window.parent.postMessage({__assetprep: "frame"}, "*", [port2]); } catch (e) {}
   }
 })();
-""".replace("@SCROLL_BOX@", _SCROLL_BOX_JS)
+""".replace("@SCROLL_BOX@", _SCROLL_BOX_JS).replace("@SEEK_MS@", str(round(_SEEK_BOUND_S * 1000)))
 
 # Sent as a raw CDP Runtime.evaluate (numbers only): ~1.3 ms a frame instead of ~2 ms through page.evaluate.
 _FRAME_JS = "window.__assetprep.scroll({y}); window.__assetprep.advance({t:.4f}); window.__assetprep.settled({limit})"
@@ -1570,9 +1573,10 @@ def _record_exact(
                 answer = cdp.send("Runtime.evaluate", {"expression": "window.__assetprep.lateVideos()",
                                                        "returnByValue": True})  # fmt: skip
             urls = answer.get("result", {}).get("value") or ["?"]
-            warnings.append(f"{len(urls)} video(s) of the page took over 1 s to seek, at {len(late)} frame(s) from "
-                            f"{late[0] / fps:.1f} s on (first {redact_url(str(urls[0]))}): their data came slowly, "
-                            "so those frames may show an earlier picture, and reruns may differ")  # fmt: skip
+            warnings.append(f"{len(urls)} video(s) of the page took over {_SEEK_BOUND_S:g} s to seek, at "
+                            f"{len(late)} frame(s) from {late[0] / fps:.1f} s on (first {redact_url(str(urls[0]))}): "
+                            "their data came slowly, so those frames may show an earlier picture, and reruns may "
+                            "differ")  # fmt: skip
         if drawn is not None:
             drawn()
 
