@@ -296,8 +296,9 @@ TIME_SHIM = r"""
   // Set on the document the recorder loaded and got ready (own()): a document the page went on to by itself (a
   // redirect, a reload) is not, and says so to the clock's calls (start(), settled()).
   let ours = false;
-  // Sets a media element's time: a promise that ends once it seeked there (the seek bound). One that took longer (its
-  // data comes slowly) is noted: the frame is drawn with the picture the video had, which reruns need not share.
+  // Sets a media element's time: a promise that ends once it seeked there (within the seek bound). One that took
+  // longer (its data comes slowly) is noted: the frame is drawn with the picture the video had, which reruns need
+  // not share.
   const lateSeeks = new Set();  // the URLs of videos whose seek ran out of time
   let late = 0;  // seeks that ran out of time since the clock last answered
   const seekMedia = (el, to) => new Promise((done) => {
@@ -393,10 +394,11 @@ TIME_SHIM = r"""
     // After a frame's picture was taken: start the seeks the next frame (at `target`) needs. advance() finds them
     // made and settled() waits for them.
     ahead(target) { drive(target, true); },
-    // After advance: a promise that ends when the media seeked to this frame's time (the seek bound), or nothing.
+    // After advance: a promise that ends when the media seeked to this frame's time (within the seek bound), or
+    // nothing.
     // With `limit` (ms) it ends by then anyway, with 1 if the seeks are still going (settled() waits for them).
     // 2 is added when a video came back into view (see `revived`), 4 on a document the recorder did not get ready,
-    // 8 when a seek ran out of its second since the last answer.
+    // 8 when a seek ran out of the seek bound since the last answer.
     settled(limit) {
       if (seeking.length) {
         const all = pending = Promise.all(seeking);
@@ -415,7 +417,7 @@ TIME_SHIM = r"""
       return Promise.race([done, new Promise((r) => realTimeout(() => r(1 + flag), limit))]).then(told);
     },
     // Once the frame was drawn with the revived videos in view: each seeked 50 ms away and back, one after the other
-    // (the seek bound each), so the picture at its time comes anew. `last`: the round after which they are done.
+    // (each within the seek bound), so the picture at its time comes anew. `last`: the round after which they are done.
     async revive(last) {
       const videos = revived;
       if (last) revived = [];
@@ -463,8 +465,8 @@ TIME_SHIM = r"""
   // of their own, which nothing moved: their timers and animation frames never ran (a widget that shows itself
   // after a timeout stayed blank, its animations stood still). Each frame's clock follows its parent's over a
   // channel of their own (the pages' own message listeners see nothing of it): the parent's advance() moves its
-  // frames' clocks, and settled() waits until they have moved (the seek bound). A frame's clock starts at 0 when time
-  // first reaches it, as its performance.now() starts at its own load in a visitor's browser.
+  // frames' clocks, and settled() waits until they have moved (within the seek bound). A frame's clock starts at 0
+  // when time first reaches it, as its performance.now() starts at its own load in a visitor's browser.
   const inner = new Map();  // a frame's window -> [port, ticks sent]
   addEventListener("message", (e) => {
     if (!e.data || e.data.__assetprep !== "frame" || !e.ports[0] || !e.source) return;
