@@ -864,6 +864,9 @@ _NET_ERRORS = {  # Chromium's codes in words
     "ERR_EMPTY_RESPONSE": "connection closed without an answer",
     "ERR_CERT_": "TLS certificate rejected",
     "Download is starting": "it answers with a file to download (a PDF, a zip), not a web page",
+    "ERR_TOO_MANY_REDIRECTS": "it redirects in a loop",
+    # A 204/205 answer (nothing to show) or a load the site cancelled itself.
+    "ERR_ABORTED": "it answered with no page to show (such as HTTP 204 No Content)",
     "ms exceeded": "no page came within the timeout",
 }
 

@@ -581,6 +581,19 @@ def test_a_url_that_answers_with_a_download_is_named_as_such(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_redirect_loop_and_an_empty_answer_are_named_in_words(tmp_path):
+    """Chromium's codes alone (net::ERR_TOO_MANY_REDIRECTS, net::ERR_ABORTED) left a user to look them up."""
+    answers = {"/loop": (302, {"Location": "/loop"}, b""), "/empty": (204, {}, b"")}
+    with page_server(lambda path, headers: answers.get(path, (404, {}, b""))) as server:
+        url = f"http://127.0.0.1:{server.server_port}"
+        for path, words in (("/loop", "it redirects in a loop"),
+                            ("/empty", "it answered with no page to show (such as HTTP 204 No Content)")):  # fmt: skip
+            with pytest.raises(RecordError) as err:
+                record(f"{url}{path}", tmp_path / "e.mp4", opts(duration=1, fps=5))
+            assert err.value.message.startswith(f"cannot load {url}{path}: {words} [net::ERR_"), err.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_clip_or_picture_url_is_the_background_itself_not_chromiums_viewer_of_it(gen, tmp_path):
     """A lead's website column may hold a CDN link to a promo clip or a picture. Recorded, that is Chromium's media
     viewer: the first frame, small, on black. record names it; publish and batch download and normalize it."""
