@@ -108,6 +108,15 @@ def sweep_stale_parts(final: Path) -> list[Path]:
     return removed
 
 
+def part_target(path: Path) -> Path:
+    """The file a temp part of atomic_output becomes (`.name.<pid>-<hex>.part` → `name`); any other path as it is."""
+    stem, dot, rest = path.name[1:].removesuffix(".part").rpartition(".")
+    pid, dash, _hex = rest.partition("-")
+    if path.name.startswith(".") and path.name.endswith(".part") and dot and dash and pid.isdigit():
+        return path.with_name(stem)
+    return path
+
+
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 

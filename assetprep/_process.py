@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CancelledError, ProcessError, ProcessTimeoutError, ToolMissingError
+from ._files import part_target
+from .errors import CancelledError, OutputError, ProcessError, ProcessTimeoutError, ToolMissingError
 from .progress import Progress, ProgressCallback
 
 _INSTALL_HINTS = {
@@ -244,18 +245,45 @@ def _run_started(
         raise
     if failures:
         raise failures[0]
-    result = RunResult(command, proc.returncode, b"".join(stdout_chunks), list(stderr_lines))
-    if check and proc.returncode != 0:
+    returncode = proc.returncode
+    if returncode == 0 and any(line.startswith(_UNWRITTEN) for line in stderr_lines):
+        returncode = 1  # ffmpeg 5.1 exits 0 when only its trailer could not be written: the file is unplayable
+    result = RunResult(command, returncode, b"".join(stdout_chunks), list(stderr_lines))
+    full = _disk_full(result.stderr_lines)
+    if full is not None:
+        where = f"of {full.parent} (writing {full.name})" if full.name else f"{what or name} writes to"
+        raise OutputError(f"no space left on the disk {where}",
+                          hint="free space there, or write elsewhere, and run again")  # fmt: skip
+    if check and returncode != 0:
         tail = [line for line in result.stderr_lines if line.strip()][-STDERR_TAIL_LINES:]
-        last = tail[-1] if tail else f"exit code {proc.returncode}"
+        last = tail[-1] if tail else f"exit code {returncode}"
         raise ProcessError(
             f"{what or name} failed: {last}",
             command=command,
-            returncode=proc.returncode,
+            returncode=returncode,
             stderr_tail=tail,
             hint=hint,
         )
     return result
+
+
+# ffmpeg's words when its output could not be finished.
+_UNWRITTEN = ("Error writing trailer of ", "Error closing file ")
+_NO_SPACE = ": No space left on device"
+
+
+def _disk_full(lines: list[str]) -> Path | None:
+    """The file a program could not write for want of disk space (its stderr says so: ENOSPC; a temp `.part` is
+    named as the file it becomes), Path("") when it names none, None when the disk did not run full."""
+    hits = [line for line in lines if _NO_SPACE in line or "Disk quota exceeded" in line]
+    if not hits:
+        return None
+    for line in hits:
+        text = line.split(": No space left on device")[0].split(": Disk quota exceeded")[0]
+        for prefix in _UNWRITTEN:
+            if text.startswith(prefix):
+                return part_target(Path(text[len(prefix) :]))
+    return Path("")
 
 
 _FEED_QUEUE = 96  # chunks (frames) buffered between producer and program: ~10 MB of 1080p JPEGs

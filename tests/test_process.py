@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from assetprep import ProcessError, ProcessTimeoutError, ToolMissingError
+from assetprep import OutputError, ProcessError, ProcessTimeoutError, ToolMissingError
 from assetprep._process import find_tool, run
 
 
@@ -82,3 +82,55 @@ def test_program_exiting_early_ends_an_endless_producer():
     with pytest.raises(ProcessError, match="exit code 3"):
         run([sys.executable, "-c", "import sys; sys.exit(3)"], timeout=60, stdin_chunks=endless)
     assert time.monotonic() - started < 10
+
+
+def test_a_trailer_ffmpeg_could_not_write_is_a_failure_even_when_it_exits_0(tmp_path):
+    """ffmpeg 5.1 (Debian 12's) exits 0 when only its trailer could not be written, as when the disk filled while
+    +faststart moved the index: the recording then failed later with "not a media file ffmpeg can read: .bg.mp4….part"
+    (seen with `record` on a full disk). The program here prints ffmpeg's lines and exits 0, as that ffmpeg did."""
+    part = tmp_path / ".bg.mp4.4242-0a1b2c3d.part"
+
+    def say(*lines: str) -> list[str]:
+        return ["sh", "-c", 'for line in "$@"; do echo "$line" >&2; done; exit 0', "sh", *lines]
+
+    with pytest.raises(OutputError) as full:
+        run(say("av_interleaved_write_frame(): No space left on device",
+                f"Error writing trailer of {part}: No space left on device"), timeout=30, what="ffmpeg")  # fmt: skip
+    assert full.value.message == f"no space left on the disk of {tmp_path} (writing bg.mp4)"
+    assert full.value.hint == "free space there, or write elsewhere, and run again"
+    with pytest.raises(OutputError) as unnamed:
+        run(say("av_interleaved_write_frame(): No space left on device"), timeout=30, what="ffmpeg")
+    assert unnamed.value.message == "no space left on the disk ffmpeg writes to"
+    with pytest.raises(ProcessError, match="Input/output error") as other:
+        run(say(f"Error closing file {part}: Input/output error"), timeout=30)
+    assert other.value.returncode == 1
+    assert run(say("[mp4 @ 0x1] a warning that is not an error"), timeout=30).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["record", "normalize"])
+def test_a_full_disk_is_named_once_with_no_partial_file(command, tmp_path):
+    """`record` and `normalize video` onto a full disk (a tmpfs of 12 KB in the command's own mount namespace)."""
+    import subprocess
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if command == "record":
+        page = tmp_path / "page.html"
+        page.write_text('<body style="margin:0"><canvas id="c" width="640" height="360"></canvas><script>'
+                        "const g = c.getContext('2d'); (function draw(t) { for (let i = 0; i < 400; i++) {"
+                        "g.fillStyle = `hsl(${(i * 37 + t) % 360},90%,50%)`; g.fillRect((i * 53) % 640, (i * 29) % 360,"
+                        " 24, 24); } requestAnimationFrame(draw); })(0);</script></body>")  # fmt: skip
+        args = ["record", str(page), "-o", str(disk / "bg.mp4"), "--duration", "2", "--preset", "background-720p"]
+    else:
+        clip = tmp_path / "clip.mp4"
+        run([find_tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=2", "-pix_fmt",
+             "yuv420p", str(clip)], timeout=60)  # fmt: skip
+        args = ["normalize", "video", str(clip), "-o", str(disk / "bg.mp4"), "--preset", "background-720p"]
+    script = 'mount -t tmpfs -o size=12k none "$1" && shift && "$@"; code=$?; ls -A "$0"; exit $code'
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, str(disk), str(disk), sys.executable, "-m",
+                           "assetprep", *args], capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (f"error: no space left on the disk of {disk} (writing bg.mp4) (free space there, "
+                                   "or write elsewhere, and run again)"), done.stderr  # fmt: skip
+    assert done.stdout == "", done.stdout  # `ls -A` of the full disk: no partial file is left
