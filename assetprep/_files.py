@@ -7,6 +7,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -108,13 +109,14 @@ def sweep_stale_parts(final: Path) -> list[Path]:
     return removed
 
 
+# atomic_output's temp files, and the steps' own beside them (`.a.wav.<pid>-<hex>.pass0.part`).
+_PART = re.compile(r"\.(.+)\.\d+-[0-9a-f]+(\.[^.]+)?\.part")
+
+
 def part_target(path: Path) -> Path:
-    """The file a temp part of atomic_output becomes (`.name.<pid>-<hex>.part` → `name`); any other path as it is."""
-    stem, dot, rest = path.name[1:].removesuffix(".part").rpartition(".")
-    pid, dash, _hex = rest.partition("-")
-    if path.name.startswith(".") and path.name.endswith(".part") and dot and dash and pid.isdigit():
-        return path.with_name(stem)
-    return path
+    """The file a temp part becomes (`.name.<pid>-<hex>[.step].part` → `name`); any other path as it is."""
+    match = _PART.fullmatch(path.name)
+    return path.with_name(match.group(1)) if match else path
 
 
 def glob_escape(name: str) -> str:

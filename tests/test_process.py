@@ -107,9 +107,10 @@ def test_a_trailer_ffmpeg_could_not_write_is_a_failure_even_when_it_exits_0(tmp_
     assert run(say("[mp4 @ 0x1] a warning that is not an error"), timeout=30).returncode == 0
 
 
-@pytest.mark.parametrize("command", ["record", "normalize"])
+@pytest.mark.parametrize("command", ["record", "normalize", "audio"])
 def test_a_full_disk_is_named_once_with_no_partial_file(command, tmp_path):
-    """`record` and `normalize video` onto a full disk (a tmpfs of 12 KB in the command's own mount namespace)."""
+    """`record`, `normalize video` and `normalize audio` (whose passes write temp files of their own) onto a full
+    disk (a tmpfs of 12 KB in the command's own mount namespace)."""
     import subprocess
     import sys
 
@@ -122,6 +123,10 @@ def test_a_full_disk_is_named_once_with_no_partial_file(command, tmp_path):
                         "g.fillStyle = `hsl(${(i * 37 + t) % 360},90%,50%)`; g.fillRect((i * 53) % 640, (i * 29) % 360,"
                         " 24, 24); } requestAnimationFrame(draw); })(0);</script></body>")  # fmt: skip
         args = ["record", str(page), "-o", str(disk / "bg.mp4"), "--duration", "2", "--preset", "background-720p"]
+    elif command == "audio":
+        speech = tmp_path / "speech.flac"
+        run([find_tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=3", str(speech)], timeout=60)
+        args = ["normalize", "audio", str(speech), "-o", str(disk / "bg.wav")]
     else:
         clip = tmp_path / "clip.mp4"
         run([find_tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=2", "-pix_fmt",
@@ -131,6 +136,7 @@ def test_a_full_disk_is_named_once_with_no_partial_file(command, tmp_path):
     done = subprocess.run(["unshare", "-m", "sh", "-c", script, str(disk), str(disk), sys.executable, "-m",
                            "assetprep", *args], capture_output=True, text=True, timeout=180)  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert done.stderr.strip() == (f"error: no space left on the disk of {disk} (writing bg.mp4) (free space there, "
+    name = "bg.wav" if command == "audio" else "bg.mp4"
+    assert done.stderr.strip() == (f"error: no space left on the disk of {disk} (writing {name}) (free space there, "
                                    "or write elsewhere, and run again)"), done.stderr  # fmt: skip
     assert done.stdout == "", done.stdout  # `ls -A` of the full disk: no partial file is left
