@@ -481,7 +481,16 @@ TIME_SHIM = r"""
       }
       const [port] = entry, n = ++entry[1];
       seeking.push(new Promise((done) => {
-        port.onmessage = (e) => { if (e.data === n) done(); };
+        // The frame's answer names its videos whose seeks ran out of time (and its own frames'): they are the
+        // page's late videos too.
+        port.onmessage = (e) => {
+          const [m, urls] = e.data;
+          if (urls) {
+            late++;
+            for (const url of urls) lateSeeks.add(url);
+          }
+          if (m === n) done();
+        };
         realTimeout(done, @SEEK_MS@);
         port.postMessage([n, target]);
       }));
@@ -495,7 +504,7 @@ TIME_SHIM = r"""
       if (base === null) base = target - vt;
       ours = true;  // its parent is recorded
       window.__assetprep.advance(target - base);
-      Promise.resolve(window.__assetprep.settled()).then(() => port1.postMessage(n));
+      Promise.resolve(window.__assetprep.settled()).then((f) => port1.postMessage([n, f & 8 ? [...lateSeeks] : null]));
     };
     try { window.parent.postMessage({__assetprep: "frame"}, "*", [port2]); } catch (e) {}
   }
