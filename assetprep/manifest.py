@@ -41,6 +41,7 @@ TEMPLATED = ("script", "video_name", "output", "background")
 _TRIMMED = ("background", "output", "audio", "script_file", "watermark", "callback_url", "replica_id")
 _PAGE_SUFFIXES = (".html", ".htm")
 _CLIP_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".png", ".jpg", ".jpeg")
+_SPREADSHEETS = (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
 
 
 _ENV = environment()  # parsing only (which variables a template reads); rendering happens in _templates' child
@@ -139,6 +140,11 @@ def _delimiter(text: str, suffix: str) -> str:
 
 def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[str, Any], list[str], Sheet]:
     """(rows as (number, where, values), YAML defaults, problems, how a CSV is written) of a manifest file."""
+    suffix = path.suffix.lower()
+    if suffix in _SPREADSHEETS and path.is_file():  # a CRM or a sales team hands these over as they are
+        raise ManifestError(f"{path} is a spreadsheet file ({suffix}), not a manifest",
+                            hint="save it as CSV (Excel: Save As, CSV UTF-8; LibreOffice and Google Sheets: "
+                                 "Download or Save As .csv) and give the .csv")  # fmt: skip
     try:
         text = read_text_file(path, None)
     except FileNotFoundError:
@@ -149,7 +155,6 @@ def _read_raw(path: Path) -> tuple[list[tuple[int, str, dict[str, Any]]], dict[s
         raise ManifestError(
             f"cannot read manifest {path}: {exc.strerror}", hint="pass a CSV, YAML or JSONL file"
         ) from None
-    suffix = path.suffix.lower()
     problems: list[str] = []
     rows: list[tuple[int, str, dict[str, Any]]] = []
     defaults: dict[str, Any] = {}

@@ -479,6 +479,20 @@ def test_a_manifest_or_script_in_a_legacy_encoding_is_refused_with_its_line(tmp_
     ]
 
 
+def test_a_spreadsheet_file_is_named_as_one_with_how_to_save_it_as_csv(tmp_path):
+    """A CRM export or a sales team's sheet comes as .xlsx: "unknown manifest type .xlsx" did not say what to do."""
+    import zipfile
+
+    for suffix in (".xlsx", ".ods"):
+        sheet = tmp_path / f"leads{suffix}"
+        with zipfile.ZipFile(sheet, "w") as z:  # what they are: zipped XML, not text
+            z.writestr("xl/worksheets/sheet1.xml", bytes(range(256)) * 4)
+        with pytest.raises(ManifestError) as caught:
+            load_manifest(sheet, defaults={"replica_id": DEFAULT_REPLICA}, out_dir=tmp_path)
+        assert caught.value.message == f"{sheet} is a spreadsheet file ({suffix}), not a manifest"
+        assert "CSV UTF-8" in (caught.value.hint or "") and "give the .csv" in (caught.value.hint or "")
+
+
 def test_the_journals_row_states_in_memory_agree_with_the_file_from_threads_and_after_reopening(tmp_path):
     """The batch's loop reads states from memory (a query per read cost 20-60 ms at 10,000 rows); the file stays
     the truth: whatever eight threads write, the memory and a fresh open of the file say the same."""
