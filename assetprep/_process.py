@@ -269,17 +269,17 @@ def _run_started(
 
 # ffmpeg's words when its output could not be finished.
 _UNWRITTEN = ("Error writing trailer of ", "Error closing file ")
-_NO_SPACE = ": No space left on device"
+_FULL = (": No space left on device", ": Disk quota exceeded")  # strerror of ENOSPC and EDQUOT
 
 
 def _disk_full(lines: list[str]) -> Path | None:
     """The file a program could not write for want of disk space (its stderr says so: ENOSPC; a temp `.part` is
     named as the file it becomes), Path("") when it names none, None when the disk did not run full."""
-    hits = [line for line in lines if _NO_SPACE in line or "Disk quota exceeded" in line]
+    hits = [line for line in lines if any(words in line for words in _FULL)]
     if not hits:
         return None
     for line in hits:
-        text = line.split(": No space left on device")[0].split(": Disk quota exceeded")[0]
+        text = next(line.split(words)[0] for words in _FULL if words in line)
         for prefix in _UNWRITTEN:
             if text.startswith(prefix):
                 return part_target(Path(text[len(prefix) :]))
