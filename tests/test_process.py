@@ -101,6 +101,8 @@ def test_a_trailer_ffmpeg_could_not_write_is_a_failure_even_when_it_exits_0(tmp_
     with pytest.raises(OutputError) as unnamed:
         run(say("av_interleaved_write_frame(): No space left on device"), timeout=30, what="ffmpeg")
     assert unnamed.value.message == "no space left on the disk ffmpeg writes to"
+    with pytest.raises(OutputError, match="no space left on the disk of"):  # a user's quota (EDQUOT)
+        run(say(f"Error closing file {part}: Disk quota exceeded"), timeout=30)
     with pytest.raises(ProcessError, match="Input/output error") as other:
         run(say(f"Error closing file {part}: Input/output error"), timeout=30)
     assert other.value.returncode == 1
