@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -110,12 +112,9 @@ def test_a_trailer_ffmpeg_could_not_write_is_a_failure_even_when_it_exits_0(tmp_
 
 
 @pytest.mark.parametrize("command", ["record", "normalize", "audio"])
-def test_a_full_disk_is_named_once_with_no_partial_file(command, tmp_path):
+def test_a_full_disk_is_named_once_with_no_partial_file(command, gen, tmp_path):
     """`record`, `normalize video` and `normalize audio` (whose passes write temp files of their own) onto a full
     disk (a tmpfs of 12 KB in the command's own mount namespace)."""
-    import subprocess
-    import sys
-
     disk = tmp_path / "disk"
     disk.mkdir()
     if command == "record":
@@ -126,13 +125,10 @@ def test_a_full_disk_is_named_once_with_no_partial_file(command, tmp_path):
                         " 24, 24); } requestAnimationFrame(draw); })(0);</script></body>")  # fmt: skip
         args = ["record", str(page), "-o", str(disk / "bg.mp4"), "--duration", "2", "--preset", "background-720p"]
     elif command == "audio":
-        speech = tmp_path / "speech.flac"
-        run([find_tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=3", str(speech)], timeout=60)
+        speech = gen("speech.flac", "-f", "lavfi", "-i", "sine=f=440:d=3")
         args = ["normalize", "audio", str(speech), "-o", str(disk / "bg.wav")]
     else:
-        clip = tmp_path / "clip.mp4"
-        run([find_tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=2", "-pix_fmt",
-             "yuv420p", str(clip)], timeout=60)  # fmt: skip
+        clip = gen("clip.mp4", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=2", "-pix_fmt", "yuv420p")
         args = ["normalize", "video", str(clip), "-o", str(disk / "bg.mp4"), "--preset", "background-720p"]
     script = 'mount -t tmpfs -o size=12k none "$1" && shift && "$@"; code=$?; ls -A "$0"; exit $code'
     done = subprocess.run(["unshare", "-m", "sh", "-c", script, str(disk), str(disk), sys.executable, "-m",
